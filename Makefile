@@ -1,0 +1,25 @@
+# Quickstart:  make demo   (set up + train a small byte LM on the embedded corpus)
+#              make test   (set up + run the test suite on 8 simulated CPU devices)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TEST_FLAGS ?= -n 2
+
+.PHONY: setup demo test bench clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/pcomp demo
+
+test: setup
+	XLA_FLAGS=--xla_force_host_platform_device_count=8 $(BIN)/python -m pytest -q $(TEST_FLAGS) tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis
