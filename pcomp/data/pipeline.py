@@ -1,0 +1,168 @@
+"""grain pipelines: tokenize, add BOS/EOS per document, pack into fixed-length sequences, shuffle,
+shard per process, batch; and the exact held-out evaluation stream.
+
+Two packers behind one call (`train_iterator`):
+  * in memory, for local sources (embedded corpus, files, JSONL): the whole corpus becomes one token
+    stream cut into blocks of `block_tokens`; blocks are shuffled globally (reshuffled every epoch)
+    and each block yields `block_tokens / seq_tokens` sequences. A run keeps the same blocks across
+    its stages (block = K * seq_len), so stage 2 of patch-level training continues exactly at the
+    first block stage 1 did not read.
+  * streaming, for TFDS corpora too large for memory: documents are shuffled, tokenized lazily and
+    concatenated-then-split by grain; stage 2 continues at the first document stage 1 did not read.
+Both iterators are grain `DatasetIterator`s whose state goes into the orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+from grain.experimental import ConcatThenSplitIterDataset
+
+from pcomp.data.tokenizers import Tokenizer
+from pcomp.errors import DataError
+
+
+def document_tokens(tokenizer: Tokenizer, doc: bytes) -> np.ndarray:
+    """[BOS] + ids + [EOS], with whichever of BOS / EOS the tokenizer has."""
+    ids = tokenizer.encode(doc)
+    parts = [np.asarray([tokenizer.bos_id], np.int32)] if tokenizer.bos_id is not None else []
+    parts.append(np.asarray(ids, np.int32))
+    if tokenizer.eos_id is not None:
+        parts.append(np.asarray([tokenizer.eos_id], np.int32))
+    return np.concatenate(parts)
+
+
+def token_stream(docs: Sequence[bytes], tokenizer: Tokenizer) -> np.ndarray:
+    """All documents as one int32 stream."""
+    if len(docs) == 0:
+        return np.zeros((0,), np.int32)
+    return np.concatenate([document_tokens(tokenizer, d) for d in docs])
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPosition:
+    """Where a stage starts reading: a block (in-memory packer) or a document (streaming)."""
+
+    start: int = 0
+
+
+def _local_rows(global_batch: int, process_index: int, process_count: int) -> int:
+    if global_batch % process_count:
+        raise DataError(f"global batch {global_batch} is not divisible by {process_count} processes")
+    return global_batch // process_count
+
+
+def in_memory_iterator(tokens: np.ndarray, *, seq_tokens: int, block_tokens: int, global_batch: int,
+                       seed: int, start_block: int = 0, process_index: int = 0, process_count: int = 1,
+                       threads: int = 2) -> grain.DatasetIterator:
+    """Batches [B_local, seq_tokens] of globally shuffled blocks of one token stream."""
+    if block_tokens % seq_tokens:
+        raise DataError(f"block of {block_tokens} tokens is not a multiple of the sequence length {seq_tokens}")
+    n_blocks = len(tokens) // block_tokens
+    if n_blocks == 0:
+        raise DataError(
+            f"the training text has {len(tokens)} tokens, fewer than one sequence of {block_tokens}; "
+            "use more data or a shorter data.seq_len"
+        )
+    per_block = block_tokens // seq_tokens
+    local = _local_rows(global_batch, process_index, process_count)
+    order = grain.MapDataset.range(n_blocks).shuffle(seed=seed).repeat()
+
+    def fetch(j: int) -> np.ndarray:
+        g, r = divmod(j, local)
+        s = g * global_batch + process_index * local + r  # sequence index within the stage
+        block = order[start_block + s // per_block]
+        off = block * block_tokens + (s % per_block) * seq_tokens
+        return tokens[off : off + seq_tokens]
+
+    ds = grain.MapDataset.range(sys.maxsize // 2).map(fetch).batch(local, drop_remainder=True)
+    return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4)))
+
+
+def streaming_iterator(docs: Sequence[bytes], tokenizer: Tokenizer, *, seq_tokens: int, global_batch: int,
+                       seed: int, start_doc: int = 0, process_index: int = 0, process_count: int = 1,
+                       threads: int = 2) -> grain.DatasetIterator:
+    """Batches [B_local, seq_tokens] from lazily tokenized, shuffled, concatenated-then-split documents."""
+    if len(docs) == 0:
+        raise DataError("the training split has no documents")
+    local = _local_rows(global_batch, process_index, process_count)
+    ds = grain.MapDataset.source(docs)[process_index::process_count].shuffle(seed=seed).repeat()
+    ds = ds[start_doc:].map(lambda d: {"tokens": document_tokens(tokenizer, d)})
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=16))
+    it = ConcatThenSplitIterDataset(it, length_struct={"tokens": seq_tokens})
+    it = it.map(lambda ex: ex["tokens"]).batch(local, drop_remainder=True)
+    return iter(it)
+
+
+def documents_read(iterator_state: dict) -> int:
+    """Documents a streaming iterator has pulled from its source (its parent's next index)."""
+    stack = [iterator_state]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "next_index" in node:
+                return int(node["next_index"])
+            stack.extend(node.values())
+    raise DataError(f"cannot find the document position in iterator state {iterator_state}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """Held-out text as batches scored exactly once per token, and its size in UTF-8 bytes."""
+
+    tokens: np.ndarray  # [n_seq, seq_len] int32
+    mask: np.ndarray  # [n_seq, seq_len] int32; 1 = real token
+    n_bytes: int
+    n_targets: int
+
+    def batches(self, global_batch: int):
+        n = len(self.tokens)
+        for i in range(0, n, global_batch):
+            tok, msk = self.tokens[i : i + global_batch], self.mask[i : i + global_batch]
+            pad = global_batch - len(tok)
+            if pad:
+                tok = np.concatenate([tok, np.zeros((pad, tok.shape[1]), np.int32)])
+                msk = np.concatenate([msk, np.zeros((pad, msk.shape[1]), np.int32)])
+            yield {"tokens": tok, "mask": msk}
+
+
+def eval_set(docs: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, max_bytes: int = 0) -> EvalSet:
+    """Windows of `seq_len` tokens with stride seq_len - 1 over the held-out stream, so every token
+    but the very first is a prediction target exactly once; the last window is padded and masked.
+
+    With `max_bytes` > 0 whole documents are taken until the budget is reached (the last one cut).
+    """
+    taken, n_bytes = [], 0
+    for doc in docs:
+        if max_bytes and n_bytes + len(doc) > max_bytes:
+            doc = _utf8_prefix(doc, max_bytes - n_bytes)
+            if doc:
+                taken.append(doc)
+                n_bytes += len(doc)
+            break
+        taken.append(doc)
+        n_bytes += len(doc)
+    stream = token_stream(taken, tokenizer)
+    if len(stream) < 2:
+        raise DataError("the held-out split is empty; set data.eval_fraction > 0 or use more data")
+    stride = seq_len - 1
+    n_seq = -(-(len(stream) - 1) // stride)
+    tokens = np.zeros((n_seq, seq_len), np.int32)
+    mask = np.zeros((n_seq, seq_len), np.int32)
+    for i in range(n_seq):
+        piece = stream[i * stride : i * stride + seq_len]
+        tokens[i, : len(piece)] = piece
+        mask[i, : len(piece)] = 1
+    return EvalSet(tokens, mask, n_bytes, len(stream) - 1)
+
+
+def _utf8_prefix(doc: bytes, n: int) -> bytes:
+    """The longest prefix of at most n bytes that does not end inside a UTF-8 sequence."""
+    cut = max(n, 0)
+    while 0 < cut < len(doc) and (doc[cut] & 0xC0) == 0x80:
+        cut -= 1
+    return doc[:cut]

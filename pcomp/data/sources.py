@@ -1,0 +1,284 @@
+"""Document sources: the embedded corpus, local files/directories/JSONL, and TFDS.
+
+`load_documents(source, split)` returns a random-access sequence of documents
+(UTF-8 bytes). Local sources are read whole, cached per process, and split into
+train/eval by bytes (the last `eval_fraction` of the text, cut at a line
+boundary) so no text is in both splits. TFDS sources are read lazily through
+`tfds.data_source` (ArrayRecord; no TensorFlow needed) from already prepared data.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import os
+from typing import Sequence
+
+from pcomp.errors import ConfigError, DataError
+
+EMBEDDED = "embedded"
+TFDS_PREFIX = "tfds:"
+SPLITS = ("train", "eval")
+
+
+def load_documents(
+    source: str,
+    split: str,
+    *,
+    eval_fraction: float = 0.1,
+    text_field: str = "text",
+    data_dir: str | None = None,
+) -> Sequence[bytes]:
+    """Documents of `split` ("train" or "eval") from `source`, as UTF-8 bytes.
+
+    source: "embedded"; a text file (one document); a directory (each non-hidden
+    regular file below it, sorted by relative path, is one document); a .jsonl or
+    .jsonl.gz file (one document per line, from field `text_field`); or
+    "tfds:NAME[/CONFIG][:VERSION]" (prepared in `data_dir`; eval reads the
+    "validation" split, else "test"). `eval_fraction` applies to local sources only;
+    `data_dir` to TFDS only. Empty documents are dropped from local sources.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if source.startswith(TFDS_PREFIX):
+        return _tfds_documents(source[len(TFDS_PREFIX):], split, text_field=text_field, data_dir=data_dir)
+    if not (isinstance(eval_fraction, (int, float)) and 0.0 <= eval_fraction < 1.0):
+        raise ConfigError(f"eval_fraction={eval_fraction!r} must be in [0, 1)")
+    train_docs, eval_docs = _split_local(_local_key(source), text_field, float(eval_fraction))
+    return train_docs if split == "train" else eval_docs
+
+
+def describe_source(source: str, *, text_field: str = "text", data_dir: str | None = None) -> str:
+    """One line for logs, e.g. "embedded corpus: 140 docs, 1.0 MB"."""
+    if source.startswith(TFDS_PREFIX):
+        name = source[len(TFDS_PREFIX):]
+        builder = _tfds_builder(name, data_dir)
+        counts = ", ".join(f"{split} {info.num_examples} docs" for split, info in sorted(builder.info.splits.items()))
+        return f"TFDS {name} (field {text_field!r}) in {builder.data_dir}: {counts}"
+    docs = _load_local(_local_key(source), text_field)
+    num_bytes = sum(len(doc) for doc in docs)
+    what = "embedded corpus" if source == EMBEDDED else source
+    return f"{what}: {len(docs)} docs, {num_bytes / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------------------
+# Local sources
+
+
+def _local_key(source: str) -> str:
+    """Cache key: "embedded" or an absolute path (so the same file is loaded once)."""
+    if source == EMBEDDED:
+        return EMBEDDED
+    path = os.path.abspath(os.path.expanduser(source))
+    if not os.path.exists(path):
+        raise DataError(
+            f"data source {source} does not exist; expected {EMBEDDED!r}, a text file, a directory, "
+            f"a .jsonl/.jsonl.gz file or {TFDS_PREFIX}NAME"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=8)
+def _load_local(key: str, text_field: str) -> tuple[bytes, ...]:
+    """All non-empty documents of a local source, in order."""
+    if key == EMBEDDED:
+        from pcomp.data.embedded import embedded_documents
+
+        docs = embedded_documents()
+    elif os.path.isdir(key):
+        docs = tuple(_read_file(path) for path in _directory_files(key))
+    elif key.endswith((".jsonl", ".jsonl.gz")):
+        docs = _read_jsonl(key, text_field)
+    else:
+        docs = (_read_file(key),)
+    return tuple(doc for doc in docs if doc)
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror}") from None
+
+
+def _directory_files(root: str) -> list[str]:
+    """Non-hidden regular files below root (hidden directories skipped), sorted by relative path."""
+    rel_paths: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for filename in filenames:
+            path = os.path.join(dirpath, filename)
+            if not filename.startswith(".") and os.path.isfile(path):
+                rel_paths.append(os.path.relpath(path, root).replace(os.sep, "/"))
+    if not rel_paths:
+        raise DataError(f"data directory {root} has no (non-hidden) files; expected one text file per document")
+    return [os.path.join(root, *rel.split("/")) for rel in sorted(rel_paths)]
+
+
+def _read_jsonl(path: str, text_field: str) -> tuple[bytes, ...]:
+    """One document per non-blank line, from the string field `text_field`."""
+    opener = gzip.open if path.endswith(".gz") else open
+    docs: list[bytes] = []
+    try:
+        with opener(path, "rb") as f:
+            for line_number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise DataError(f"{path} line {line_number}: not valid JSON ({e})") from None
+                if not isinstance(record, dict) or text_field not in record:
+                    raise DataError(
+                        f"{path} line {line_number}: no field {text_field!r}; expected a JSON object "
+                        f"with a string field {text_field!r} (set text_field to choose another)"
+                    )
+                text = record[text_field]
+                if not isinstance(text, str):
+                    raise DataError(
+                        f"{path} line {line_number}: field {text_field!r} is a {type(text).__name__}, expected a string"
+                    )
+                try:
+                    docs.append(text.encode("utf-8"))
+                except UnicodeEncodeError as e:  # an unpaired surrogate escape such as "\ud800"
+                    raise DataError(
+                        f"{path} line {line_number}: field {text_field!r} is not valid Unicode "
+                        f"(unpaired surrogate at character {e.start})"
+                    ) from None
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    return tuple(docs)
+
+
+def split_documents(
+    docs: Sequence[bytes], eval_fraction: float
+) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """(train, eval): eval is the last `eval_fraction` of all bytes, cut at a line start.
+
+    The document holding the cut point is split just after the first b"\\n" at or
+    after the cut (exactly at the cut if there is none); whole documents after it
+    go to eval. A cut that already falls at a line start is kept; a newline that
+    would leave eval empty is ignored. Concatenating
+    train then eval gives back the documents' bytes; empty documents are dropped.
+    """
+    docs = tuple(doc for doc in docs if doc)
+    total_bytes = sum(len(doc) for doc in docs)
+    cut = total_bytes - round(total_bytes * eval_fraction)
+    start = 0
+    for index, doc in enumerate(docs):
+        if start + len(doc) > cut:
+            local_cut = cut - start
+            if local_cut > 0 and doc[local_cut - 1:local_cut] != b"\n":
+                newline = doc.find(b"\n", local_cut)
+                # A newline that would leave eval empty (the last byte of the
+                # last document) counts as none: cut exactly instead.
+                if newline != -1 and (newline + 1 < len(doc) or start + len(doc) < total_bytes):
+                    local_cut = newline + 1
+            head, tail = doc[:local_cut], doc[local_cut:]
+            train_docs = docs[:index] + ((head,) if head else ())
+            eval_docs = ((tail,) if tail else ()) + docs[index + 1:]
+            return train_docs, eval_docs
+        start += len(doc)
+    return docs, ()
+
+
+@functools.lru_cache(maxsize=8)
+def _split_local(key: str, text_field: str, eval_fraction: float) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    return split_documents(_load_local(key, text_field), eval_fraction)
+
+
+# ---------------------------------------------------------------------------
+# TFDS
+
+
+class TfdsDocuments(Sequence[bytes]):
+    """Lazy random access to one text feature of a TFDS data source, as bytes."""
+
+    def __init__(self, data_source, text_field: str, description: str):
+        self._data_source = data_source
+        self._text_field = text_field
+        self._description = description
+
+    def __len__(self) -> int:
+        return len(self._data_source)
+
+    def _text(self, record) -> bytes:
+        text = record[self._text_field]
+        if isinstance(text, bytes):
+            return text
+        if isinstance(text, str):
+            return text.encode("utf-8")
+        if hasattr(text, "item"):  # a 0-d numpy array
+            return self._text({self._text_field: text.item()})
+        raise DataError(f"{self._description}: field {self._text_field!r} is a {type(text).__name__}, expected text")
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        size = len(self)
+        if not -size <= index < size:
+            raise IndexError(f"document index {index} out of range for {size} documents")
+        return self._text(self._data_source[index % size])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[bytes]:
+        """Batched read (used by grain); one call into the ArrayRecord reader."""
+        if hasattr(self._data_source, "__getitems__"):
+            return [self._text(record) for record in self._data_source.__getitems__(list(indices))]
+        return [self[i] for i in indices]
+
+    def __repr__(self) -> str:
+        return f"TfdsDocuments({self._description}, {len(self)} docs)"
+
+
+def _prepare_hint(name: str, data_dir: str | None) -> str:
+    where = data_dir or "~/tensorflow_datasets"
+    return (
+        f"prepare it on a machine with internet access: `tfds build {name} --data_dir {where} "
+        f"--file_format array_record`, then copy {where} here (and pass data_dir)"
+    )
+
+
+def _tfds_builder(name: str, data_dir: str | None):
+    """The prepared TFDS builder for `name`, or a DataError saying how to prepare it."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError (a ValueError) and config/version errors
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"TFDS dataset {name!r} not found ({first_line}); {_prepare_hint(name, data_dir)}") from None
+    if not builder.is_prepared():
+        raise DataError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; {_prepare_hint(name, data_dir)}"
+        )
+    return builder
+
+
+def _tfds_documents(name: str, split: str, *, text_field: str, data_dir: str | None) -> TfdsDocuments:
+    builder = _tfds_builder(name, data_dir)
+    available = list(builder.info.splits.keys())
+    if split == "train":
+        wanted = ["train"]
+    else:
+        wanted = ["validation", "test"]
+    tfds_split = next((s for s in wanted if s in available), None)
+    if tfds_split is None:
+        raise DataError(
+            f"TFDS dataset {name!r} has splits {available}; the {split} split needs one of {wanted}"
+        )
+    features = builder.info.features
+    if text_field not in features:
+        raise DataError(
+            f"TFDS dataset {name!r} has no feature {text_field!r}; its features are {sorted(features.keys())} "
+            "(set text_field to choose one)"
+        )
+    try:
+        data_source = builder.as_data_source(split=tfds_split)
+    except (NotImplementedError, ValueError) as e:
+        raise DataError(
+            f"TFDS dataset {name!r} in {builder.data_dir} cannot be read with random access ({e}); "
+            f"rebuild it with `--file_format array_record`"
+        ) from None
+    return TfdsDocuments(data_source, text_field, f"tfds:{name} {tfds_split}")

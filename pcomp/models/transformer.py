@@ -1,0 +1,201 @@
+"""A decoder-only LLaMA-style transformer in Flax NNX: RMSNorm, RoPE, SwiGLU, no biases.
+
+Shapes: b batch, t sequence, d model width, n query heads, k kv heads, h head dim, f MLP width,
+v (padded) vocabulary, s KV-cache length, l layers.
+
+The forward accepts either token ids or an input-embedding override (`embeddings_btd`), so
+patch-level training (`pcomp.patching`) feeds averaged embeddings through the very same blocks.
+`decode_step` runs one position per row against a KV cache (generation and the compressor M1).
+Every parameter carries `logical_axes` metadata; `pcomp.models.sharding` maps them to the mesh.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from pcomp.config import ModelConfig
+from pcomp.models.sharding import constrain
+
+KVCache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bskh, v_bskh)
+
+
+def _param(rngs: nnx.Rngs, shape, axes, std: float, dtype) -> nnx.Param:
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (rotate-half convention), computed in float32."""
+    h = x_bthd.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)  # [h/2]
+    angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # [b, t, h/2]
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+    x = x_bthd.astype(jnp.float32)
+    x1, x2 = x[..., : h // 2], x[..., h // 2 :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_bthd.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, n, k, h = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        pd = jnp.dtype(cfg.param_dtype)
+        out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
+        self.wq = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg.init_std, pd)
+        self.wk = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
+        self.wv = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
+        self.wo = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), out_std, pd)
+        self.theta = cfg.rope_theta
+        self.dtype = jnp.dtype(cfg.dtype)
+
+    def _qkv(self, x_btd, positions_bt):
+        dt = self.dtype
+        q = jnp.einsum("btd,dnh->btnh", x_btd, self.wq[...].astype(dt))
+        k = jnp.einsum("btd,dkh->btkh", x_btd, self.wk[...].astype(dt))
+        v = jnp.einsum("btd,dkh->btkh", x_btd, self.wv[...].astype(dt))
+        q = constrain(rope(q, positions_bt, self.theta), ("batch", "length", "act_heads", None))
+        k = constrain(rope(k, positions_bt, self.theta), ("batch", "length", "act_heads", None))
+        return q, k, v
+
+    def _out(self, o_btnh):
+        return jnp.einsum("btnh,nhd->btd", o_btnh, self.wo[...].astype(self.dtype))
+
+    def __call__(self, x_btd, positions_bt):
+        q, k, v = self._qkv(x_btd, positions_bt)
+        o = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        return self._out(o)
+
+    def decode(self, x_b1d, positions_b, cache_k, cache_v):
+        """One new position per row against the cache; writes this position's k/v first."""
+        q, k, v = self._qkv(x_b1d, positions_b[:, None])
+        rows = jnp.arange(x_b1d.shape[0])
+        cache_k = cache_k.at[rows, positions_b].set(k[:, 0].astype(cache_k.dtype))
+        cache_v = cache_v.at[rows, positions_b].set(v[:, 0].astype(cache_v.dtype))
+        visible_bs = jnp.arange(cache_k.shape[1])[None, :] <= positions_b[:, None]
+        o = jax.nn.dot_product_attention(q, cache_k, cache_v, mask=visible_bs[:, None, None, :])
+        return self._out(o), cache_k, cache_v
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(x W_gate) * x W_up)."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.d_ff
+        pd = jnp.dtype(cfg.param_dtype)
+        self.w_gate = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, pd)
+        self.w_up = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, pd)
+        self.w_down = _param(rngs, (f, d), ("mlp", "embed"), cfg.init_std / math.sqrt(2 * cfg.n_layers), pd)
+        self.dtype = jnp.dtype(cfg.dtype)
+
+    def __call__(self, x_btd):
+        dt = self.dtype
+        gate = jnp.einsum("btd,df->btf", x_btd, self.w_gate[...].astype(dt))
+        up = jnp.einsum("btd,df->btf", x_btd, self.w_up[...].astype(dt))
+        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return jnp.einsum("btf,fd->btd", h, self.w_down[...].astype(dt))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pd = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x_btd, positions_bt):
+        x = x_btd + self.attn(self.attn_norm(x_btd), positions_bt)
+        x = x + self.mlp(self.mlp_norm(x))
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def decode(self, x_b1d, positions_b, cache_k, cache_v):
+        a, cache_k, cache_v = self.attn.decode(self.attn_norm(x_b1d), positions_b, cache_k, cache_v)
+        x = x_b1d + a
+        return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
+
+
+class Transformer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        cfg.validate()
+        self.cfg = cfg
+        pd = jnp.dtype(cfg.param_dtype)
+        v, d = cfg.padded_vocab, cfg.d_model
+        self.embed = _param(rngs, (v, d), ("vocab", "embed"), cfg.init_std, pd)
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = RMSNorm(d, cfg.norm_eps, pd)
+        if not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (d, v), ("embed", "vocab"), cfg.init_std, pd)
+
+    # --- pieces used by the patch-level path ----------------------------------------------------
+    def embed_tokens(self, tokens_bt: jax.Array) -> jax.Array:
+        """Input embeddings [b, t, d] in the compute dtype."""
+        # FSDP-style: gather the whole table where it is used, then look rows up locally.
+        table = constrain(self.embed[...], (None, None))
+        x = jnp.take(table, tokens_bt, axis=0).astype(self.cfg.dtype)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def logits(self, h_btd: jax.Array) -> jax.Array:
+        """LM-head logits [b, t, v] in float32; padded vocabulary ids get -inf."""
+        w = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+        logits = jnp.einsum("btd,dv->btv", h_btd, w.astype(h_btd.dtype), preferred_element_type=jnp.float32)
+        logits = constrain(logits, ("batch", "length", "act_vocab"))
+        real = jnp.arange(self.cfg.padded_vocab) < self.cfg.vocab_size
+        return jnp.where(real, logits, -jnp.inf)
+
+    def hidden(self, x_btd: jax.Array, positions_bt: jax.Array) -> jax.Array:
+        for block in self.blocks:
+            if self.cfg.remat:
+                x_btd = nnx.remat(lambda blk, x, p: blk(x, p))(block, x_btd, positions_bt)
+            else:
+                x_btd = block(x_btd, positions_bt)
+        return self.final_norm(x_btd)
+
+    def __call__(self, tokens_bt=None, *, embeddings_btd=None, positions_bt=None) -> jax.Array:
+        """Logits [b, t, v] for token ids, or for given input embeddings (e.g. patch embeddings)."""
+        if (tokens_bt is None) == (embeddings_btd is None):
+            raise ValueError("pass exactly one of tokens_bt or embeddings_btd")
+        x = self.embed_tokens(tokens_bt) if embeddings_btd is None else embeddings_btd.astype(self.cfg.dtype)
+        if positions_bt is None:
+            positions_bt = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        return self.logits(self.hidden(x, positions_bt))
+
+    # --- incremental decoding --------------------------------------------------------------------
+    def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
+        cfg = self.cfg
+        shape = (batch, length, cfg.kv_heads, cfg.head_dim)
+        dt = jnp.dtype(dtype or cfg.dtype)
+        return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
+
+    def decode_step(self, tokens_b: jax.Array, positions_b: jax.Array, cache: KVCache):
+        """Feed one token per row at its own position; returns (logits_bv float32, new cache)."""
+        x = self.embed_tokens(tokens_b[:, None])
+        new_cache = []
+        for block, (ck, cv) in zip(self.blocks, cache):
+            x, ck, cv = block.decode(x, positions_b, ck, cv)
+            new_cache.append((ck, cv))
+        return self.logits(self.final_norm(x))[:, 0], new_cache
+
+
+def count_params(cfg: ModelConfig, *, embeddings: bool = True) -> int:
+    """Exact parameter count (with the padded vocabulary) without building the model."""
+    d, f, n, k, h, v = cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.padded_vocab
+    per_layer = d * n * h * 2 + d * k * h * 2 + 3 * d * f + 2 * d
+    total = cfg.n_layers * per_layer + d
+    if embeddings:
+        total += v * d * (1 if cfg.tie_embeddings else 2)
+    return total

@@ -1,0 +1,96 @@
+"""Model FLOPs, device peak rates (MFU), and the metrics writer (JSONL + TensorBoard + console)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from pcomp.config import ModelConfig
+from pcomp.models.transformer import count_params
+
+# Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    "TPU v6e": 918e12,
+    "A100": 312e12,
+    "H100": 989e12,
+    "H200": 989e12,
+}
+
+
+def flops_per_position(cfg: ModelConfig, seq_len: int, *, training: bool = True) -> float:
+    """Analytic model FLOPs per sequence position (PaLM appendix B): 6N + 12 L d T for training
+    (forward + backward), a third of it for the forward only. N counts every matmul weight,
+    LM head included, embedding lookup excluded. A patch position costs the same as a token
+    position; it just carries K tokens.
+    """
+    n_matmul = count_params(cfg, embeddings=False) - (2 * cfg.n_layers + 1) * cfg.d_model
+    n_matmul += cfg.d_model * cfg.padded_vocab  # LM head (tied or not)
+    per_pos = 6 * n_matmul + 12 * cfg.n_layers * cfg.d_model * seq_len
+    return per_pos if training else per_pos / 3
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+    """Dense matmul rate of one local device, measured (the practical peak on CPU)."""
+    device = jax.local_devices()[0]
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the number comes from)."""
+    device = jax.local_devices()[0]
+    kind = device.device_kind
+    for name, peak in PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peak, f"{kind} spec"
+    return measured_matmul_flops(dtype), f"{kind} measured {dtype} matmul"
+
+
+class MetricsWriter:
+    """Writes scalars to workdir/metrics.jsonl and TensorBoard (process 0 only)."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True):
+        self.enabled = enabled
+        self._jsonl = None
+        self._tb = None
+        if enabled:
+            workdir = Path(workdir)
+            workdir.mkdir(parents=True, exist_ok=True)
+            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, scalars: dict) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if not isinstance(v, str) else v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
+        self._jsonl.flush()
+        for k, v in clean.items():
+            if not isinstance(v, str):
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

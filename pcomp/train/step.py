@@ -1,0 +1,140 @@
+"""The pure train and eval steps, the optimizer, and their jit wrappers with explicit shardings.
+
+A train state is a plain dict pytree {params, opt_state, step, rng}; the model's graph definition
+is static. Token-level training is the K = 1 case of the patch-level step, so both levels share one
+code path (`pcomp.patching`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pcomp.config import ModelConfig, TrainingConfig
+from pcomp.models.sharding import batch_sharding, param_shardings
+from pcomp.models.transformer import Transformer
+from pcomp.patching import next_patch_nll, patchify
+
+TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
+
+
+def make_optimizer(tc: TrainingConfig, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warmup and cosine decay to lr * min_lr_ratio at `steps`; global-norm clipping.
+
+    Weight decay applies to matrices only (not to norm scales).
+    """
+    warmup = min(tc.warmup_steps, steps // 5)
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else tc.lr,
+        peak_value=tc.lr,
+        warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1),
+        end_value=tc.lr * tc.min_lr_ratio,
+    )
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(tc.grad_clip),
+        optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
+    )
+    return tx, schedule
+
+
+def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph definition and abstract (shape-only) parameter state, without allocating."""
+    model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    return nnx.split(model)
+
+
+def init_params(cfg: ModelConfig, seed: int) -> nnx.State:
+    return nnx.split(Transformer(cfg, nnx.Rngs(params=seed)))[1]
+
+
+def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, params=None) -> TrainState:
+    """Fresh optimizer state over new (or given, e.g. carried over from stage 1) parameters."""
+    if params is None:
+        params = init_params(cfg, seed)
+    return {
+        "params": params,
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.key_data(jax.random.key(seed)),
+    }
+
+
+def state_shardings(state_shape, mesh: Mesh):
+    """Parameters and optimizer moments by logical axes; scalars replicated."""
+    return param_shardings(state_shape, mesh)
+
+
+def _objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: float, total):
+    model = nnx.merge(graphdef, params)
+    x_bnd = patchify(model.embed_tokens(tokens_bt), patch_size)
+    logits_bnv = model(embeddings_btd=x_bnd)
+    nll, count, lse_sq = next_patch_nll(logits_bnv, tokens_bt, patch_size, mask_bt)
+    objective = (nll + z_loss * patch_size * lse_sq) / total
+    return objective, (nll, count)
+
+
+def train_step(graphdef, tx, schedule, state: TrainState, batch: dict, *, patch_size: int, z_loss: float,
+               grad_accum: int) -> tuple[TrainState, dict]:
+    """One optimizer step on a global batch {tokens [B, K*T], mask [B, K*T]}, accumulating over
+    `grad_accum` micro-batches; the loss is the mean NLL over every target token of the batch."""
+    tokens, mask = batch["tokens"], batch["mask"]
+    b, t = tokens.shape
+    total = jnp.maximum(mask[:, patch_size:].astype(jnp.float32).sum(), 1.0)
+    # micro-batch i takes rows i, i + A, ...: each device keeps its own rows
+    micro = lambda x: x.reshape(b // grad_accum, grad_accum, t).swapaxes(0, 1)  # noqa: E731
+    grad_fn = jax.grad(_objective, has_aux=True)
+
+    def accumulate(carry, mb):
+        grads, nll, count = carry
+        g, (n, c) = grad_fn(state["params"], graphdef, mb[0], mb[1], patch_size, z_loss, total)
+        return (jax.tree.map(jnp.add, grads, g), nll + n, count + c), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state["params"])
+    if grad_accum == 1:
+        (grads, nll, count), _ = accumulate((zeros, 0.0, 0.0), (tokens, mask))
+    else:
+        (grads, nll, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (micro(tokens), micro(mask)))
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {
+        "loss": nll / jnp.maximum(count, 1.0),
+        "grad_norm": optax.global_norm(grads),
+        "lr": schedule(state["step"]),
+    }
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    return new_state, metrics
+
+
+def eval_step(graphdef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """Token-level summed NLL (nats) and target count of {tokens [B, T], mask [B, T]}."""
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["tokens"])
+    nll, count, _ = next_patch_nll(logits, batch["tokens"], 1, batch["mask"])
+    return nll, count
+
+
+def jit_train_step(graphdef, tx, schedule, state_sh, mesh: Mesh, *, patch_size: int, z_loss: float,
+                   grad_accum: int):
+    batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}
+    fn = functools.partial(train_step, graphdef, tx, schedule, patch_size=patch_size, z_loss=z_loss,
+                           grad_accum=grad_accum)
+    return jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, NamedSharding(mesh, P())),
+                   donate_argnums=(0,))
+
+
+def jit_eval_step(graphdef, params_sh, mesh: Mesh):
+    batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}
+    return jax.jit(functools.partial(eval_step, graphdef), in_shardings=(params_sh, batch_sh),
+                   out_shardings=NamedSharding(mesh, P()))
+
+
+def nats_to_bits_per_byte(nll_nats: float, n_bytes: int) -> float:
+    return nll_nats / math.log(2) / max(n_bytes, 1)

@@ -1,0 +1,325 @@
+"""The training loop: stages, sharded steps, evaluation, logging, checkpoints and exact resume.
+
+`train(cfg)` runs one or two stages (patch level then token level, `pcomp.patching.plan_stages`)
+in `cfg.training.workdir`, resuming from the latest checkpoint there if one exists. Everything a
+resumed run needs is in the checkpoint: parameters, optimizer state, step, rng, the grain iterator
+position and which stage it was in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from pcomp.config import Config
+from pcomp.data import pipeline
+from pcomp.data.sources import load_documents
+from pcomp.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from pcomp.errors import CheckpointError, ConfigError
+from pcomp.models.sharding import batch_sharding, make_mesh
+from pcomp.patching import Stage, plan_stages, relative_cost
+from pcomp.train import step as steplib
+from pcomp.train.checkpoint import Checkpointer, abstract_with_shardings
+from pcomp.train.metrics import MetricsWriter, flops_per_position, peak_flops_per_device
+
+
+def maybe_initialize_distributed() -> None:
+    """Multi-host (TPU pod / multi-node GPU): set PCOMP_DISTRIBUTED=1 to call jax.distributed.initialize()."""
+    if os.environ.get("PCOMP_DISTRIBUTED") == "1" and jax.process_count() == 1:
+        jax.distributed.initialize()
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0
+
+
+# --- run set-up ----------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RunContext:
+    cfg: Config
+    workdir: Path
+    mesh: Mesh
+    tokenizer: Tokenizer
+    graphdef: nnx.GraphDef
+    param_shapes: nnx.State
+    stages: list[Stage]
+    streaming: bool
+    train_docs: object
+    eval_docs: object
+    train_tokens: np.ndarray | None  # in-memory packer only
+
+    @property
+    def block_tokens(self) -> int:
+        return self.cfg.training.patch_size * self.cfg.data.seq_len
+
+
+def prepare_tokenizer(cfg: Config, workdir: Path, train_docs) -> Tokenizer:
+    """The run's tokenizer: reuse workdir/tokenizer on resume, else build (train) and save it."""
+    tok_dir = workdir / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        return load_tokenizer(tok_dir)
+    tokenizer = build_tokenizer(cfg.data.tokenizer, train_docs, vocab_size=cfg.data.vocab_size)
+    if is_main():
+        tokenizer.save(tok_dir)
+    return tokenizer
+
+
+def setup(cfg: Config) -> RunContext:
+    cfg.validate()
+    tc, dc = cfg.training, cfg.data
+    workdir = Path(tc.workdir)
+    mesh = make_mesh(cfg.mesh)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if (tc.batch_size // tc.grad_accum) % shards:
+        raise ConfigError(
+            f"micro-batch training.batch_size/grad_accum={tc.batch_size // tc.grad_accum} is not divisible by "
+            f"mesh data x fsdp = {shards}"
+        )
+    stages = plan_stages(
+        token_budget=tc.tokens or tc.steps * tc.batch_size * dc.seq_len,
+        batch_size=tc.batch_size,
+        seq_len=dc.seq_len,
+        patch_size=tc.patch_size,
+        patch_fraction=tc.patch_fraction,
+    )
+    kw = dict(eval_fraction=dc.eval_fraction, text_field=dc.text_field, data_dir=dc.data_dir or None)
+    train_docs = load_documents(dc.source, "train", **kw)
+    eval_docs = load_documents(dc.source, "eval", **kw)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = prepare_tokenizer(cfg, workdir, train_docs)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
+    saved = workdir / "config.json"
+    if saved.exists():
+        _check_same_run(json.loads(saved.read_text()), cfg, saved)
+    elif is_main():
+        saved.write_text(cfg.to_json())
+    graphdef, param_shapes = steplib.abstract_model(cfg.model)
+    streaming = dc.source.startswith("tfds:")
+    train_tokens = None if streaming else pipeline.token_stream(train_docs, tokenizer)
+    return RunContext(cfg, workdir, mesh, tokenizer, graphdef, param_shapes, stages, streaming, train_docs,
+                      eval_docs, train_tokens)
+
+
+def _check_same_run(saved: dict, cfg: Config, path: Path) -> None:
+    """Resuming with another model or data would silently mix runs: refuse."""
+    for section in ("model", "data"):
+        if saved.get(section) != cfg.to_dict()[section]:
+            raise CheckpointError(
+                f"{path} was written by a run with a different {section} config; "
+                f"use another training.workdir or the same settings"
+            )
+
+
+def data_iterator(ctx: RunContext, stage: Stage, start: int):
+    tc, dc = ctx.cfg.training, ctx.cfg.data
+    common = dict(global_batch=tc.batch_size, seed=dc.seed, process_index=jax.process_index(),
+                  process_count=jax.process_count(), threads=dc.read_threads)
+    if ctx.streaming:
+        return pipeline.streaming_iterator(ctx.train_docs, ctx.tokenizer, seq_tokens=stage.seq_tokens,
+                                           start_doc=start, **common)
+    return pipeline.in_memory_iterator(ctx.train_tokens, seq_tokens=stage.seq_tokens,
+                                       block_tokens=ctx.block_tokens, start_block=start, **common)
+
+
+def next_data_start(ctx: RunContext, stage: Stage, stage_start: int, iterator) -> int:
+    """Where the next stage starts reading: the first block / document this stage did not read."""
+    if ctx.streaming:
+        return pipeline.documents_read(iterator.get_state())
+    return stage_start + stage.steps * ctx.cfg.training.batch_size * stage.seq_tokens // ctx.block_tokens
+
+
+def global_batch(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    return jax.make_array_from_process_local_data(sharding, np.asarray(local, np.int32))
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+def evaluate(ctx: RunContext, params, eval_fn, eval_data: pipeline.EvalSet) -> dict:
+    """Token-level held-out loss, perplexity and bits per byte (total CE bits / UTF-8 bytes)."""
+    sh = batch_sharding(ctx.mesh)
+    nll, count = 0.0, 0.0
+    pidx, pcount = jax.process_index(), jax.process_count()
+    for batch in eval_data.batches(ctx.cfg.training.batch_size):
+        local = {k: np.split(v, pcount)[pidx] for k, v in batch.items()}
+        n, c = eval_fn(params, {k: global_batch(v, sh) for k, v in local.items()})
+        nll += float(n)
+        count += float(c)
+    loss = nll / max(count, 1.0)
+    return {
+        "eval/loss": loss,
+        "eval/perplexity": math.exp(min(loss, 80.0)),
+        "eval/bits_per_byte": steplib.nats_to_bits_per_byte(nll, eval_data.n_bytes),
+        "eval/tokens": count,
+        "eval/bytes": eval_data.n_bytes,
+    }
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def train(cfg: Config, *, stop_at: int | None = None) -> dict:
+    """Train (or resume) the run in cfg.training.workdir; returns a summary dict.
+
+    `stop_at` stops after that global step (as a preemption would) after checkpointing.
+    """
+    ctx = setup(cfg)
+    cfg, tc = ctx.cfg, ctx.cfg.training
+    mesh = ctx.mesh
+    ckpt = Checkpointer(ctx.workdir / "checkpoints", tc.keep_checkpoints)
+    writer = MetricsWriter(ctx.workdir, enabled=is_main())
+    replicated = NamedSharding(mesh, P())
+    eval_data = pipeline.eval_set(ctx.eval_docs, ctx.tokenizer, cfg.data.seq_len, cfg.data.eval_max_bytes)
+    peak, peak_source = peak_flops_per_device(cfg.model.dtype)
+    n_dev = mesh.size
+    cost = relative_cost(tc.patch_size, tc.patch_fraction if len(ctx.stages) > 1 else 0.0)
+    total_steps = sum(s.steps for s in ctx.stages)
+    stage_offsets = np.cumsum([0] + [s.steps for s in ctx.stages]).tolist()
+
+    # Where to start: the latest checkpoint, if any.
+    resume_step = ckpt.latest()
+    meta = ckpt.restore_meta(resume_step) if resume_step is not None else None
+    stage_index, summary = 0, {"stages": [], "relative_cost": cost, "workdir": str(ctx.workdir)}
+    carried_params, data_start = None, 0
+    if meta is not None:
+        stage_index = meta["stage"]
+        summary["stages"] = meta["summaries"]
+        data_start = meta["data_start"]
+    if is_main():
+        _log(f"pcomp: {cfg.model.name} model, {len(ctx.stages)} stage(s) "
+             + ", ".join(f"{s.name}(K={s.patch_size}, {s.steps} steps)" for s in ctx.stages)
+             + f"; relative cost {cost:.3f}; mesh {dict(mesh.shape)}; peak {peak:.3g} FLOP/s/device ({peak_source})")
+
+    progress = _progress(total_steps, tc.progress and is_main())
+    summary["eval"] = None
+    with jax.set_mesh(mesh):
+        while stage_index < len(ctx.stages):
+            stage = ctx.stages[stage_index]
+            tx, schedule = steplib.make_optimizer(tc, stage.steps)
+            shapes = jax.eval_shape(lambda: steplib.init_state(cfg.model, tx, tc.seed))
+            state_sh = steplib.state_shardings(shapes, mesh)
+            iterator = data_iterator(ctx, stage, data_start)
+            stage_step = 0
+            if meta is not None and meta["stage"] == stage_index:
+                state, _ = ckpt.restore(resume_step, abstract_with_shardings(shapes, state_sh), iterator)
+                stage_step = meta["stage_step"]
+                meta = None
+            elif carried_params is not None:
+                init = jax.jit(lambda p: steplib.init_state(cfg.model, tx, tc.seed, p), out_shardings=state_sh)
+                state = init(carried_params)
+            else:
+                init = jax.jit(lambda: steplib.init_state(cfg.model, tx, tc.seed), out_shardings=state_sh)
+                state = init()
+            if stage_step < stage.steps:
+                state, stopped = _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt,
+                                            writer, progress, stage_offsets[stage_index], stage_step, data_start,
+                                            summary, stop_at, eval_data, peak * n_dev)
+                if stopped:  # as if preempted right after the checkpoint at `stop_at`
+                    progress.close()
+                    ckpt.wait()
+                    ckpt.close()
+                    writer.close()
+                    return {**summary, "stopped_at": stop_at, "params": state["params"]}
+            carried_params = state["params"]
+            data_start = next_data_start(ctx, stage, data_start, iterator)
+            stage_index += 1
+    progress.close()
+    eval_fn = steplib.jit_eval_step(ctx.graphdef, state_sh["params"], mesh)
+    with jax.set_mesh(mesh):
+        summary["eval"] = evaluate(ctx, carried_params, eval_fn, eval_data)
+    writer.write(total_steps, summary["eval"])
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    summary["params"] = carried_params
+    if is_main():
+        _log(f"pcomp: done; held-out bits/byte {summary['eval']['eval/bits_per_byte']:.4f}, "
+             f"loss {summary['eval']['eval/loss']:.4f}")
+        (ctx.workdir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    return summary
+
+
+def _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt, writer, progress,
+               offset, stage_step, data_start, summary, stop_at, eval_data, peak_total):
+    cfg, tc = ctx.cfg, ctx.cfg.training
+    step_fn = steplib.jit_train_step(ctx.graphdef, tx, schedule, state_sh, ctx.mesh, patch_size=stage.patch_size,
+                                     z_loss=tc.z_loss, grad_accum=tc.grad_accum)
+    eval_fn = steplib.jit_eval_step(ctx.graphdef, state_sh["params"], ctx.mesh)
+    sh = batch_sharding(ctx.mesh)
+    positions = tc.batch_size * cfg.data.seq_len  # model positions per step (patches or tokens)
+    flops_step = positions * flops_per_position(cfg.model, cfg.data.seq_len)
+    tokens_step = tc.batch_size * stage.seq_tokens
+    loss_key = "train/patch_loss" if stage.patch_size > 1 else "train/loss"
+    stats = {"name": stage.name, "patch_size": stage.patch_size, "steps": stage.steps,
+             "tokens": stage.tokens(tc.batch_size), "flops": flops_step * stage.steps}
+    if len(summary["stages"]) <= stage_index:
+        summary["stages"].append(stats)
+    mask = np.ones((tc.batch_size // jax.process_count(), stage.seq_tokens), np.int32)
+    mask_g = global_batch(mask, sh)
+    t_last, steps_since, metrics = None, 0, None
+    progress.set_description(stage.name)
+    while stage_step < stage.steps:
+        local = next(iterator)
+        state, metrics = step_fn(state, {"tokens": global_batch(local, sh), "mask": mask_g})
+        stage_step += 1
+        gstep = offset + stage_step
+        steps_since += 1
+        progress.update(1)
+        if stage_step == 1 or stage_step % tc.log_every == 0 or stage_step == stage.steps:
+            m = jax.device_get(metrics)
+            now = time.perf_counter()
+            scalars = {loss_key: m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
+                       "train/stage": stage_index, "train/tokens_seen": _tokens_before(summary, stage_index, tc)
+                       + stage_step * tokens_step}
+            if t_last is not None:  # the first step includes compilation
+                dt = (now - t_last) / steps_since
+                scalars.update({"perf/step_time_s": dt, "perf/tokens_per_s": tokens_step / dt,
+                                "perf/model_flops_per_s": flops_step / dt, "perf/mfu": flops_step / dt / peak_total})
+            t_last, steps_since = now, 0
+            writer.write(gstep, scalars)
+            progress.set_postfix(loss=f"{float(m['loss']):.3f}", mfu=f"{scalars.get('perf/mfu', 0):.0%}",
+                                 refresh=False)
+        if tc.eval_every and stage_step % tc.eval_every == 0 and stage_step < stage.steps:
+            writer.write(gstep, evaluate(ctx, state["params"], eval_fn, eval_data))
+        end = stage_step == stage.steps
+        if end:
+            stage_eval = evaluate(ctx, state["params"], eval_fn, eval_data)
+            stats.update({f"end_{k.split('/')[1]}": v for k, v in stage_eval.items()})
+            summary["stages"][stage_index] = stats
+            writer.write(gstep, stage_eval)
+        if end or stage_step % tc.checkpoint_every == 0 or gstep == stop_at:
+            meta = {"stage": stage_index, "stage_step": stage_step, "global_step": gstep, "data_start": data_start,
+                    "summaries": summary["stages"]}
+            ckpt.save(gstep, state, iterator, meta)
+        if gstep == stop_at:
+            return state, True
+    return state, False
+
+
+def _tokens_before(summary: dict, stage_index: int, tc) -> int:
+    return sum(s["tokens"] for s in summary["stages"][:stage_index])
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, dynamic_ncols=True, unit="step")
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items() if k != "params"}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj

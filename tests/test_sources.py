@@ -1,0 +1,231 @@
+"""Document sources: embedded corpus, local files, JSONL, TFDS, and the train/eval split."""
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pcomp.data.embedded import embedded_documents
+from pcomp.data.sources import TfdsDocuments, describe_source, load_documents, split_documents
+from pcomp.errors import ConfigError, DataError
+
+# --- embedded corpus ---------------------------------------------------------
+
+
+def _digest(docs) -> str:
+    return hashlib.sha256(b"\0".join(docs)).hexdigest()
+
+
+def test_embedded_corpus_is_deterministic_text():
+    docs = embedded_documents()
+    assert embedded_documents() == docs
+    assert sum(len(doc) for doc in docs) > 500_000
+    assert len(docs) > 50 and all(docs)
+    for doc in docs:
+        doc.decode("utf-8")  # valid UTF-8
+    # Same text in a fresh interpreter, which imports nothing with side effects.
+    code = (
+        "import sys, hashlib; from pcomp.data.embedded import embedded_documents; "
+        "print(hashlib.sha256(b'\\0'.join(embedded_documents())).hexdigest()); "
+        "print(sorted({'tkinter', 'idlelib', 'antigravity', 'this', 'turtle'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == _digest(docs)
+    assert out[1] == "[]"
+
+
+def test_load_embedded_splits():
+    docs = embedded_documents()
+    train = load_documents("embedded", "train")
+    eval_ = load_documents("embedded", "eval")
+    assert b"".join(train) + b"".join(eval_) == b"".join(docs)
+    eval_bytes = sum(map(len, eval_))
+    assert 0.09 < eval_bytes / sum(map(len, docs)) < 0.11
+    assert load_documents("embedded", "train") is train  # cached
+    assert describe_source("embedded").startswith(f"embedded corpus: {len(docs)} docs, 1.")
+
+
+# --- split_documents ---------------------------------------------------------------
+
+
+def test_split_cuts_after_next_newline():
+    docs = [b"aaaa\n", b"bbbb\ncccc\ndddd\n", b"eeee\n"]  # 25 bytes; 0.4 -> cut at 15 (inside "cccc")
+    train, eval_ = split_documents(docs, 0.4)
+    assert train == (b"aaaa\n", b"bbbb\ncccc\n")
+    assert eval_ == (b"dddd\n", b"eeee\n")
+
+
+def test_split_at_line_start_and_without_newline():
+    train, eval_ = split_documents([b"ab\ncd\nef"], 0.5)  # cut at 4 = inside "cd"
+    assert (train, eval_) == ((b"ab\ncd\n",), (b"ef",))
+    train, eval_ = split_documents([b"ab\ncd"], 0.4)  # cut at 3 = a line start: kept
+    assert (train, eval_) == ((b"ab\n",), (b"cd",))
+    train, eval_ = split_documents([b"abcdefghij"], 0.3)  # no newline: exact cut
+    assert (train, eval_) == ((b"abcdefg",), (b"hij",))
+    train, eval_ = split_documents([b"abcdefghi\n"], 0.3)  # only newline is the last byte: exact cut
+    assert (train, eval_) == ((b"abcdefg",), (b"hi\n",))
+    assert split_documents([b"abc", b"def"], 0.0) == ((b"abc", b"def"), ())
+
+
+@given(st.lists(st.binary(max_size=50), max_size=10), st.floats(0.0, 0.99))
+def test_split_preserves_bytes(docs, eval_fraction):
+    train, eval_ = split_documents(docs, eval_fraction)
+    assert b"".join(train) + b"".join(eval_) == b"".join(docs)
+    assert all(train) and all(eval_)
+    total = sum(map(len, docs))
+    target = round(total * eval_fraction)
+    eval_bytes = sum(map(len, eval_))
+    assert eval_bytes <= target
+    if target > 0:
+        assert eval_bytes > 0
+
+
+# --- local files -------------------------------------------------------------------
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / "book.md"
+    path.write_bytes(b"line one\nline two\nline three\n" * 10)
+    train = load_documents(str(path), "train")
+    eval_ = load_documents(str(path), "eval")
+    assert len(train) == 1 and len(eval_) == 1
+    assert train[0] + eval_[0] == path.read_bytes()
+    assert eval_[0].startswith(b"line")
+    assert load_documents(str(path), "train", eval_fraction=0.0) == (path.read_bytes(),)
+    assert load_documents(str(path), "eval", eval_fraction=0.0) == ()
+
+
+def test_directory(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "2.txt").write_bytes(b"b2\n")
+    (tmp_path / "b" / "10.txt").write_bytes(b"b10\n")
+    (tmp_path / "a.txt").write_bytes(b"a\n")
+    (tmp_path / "c.jsonl").write_bytes(b"raw\n")  # inside a directory every file is plain text
+    (tmp_path / ".hidden").write_bytes(b"no\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x").write_bytes(b"no\n")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    docs = load_documents(str(tmp_path), "train", eval_fraction=0.0)
+    assert docs == (b"a\n", b"b10\n", b"b2\n", b"raw\n")
+    assert describe_source(str(tmp_path)) == f"{tmp_path}: 4 docs, 0.0 MB"
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz"])
+def test_jsonl(tmp_path, suffix):
+    lines = [json.dumps({"text": f"doc {i} é\n", "id": i}) for i in range(20)]
+    lines.insert(3, "")
+    raw = ("\n".join(lines) + "\n").encode()
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
+    train = load_documents(str(path), "train", eval_fraction=0.25)
+    eval_ = load_documents(str(path), "eval", eval_fraction=0.25)
+    assert train + eval_ == tuple(f"doc {i} é\n".encode() for i in range(20))
+    assert len(eval_) == 4  # 190 bytes, cut at 142 falls in doc 15: it stays in train
+
+
+def test_jsonl_errors(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl line 2: no field 'text'"):
+        load_documents(str(path), "train")
+    with pytest.raises(DataError, match=r"bad.jsonl line 1: no field 'body'"):
+        load_documents(str(path), "train", text_field="body")
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": \n')
+    with pytest.raises(DataError, match=r"broken.jsonl line 2: not valid JSON"):
+        load_documents(str(path), "train")
+    path = tmp_path / "number.jsonl"
+    path.write_text('{"text": 3}\n')
+    with pytest.raises(DataError, match=r"number.jsonl line 1: field 'text' is a int"):
+        load_documents(str(path), "train")
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(DataError, match="no_such_file.txt"):
+        load_documents(str(tmp_path / "no_such_file.txt"), "train")
+    with pytest.raises(ConfigError, match="eval_fraction"):
+        load_documents("embedded", "eval", eval_fraction=1.0)
+    with pytest.raises(ConfigError, match="eval_fraction"):
+        load_documents("embedded", "eval", eval_fraction=-0.1)
+    with pytest.raises(ConfigError, match="'test'"):
+        load_documents("embedded", "test")
+
+
+# --- TFDS (a tiny ArrayRecord dataset written without TensorFlow) ----------------------
+
+
+def _make_builder_classes():
+    import tensorflow_datasets as tfds
+
+    def texts(split, n):
+        return [f"{split} document {i}: naïve café ✓\n".encode("utf-8") for i in range(n)]
+
+    class _Base(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        SPLIT_SIZES = {}
+
+        def _info(self):
+            features = tfds.features.FeaturesDict({"text": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)})
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(split, n) for split, n in self.SPLIT_SIZES.items()}
+
+        def _generate_examples(self, split, n):
+            for i, text in enumerate(texts(split, n)):
+                yield i, {"text": text.decode("utf-8"), "id": i}
+
+    with tfds.core.registered.skip_registration():  # read back from files only, like a copied data_dir
+
+        class PcompTinyText(_Base):
+            SPLIT_SIZES = {"train": 12, "validation": 4, "test": 3}
+
+        class PcompTinyNoValidation(_Base):
+            SPLIT_SIZES = {"train": 5, "test": 2}
+
+    return texts, (PcompTinyText, PcompTinyNoValidation)
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
+    data_dir = tmp_path_factory.mktemp("tfds")
+    texts, builder_classes = _make_builder_classes()
+    for builder_class in builder_classes:
+        builder_class(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    return str(data_dir), texts
+
+
+def test_tfds_documents(tfds_dir):
+    data_dir, texts = tfds_dir
+    train = load_documents("tfds:pcomp_tiny_text", "train", data_dir=data_dir)
+    assert isinstance(train, TfdsDocuments)  # lazy wrapper, not a materialised list
+    assert len(train) == 12
+    assert sorted(train) == sorted(texts("train", 12))
+    assert train[-1] == train[11] and train[2:4] == [train[2], train[3]]
+    assert train.__getitems__([0, 5]) == [train[0], train[5]]
+    with pytest.raises(IndexError):
+        train[12]
+    eval_ = load_documents("tfds:pcomp_tiny_text:1.0.0", "eval", data_dir=data_dir)
+    assert sorted(eval_) == sorted(texts("validation", 4))
+    no_val = load_documents("tfds:pcomp_tiny_no_validation", "eval", data_dir=data_dir)
+    assert sorted(no_val) == sorted(texts("test", 2))
+    assert "train 12 docs" in describe_source("tfds:pcomp_tiny_text", data_dir=data_dir)
+
+
+def test_tfds_errors(tfds_dir, tmp_path):
+    data_dir, _ = tfds_dir
+    with pytest.raises(DataError, match="'body'.*'id', 'text'"):
+        load_documents("tfds:pcomp_tiny_text", "train", text_field="body", data_dir=data_dir)
+    with pytest.raises(DataError, match="no_such_dataset_xyz.*tfds build no_such_dataset_xyz"):
+        load_documents("tfds:no_such_dataset_xyz", "train", data_dir=str(tmp_path))
+    with pytest.raises(DataError, match="'tiny_shakespeare' is not prepared.*tfds build tiny_shakespeare"):
+        load_documents("tfds:tiny_shakespeare", "train", data_dir=str(tmp_path))
