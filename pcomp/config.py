@@ -36,6 +36,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: bool = False  # recompute each block in the backward pass (saves activation memory)
+    attention: str = "auto"  # auto (blocked on CPU, fused XLA/cuDNN elsewhere) | blocked | fused
     init_std: float = 0.02
 
     @property
@@ -60,6 +61,8 @@ class ModelConfig:
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in ("float32", "bfloat16"):
                 raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected 'float32' or 'bfloat16'")
+        if self.attention not in ("auto", "blocked", "fused"):
+            raise ConfigError(f"model.attention={self.attention!r}; expected 'auto', 'blocked' or 'fused'")
         for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")

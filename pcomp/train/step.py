@@ -106,7 +106,7 @@ def train_step(graphdef, tx, schedule, state: TrainState, batch: dict, *, patch_
     params = optax.apply_updates(state["params"], updates)
     metrics = {
         "loss": nll / jnp.maximum(count, 1.0),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": schedule(state["step"]),
     }
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}

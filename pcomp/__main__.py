@@ -1,0 +1,5 @@
+import sys
+
+from pcomp.cli import main
+
+sys.exit(main())

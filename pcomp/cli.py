@@ -1,0 +1,126 @@
+"""The `pcomp` command line: train, eval, generate, demo (and the compressor's commands).
+
+Every subcommand reports bad input as one line `pcomp: error: ...` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pcomp.errors import PcompError
+
+
+def _cmd_train(args) -> None:
+    from pcomp.config import Config
+    from pcomp.train.trainer import maybe_initialize_distributed, train
+
+    maybe_initialize_distributed()
+    cfg = Config.load(args.config).override(*args.overrides)
+    train(cfg)
+
+
+def _cmd_eval(args) -> None:
+    import jax
+
+    from pcomp.config import Config
+    from pcomp.data import pipeline
+    from pcomp.data.sources import load_documents
+    from pcomp.train.load import load_trained
+    from pcomp.train.step import eval_step, nats_to_bits_per_byte
+
+    run = load_trained(args.checkpoint)
+    dc = Config().override(*[f"data.{o}" for o in args.overrides]).data if args.overrides else run.cfg.data
+    source = args.data or run.cfg.data.source
+    docs = load_documents(source, args.split, eval_fraction=run.cfg.data.eval_fraction, text_field=dc.text_field,
+                          data_dir=dc.data_dir or None)
+    data = pipeline.eval_set(docs, run.tokenizer, run.cfg.data.seq_len, args.max_bytes)
+    fn = jax.jit(lambda p, b: eval_step(run.graphdef, p, b))
+    nll = count = 0.0
+    for batch in data.batches(args.batch_size):
+        n, c = fn(run.params, batch)
+        nll, count = nll + float(n), count + float(c)
+    bpb = nats_to_bits_per_byte(nll, data.n_bytes)
+    print(f"{source} [{args.split}]: {data.n_bytes} bytes, {int(count)} tokens, "
+          f"loss {nll / count:.4f} nats/token, bits/byte {bpb:.4f}")
+
+
+def _cmd_generate(args) -> None:
+    from pcomp.models.generate import generate
+    from pcomp.train.load import load_trained
+
+    run = load_trained(args.checkpoint)
+    tok = run.tokenizer
+    ids = tok.encode(args.prompt.encode("utf-8"))
+    if tok.bos_id is not None:
+        ids = [tok.bos_id, *ids]
+    out = generate(run.graphdef, run.params, ids, max_new_tokens=args.max_tokens,
+                   max_len=run.cfg.model.max_seq_len, temperature=args.temperature, top_k=args.top_k,
+                   seed=args.seed, stop_id=tok.eos_id)
+    sys.stdout.write(args.prompt + tok.decode(out).decode("utf-8", errors="replace") + "\n")
+
+
+def _cmd_demo(args) -> None:
+    from pcomp.demo import run_demo
+
+    run_demo(args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pcomp", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train (or resume) a model: pcomp train --config PRESET key=value ...")
+    t.add_argument("--config", default="demo", help="preset name or JSON file (e.g. runs/x/config.json)")
+    t.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=1e-3 mesh.fsdp=2 model=25m")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="held-out bits/byte of a trained run")
+    e.add_argument("--checkpoint", required=True, help="the run's work directory")
+    e.add_argument("--data", default=None, help="source to evaluate (default: the run's own); embedded | PATH | tfds:NAME")
+    e.add_argument("--split", default="eval", choices=["eval", "train"])
+    e.add_argument("--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("overrides", nargs="*", help="data.key=value for the evaluated source (text_field, data_dir)")
+    e.set_defaults(fn=_cmd_eval)
+
+    g = sub.add_parser("generate", help="sample a continuation of a prompt")
+    g.add_argument("--checkpoint", required=True, help="the run's work directory")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--max-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(fn=_cmd_generate)
+
+    d = sub.add_parser("demo", help="train a small byte-level model on the embedded corpus (CPU, minutes)")
+    d.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo preset")
+    d.set_defaults(fn=_cmd_demo)
+
+    _add_compress_commands(sub)
+    return p
+
+
+def _add_compress_commands(sub) -> None:
+    try:
+        from pcomp.compress.cli import add_commands
+    except ImportError:  # the compressor package is optional at this layer
+        return
+    add_commands(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except PcompError as e:
+        print(f"pcomp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pcomp: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
