@@ -81,6 +81,7 @@ class DataConfig:
     eval_fraction: float = 0.1  # held-out share of local sources (last bytes)
     eval_max_bytes: int = 0  # evaluate at most this many held-out bytes (0 = all)
     seed: int = 0  # shuffle seed
+    bos_first: bool = False  # every training sequence starts with BOS (M1: learns to predict from an empty context)
     read_threads: int = 2  # grain prefetch threads
 
 
@@ -279,7 +280,7 @@ RUN_PRESETS: dict[str, Config] = {
     ),
     "m1-3m": Config(
         model=MODEL_PRESETS["m1-3m"],
-        data=DataConfig(seq_len=128),
+        data=DataConfig(seq_len=128, bos_first=True),
         training=TrainingConfig(batch_size=64, steps=3000, lr=2e-3, warmup_steps=200, workdir="runs/m1"),
     ),
     "25m": Config(

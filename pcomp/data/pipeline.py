@@ -28,7 +28,10 @@ from pcomp.errors import DataError
 
 def document_tokens(tokenizer: Tokenizer, doc: bytes) -> np.ndarray:
     """[BOS] + ids + [EOS], with whichever of BOS / EOS the tokenizer has."""
-    ids = tokenizer.encode(doc)
+    return _with_specials(tokenizer, tokenizer.encode(doc))
+
+
+def _with_specials(tokenizer: Tokenizer, ids: np.ndarray) -> np.ndarray:
     parts = [np.asarray([tokenizer.bos_id], np.int32)] if tokenizer.bos_id is not None else []
     parts.append(np.asarray(ids, np.int32))
     if tokenizer.eos_id is not None:
@@ -40,7 +43,7 @@ def token_stream(docs: Sequence[bytes], tokenizer: Tokenizer) -> np.ndarray:
     """All documents as one int32 stream."""
     if len(docs) == 0:
         return np.zeros((0,), np.int32)
-    return np.concatenate([document_tokens(tokenizer, d) for d in docs])
+    return np.concatenate([_with_specials(tokenizer, ids) for ids in tokenizer.encode_batch(docs)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,8 +134,7 @@ class EvalSet:
 
 
 def eval_set(docs: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, max_bytes: int = 0) -> EvalSet:
-    """Windows of `seq_len` tokens with stride seq_len - 1 over the held-out stream, so every token
-    but the very first is a prediction target exactly once; the last window is padded and masked.
+    """The held-out documents as an `EvalSet` (see `eval_windows`).
 
     With `max_bytes` > 0 whole documents are taken until the budget is reached (the last one cut).
     """
@@ -146,7 +148,12 @@ def eval_set(docs: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, max_byte
             break
         taken.append(doc)
         n_bytes += len(doc)
-    stream = token_stream(taken, tokenizer)
+    return eval_windows(token_stream(taken, tokenizer), seq_len, n_bytes)
+
+
+def eval_windows(stream: np.ndarray, seq_len: int, n_bytes: int) -> EvalSet:
+    """Windows of `seq_len` tokens with stride seq_len - 1 over a held-out token stream, so every
+    token but the very first is a prediction target exactly once; the last window is padded and masked."""
     if len(stream) < 2:
         raise DataError("the held-out split is empty; set data.eval_fraction > 0 or use more data")
     stride = seq_len - 1

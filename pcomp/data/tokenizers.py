@@ -59,6 +59,10 @@ class Tokenizer(abc.ABC):
     def decode(self, ids) -> bytes:
         """Bytes of `ids` (any int sequence/array); BOS/EOS ids are skipped. Inverse of encode."""
 
+    def encode_batch(self, docs) -> list[np.ndarray]:
+        """encode() of each document; tokenizers that batch across documents (M1-driven) override it."""
+        return [self.encode(d) for d in docs]
+
     @abc.abstractmethod
     def to_config(self) -> dict:
         """JSON-able description, including "kind"; with the saved files it rebuilds self."""
@@ -331,6 +335,8 @@ def load_tokenizer(directory) -> Tokenizer:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
     kind = config.get("kind") if isinstance(config, dict) else None
+    if kind not in _REGISTRY:
+        import pcomp.compress.tokenizers  # noqa: F401  (registers the compressed-text kinds)
     if kind not in _REGISTRY:
         raise DataError(f"{path} has tokenizer kind {kind!r}; known kinds: {', '.join(registered_kinds())}")
     return _REGISTRY[kind].from_config(config, directory)

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pcomp.config import Config
 from pcomp.data import pipeline
+from pcomp.data.prepared import PreparedDataset, is_prepared
 from pcomp.data.sources import load_documents
 from pcomp.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from pcomp.errors import CheckpointError, ConfigError
@@ -53,8 +54,8 @@ class RunContext:
     param_shapes: nnx.State
     stages: list[Stage]
     streaming: bool
-    train_docs: object
-    eval_docs: object
+    train_docs: object  # streaming packer only
+    eval_data: pipeline.EvalSet
     train_tokens: np.ndarray | None  # in-memory packer only
 
     @property
@@ -91,11 +92,27 @@ def setup(cfg: Config) -> RunContext:
         patch_size=tc.patch_size,
         patch_fraction=tc.patch_fraction,
     )
-    kw = dict(eval_fraction=dc.eval_fraction, text_field=dc.text_field, data_dir=dc.data_dir or None)
-    train_docs = load_documents(dc.source, "train", **kw)
-    eval_docs = load_documents(dc.source, "eval", **kw)
     workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer = prepare_tokenizer(cfg, workdir, train_docs)
+    streaming = dc.source.startswith("tfds:")
+    train_docs = train_tokens = None
+    if is_prepared(dc.source):  # tokens made by `pcomp prepare` (M2 over compressed text)
+        prepared = PreparedDataset(dc.source)
+        tokenizer = load_tokenizer(prepared.path / "tokenizer")
+        if is_main() and not (workdir / "tokenizer").exists():
+            tokenizer.save(workdir / "tokenizer")
+        train_tokens, _ = prepared.stream("train")
+        eval_tokens, eval_bytes = prepared.stream("eval")
+        if dc.eval_max_bytes:
+            raise ConfigError("data.eval_max_bytes is not supported for prepared datasets (bytes per token vary)")
+        eval_data = pipeline.eval_windows(eval_tokens, dc.seq_len, eval_bytes)
+    else:
+        kw = dict(eval_fraction=dc.eval_fraction, text_field=dc.text_field, data_dir=dc.data_dir or None)
+        train_docs = load_documents(dc.source, "train", **kw)
+        tokenizer = prepare_tokenizer(cfg, workdir, train_docs)
+        eval_data = pipeline.eval_set(load_documents(dc.source, "eval", **kw), tokenizer, dc.seq_len,
+                                      dc.eval_max_bytes)
+        if not streaming:
+            train_tokens = pipeline.token_stream(train_docs, tokenizer)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     saved = workdir / "config.json"
     if saved.exists():
@@ -103,10 +120,8 @@ def setup(cfg: Config) -> RunContext:
     elif is_main():
         saved.write_text(cfg.to_json())
     graphdef, param_shapes = steplib.abstract_model(cfg.model)
-    streaming = dc.source.startswith("tfds:")
-    train_tokens = None if streaming else pipeline.token_stream(train_docs, tokenizer)
     return RunContext(cfg, workdir, mesh, tokenizer, graphdef, param_shapes, stages, streaming, train_docs,
-                      eval_docs, train_tokens)
+                      eval_data, train_tokens)
 
 
 def _check_same_run(saved: dict, cfg: Config, path: Path) -> None:
@@ -174,7 +189,7 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
     ckpt = Checkpointer(ctx.workdir / "checkpoints", tc.keep_checkpoints)
     writer = MetricsWriter(ctx.workdir, enabled=is_main())
     replicated = NamedSharding(mesh, P())
-    eval_data = pipeline.eval_set(ctx.eval_docs, ctx.tokenizer, cfg.data.seq_len, cfg.data.eval_max_bytes)
+    eval_data = ctx.eval_data
     peak, peak_source = peak_flops_per_device(cfg.model.dtype)
     n_dev = mesh.size
     cost = relative_cost(tc.patch_size, tc.patch_fraction if len(ctx.stages) > 1 else 0.0)
@@ -259,12 +274,18 @@ def _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator,
              "tokens": stage.tokens(tc.batch_size), "flops": flops_step * stage.steps}
     if len(summary["stages"]) <= stage_index:
         summary["stages"].append(stats)
+    bos = ctx.tokenizer.bos_id if cfg.data.bos_first else None
+    if cfg.data.bos_first and bos is None:
+        raise ConfigError(f"data.bos_first needs a tokenizer with BOS; {ctx.tokenizer.name} has none")
     mask = np.ones((tc.batch_size // jax.process_count(), stage.seq_tokens), np.int32)
     mask_g = global_batch(mask, sh)
     t_last, steps_since, metrics = None, 0, None
     progress.set_description(stage.name)
     while stage_step < stage.steps:
         local = next(iterator)
+        if bos is not None:
+            local = np.array(local)
+            local[:, 0] = bos
         state, metrics = step_fn(state, {"tokens": global_batch(local, sh), "mask": mask_g})
         stage_step += 1
         gstep = offset + stage_step

@@ -1,0 +1,61 @@
+"""Whole-file Equal-Info compression with M1: `compress` / `decompress` (the CLI's engine)."""
+
+from __future__ import annotations
+
+import zlib
+
+import jax
+
+from pcomp.compress import fileformat
+from pcomp.compress.m1 import M1
+from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows
+from pcomp.errors import CompressedFormatError
+
+
+def compress(m1: M1, data: bytes, *, window_bits: int = 16, token_bits: int = 16, segment_bytes: int = 2048,
+             progress=None) -> bytes:
+    """`data` as a pcomp file: Equal-Info windows of `window_bits` under `m1` (see fileformat)."""
+    check_window_bits(window_bits, token_bits, m1.precision)
+    enc = encode_windows(m1, [data], window_bits, segment_bytes=segment_bytes, progress=progress)
+    header = {
+        "window_bits": window_bits,
+        "token_bits": token_bits,
+        "precision": m1.precision,
+        "segment_bytes": segment_bytes,
+        "m1_fingerprint": m1.fingerprint,
+        "m1_batch": m1.batch,
+        "m1_name": m1.trained.cfg.model.name,
+        "platform": jax.default_backend(),
+        "original_length": len(data),
+        "original_crc32": zlib.crc32(data),
+    }
+    return fileformat.pack(header, enc.codes)
+
+
+def load_m1_for(path, header: dict) -> M1:
+    """The M1 at `path`, set up as the file's header requires (precision, batch)."""
+    return M1.load(path, precision=header["precision"], batch=header["m1_batch"])
+
+
+def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes:
+    """Inverse of `compress`; a wrong M1, a corrupt file or a failed check is a CompressedFormatError."""
+    header, codes = fileformat.unpack(blob, name)
+    if header["m1_fingerprint"] != m1.fingerprint:
+        raise CompressedFormatError(
+            f"{name} was made with M1 {header['m1_fingerprint'][:16]}, but the given M1 is {m1.fingerprint[:16]}: "
+            "decompress with the same M1 checkpoint"
+        )
+    if (header["precision"], header["m1_batch"]) != (m1.precision, m1.batch):
+        raise CompressedFormatError(
+            f"{name} needs M1 precision {header['precision']} and batch {header['m1_batch']}, got "
+            f"{m1.precision} and {m1.batch}"
+        )
+    data, _ = decode_windows(m1, codes, header["window_bits"], progress=progress)
+    if len(data) != header["original_length"] or zlib.crc32(data) != header["original_crc32"]:
+        where = header.get("platform", "?")
+        raise CompressedFormatError(
+            f"{name}: decoded {len(data)} bytes do not match the original ({header['original_length']} bytes, "
+            f"CRC32 {header['original_crc32']}); the file is corrupted, or M1's logits differ on this device "
+            f"({jax.default_backend()}) from the one it was made on ({where})"
+        )
+    return data

@@ -1,0 +1,84 @@
+"""The `pcomp compress` file: magic, version, JSON header, window payload, CRC32 trailer.
+
+    magic     8 bytes  b"PCOMPEIW"
+    version   u16 big-endian (1)
+    hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header:
+              window_bits, token_bits, precision, segment_bytes, m1_fingerprint, m1_batch, m1_name,
+              platform, n_windows, original_length, original_crc32
+    payload   n_windows * window_bits / 8 bytes: each window's b bits, big-endian
+    trailer   u32 big-endian CRC32 of everything before it
+
+Reading checks, in order: magic (not our file), version, header, payload length (truncated),
+CRC32 (corrupted). The M1 fingerprint and the decoded bytes' length and CRC32 are checked by the
+caller; any failure is a `CompressedFormatError`, never silent garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from pcomp.errors import CompressedFormatError
+
+MAGIC = b"PCOMPEIW"
+VERSION = 1
+_FIXED = len(MAGIC) + 2 + 4
+REQUIRED = ("window_bits", "token_bits", "precision", "m1_fingerprint", "m1_batch", "n_windows", "original_length",
+            "original_crc32")
+
+
+def pack(header: dict, codes: np.ndarray) -> bytes:
+    """Serialize windows `codes` (uint64 [n], header['window_bits'] bits each) with `header`."""
+    b = header["window_bits"]
+    codes = np.asarray(codes, np.uint64)
+    shifts = np.arange(b - 8, -8, -8, dtype=np.uint64)
+    payload = ((codes[:, None] >> shifts) & np.uint64(0xFF)).astype(np.uint8).tobytes()
+    head = json.dumps({**header, "n_windows": int(len(codes))}, sort_keys=True).encode()
+    blob = MAGIC + struct.pack(">HI", VERSION, len(head)) + head + payload
+    return blob + struct.pack(">I", zlib.crc32(blob))
+
+
+def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray]:
+    """(header, codes uint64 [n]) of a file written by `pack`, or a CompressedFormatError saying why not."""
+    if len(blob) < len(MAGIC) or blob[: len(MAGIC)] != MAGIC:
+        raise CompressedFormatError(f"{name} is not a pcomp compressed file (bad magic)")
+    if len(blob) < _FIXED + 4:
+        raise CompressedFormatError(f"{name} is truncated ({len(blob)} bytes)")
+    version, hlen = struct.unpack(">HI", blob[len(MAGIC) : _FIXED])
+    if version != VERSION:
+        raise CompressedFormatError(f"{name} has format version {version}; this pcomp reads version {VERSION}")
+    if _FIXED + hlen + 4 > len(blob):
+        raise CompressedFormatError(f"{name} is truncated (header of {hlen} bytes does not fit)")
+    try:
+        header = json.loads(blob[_FIXED : _FIXED + hlen])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CompressedFormatError(f"{name} is corrupted (unreadable header)") from None
+    missing = [k for k in REQUIRED if not isinstance(header, dict) or k not in header]
+    if missing:
+        raise CompressedFormatError(f"{name} is corrupted (header lacks {missing})")
+    b, n = header["window_bits"], header["n_windows"]
+    if not isinstance(b, int) or b % 8 or not 8 <= b <= 64 or not isinstance(n, int) or n < 0:
+        raise CompressedFormatError(f"{name} is corrupted (window_bits={b!r}, n_windows={n!r})")
+    expected = _FIXED + hlen + n * b // 8 + 4
+    if len(blob) != expected:
+        what = "truncated" if len(blob) < expected else "corrupted (trailing bytes)"
+        raise CompressedFormatError(f"{name} is {what}: {len(blob)} bytes, expected {expected}")
+    (crc,) = struct.unpack(">I", blob[-4:])
+    if crc != zlib.crc32(blob[:-4]):
+        raise CompressedFormatError(f"{name} is corrupted (CRC32 mismatch)")
+    payload = np.frombuffer(blob[_FIXED + hlen : -4], np.uint8).reshape(n, b // 8).astype(np.uint64)
+    codes = np.zeros(n, np.uint64)
+    for i in range(b // 8):
+        codes = (codes << np.uint64(8)) | payload[:, i]
+    return header, codes
+
+
+def read(path: str | Path) -> tuple[dict, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise CompressedFormatError(f"compressed file {path} does not exist")
+    return unpack(path.read_bytes(), str(path))

@@ -1,0 +1,143 @@
+"""Plain arithmetic coding with M1 (no windows): the baseline the Equal-Info paper finds unlearnable.
+
+One coder stream per document over bytes followed by an end-of-document symbol (M1's EOS), so a
+stream decodes without a stored length. M1 sees at most `M1.max_window_bytes` bytes of context:
+its context restarts from BOS every that many bytes (the coder stream does not). Encoding scores
+all context blocks of all documents in parallel (they are independent for M1); decoding is
+sequential within a document and parallel across documents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+
+from pcomp.compress import arith
+from pcomp.compress.m1 import BYTES_EOS, M1
+from pcomp.errors import CompressedFormatError, ConfigError
+
+EOF = 256  # coder symbol after the bytes
+
+
+def _check(m1: M1) -> None:
+    if m1.symbols != BYTES_EOS:
+        raise ConfigError("plain arithmetic coding needs M1 over bytes + EOS (symbols='bytes+eos')")
+
+
+def symbol_intervals(m1: M1, docs: Sequence[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per document, the coder intervals (c_lo, c_hi) [len + 1] of its bytes and the final EOF."""
+    _check(m1)
+    lb = m1.max_window_bytes
+    # rows: (document, block) pairs; a block is <= lb symbols, the last one of a document ends in EOF
+    blocks = []  # (doc index, first symbol index, symbols array)
+    for i, d in enumerate(docs):
+        sym = np.append(np.frombuffer(d, np.uint8).astype(np.int64), EOF)
+        for start in range(0, len(sym), lb):
+            blocks.append((i, start, sym[start : start + lb]))
+    out = [(np.zeros(len(d) + 1, np.int64), np.zeros(len(d) + 1, np.int64)) for d in docs]
+    m1.start()
+    for b0 in range(0, len(blocks), m1.batch):
+        group = blocks[b0 : b0 + m1.batch]
+        longest = max(len(sym) for _, _, sym in group)
+        sym_rs = np.zeros((m1.batch, longest), np.int64)  # EOF (always last) is never fed to M1
+        for r, (_, _, sym) in enumerate(group):
+            sym_rs[r, : len(sym)] = np.where(sym == EOF, 0, sym)
+        cache = m1.start()
+        for off in range(longest):
+            if off == 0:
+                cum = np.broadcast_to(m1.first_cum, (m1.batch, m1.n_symbols + 1))
+            else:  # feed the previous symbol at its position: M1's table for the symbol at `off`
+                cum, cache = m1.step(cache, sym_rs[:, off - 1], np.full(m1.batch, off, np.int64))
+            for r, (i, start, sym) in enumerate(group):
+                if off < len(sym):
+                    out[i][0][start + off] = cum[r, sym[off]]
+                    out[i][1][start + off] = cum[r, sym[off] + 1]
+    return out
+
+
+def encode_docs(m1: M1, docs: Sequence[bytes]) -> list[np.ndarray]:
+    """Terminated bit streams (uint8 0/1) of each document."""
+    return [arith.encode_intervals(lo, hi, m1.precision) for lo, hi in symbol_intervals(m1, docs)]
+
+
+def ideal_bits(m1: M1, docs: Sequence[bytes]) -> float:
+    """Sum over documents of -log2 q(symbol) under M1's quantized model (bytes and EOF)."""
+    total = 0.0
+    for lo, hi in symbol_intervals(m1, docs):
+        total += float(np.sum(m1.precision - np.log2((hi - lo).astype(np.float64))))
+    return total
+
+
+@numba.njit(cache=True)
+def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos, precision, lb):
+    """One symbol per active row (st columns: 0 low, 1 high, 2 value, 3 bit pos (relative), 4 active,
+    5 offset in context block). Returns the number of rows needing an M1 step, or -1 - row on error."""
+    active = 0
+    for r in range(st.shape[0]):
+        if st[r, 4] == 0:
+            continue
+        while True:
+            table = cum_bn[r] if st[r, 5] > 0 else first_cum
+            stream = bits[bit_start[r] : bit_end[r]]
+            target = arith.decode_target(st[r, 0], st[r, 1], st[r, 2], precision)
+            s = arith.find_symbol(table, target)
+            low, high, value, bp = arith.decode_step(st[r, 0], st[r, 1], st[r, 2], table[s], table[s + 1],
+                                                     precision, stream, st[r, 3])
+            st[r, 0], st[r, 1], st[r, 2], st[r, 3] = low, high, value, bp
+            if s == 256:
+                st[r, 4] = 0
+                break
+            if out_n[r] >= out.shape[1]:
+                return -1 - r
+            out[r, out_n[r]] = s
+            out_n[r] += 1
+            st[r, 5] += 1
+            if st[r, 5] == lb:  # M1's context restarts: the next symbol uses first_cum
+                st[r, 5] = 0
+                continue
+            tok[r] = s
+            pos[r] = st[r, 5]
+            active += 1
+            break
+    return active
+
+
+def max_symbols(n_bits: int, m1: M1) -> int:
+    """Most symbols n_bits can hold: every frequency is >= 1, so the likeliest symbol costs at least
+    -log2(1 - (n - 1) / 2**precision) bits."""
+    min_cost = -np.log2(1.0 - (m1.n_symbols - 1) / (1 << m1.precision))
+    return int(n_bits / min_cost) + 2
+
+
+def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int) -> list[bytes]:
+    """Inverse of `encode_docs`; a stream that does not reach EOF within max_bytes is corrupt."""
+    _check(m1)
+    out_docs: list[bytes] = []
+    for g0 in range(0, len(streams), m1.batch):
+        group = [np.asarray(s, np.uint8) for s in streams[g0 : g0 + m1.batch]]
+        B = m1.batch
+        bits = np.concatenate(group + [np.zeros(1, np.uint8)])
+        lens = np.asarray([len(s) for s in group] + [0] * (B - len(group)), np.int64)
+        bit_start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+        bit_end = bit_start + lens
+        st = np.zeros((B, 6), np.int64)
+        for r, s in enumerate(group):
+            low, high, value, bp = arith.decoder_init(s)
+            st[r, :5] = (low, high, value, bp, 1)
+        out = np.zeros((len(group), max_bytes), np.uint8)
+        out_n = np.zeros(B, np.int64)
+        tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
+        cache = m1.start()
+        cum = np.zeros((B, m1.n_symbols + 1), np.int64)
+        while True:
+            active = _decode_rows(cum, m1.first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos,
+                                  m1.precision, m1.max_window_bytes)
+            if active < 0:
+                raise CompressedFormatError(f"stream {g0 - 1 - active} decodes past {max_bytes} bytes without EOF")
+            if active == 0:
+                break
+            cum, cache = m1.step(cache, tok, pos)
+        out_docs += [out[r, : out_n[r]].tobytes() for r in range(len(group))]
+    return out_docs

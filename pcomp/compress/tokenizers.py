@@ -1,0 +1,260 @@
+"""Compressed-text tokenizers: text -> compressed bits -> N-bit tokens (vocab 2**N), and back.
+
+Same interface as the plain tokenizers (`pcomp.data.tokenizers.Tokenizer`), registered so
+`load_tokenizer` restores them:
+  gzip        raw DEFLATE (zlib level 9, no header) of each document, chunked into N-bit tokens
+  static_ac   arithmetic coding under a unigram byte model fitted on training text
+  arith       arithmetic coding under M1, no windows (the paper's "ArithmeticCoding")
+  equal_info  Equal-Info Windows of b bits under M1 (the paper's "EqualInfoAC[b, v]")
+None has BOS/EOS: a document's tokens end where its compressed stream ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from pcomp.compress import arith, plain_ac
+from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
+from pcomp.compress.quantize import cumulative, quantize_probs
+from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows
+from pcomp.data.tokenizers import Tokenizer, register_tokenizer
+from pcomp.errors import CheckpointError, ConfigError, DataError
+
+
+# --------------------------------------------------------------------------------- bits <-> tokens
+def bits_to_tokens(bits: np.ndarray, token_bits: int) -> np.ndarray:
+    """0/1 bits [k] -> int32 tokens [ceil(k / N)], big-endian, the last one zero-padded."""
+    bits = np.asarray(bits, np.uint8)
+    pad = (-len(bits)) % token_bits
+    padded = np.concatenate([bits, np.zeros(pad, np.uint8)]).reshape(-1, token_bits)
+    weights = (1 << np.arange(token_bits - 1, -1, -1)).astype(np.int64)
+    return (padded.astype(np.int64) @ weights).astype(np.int32)
+
+
+def tokens_to_bits(tokens, token_bits: int) -> np.ndarray:
+    tokens = _check_tokens(tokens, token_bits)
+    shifts = np.arange(token_bits - 1, -1, -1)
+    return ((tokens[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)
+
+
+def codes_to_tokens(codes: np.ndarray, window_bits: int, token_bits: int) -> np.ndarray:
+    """b-bit window codes (uint64 [n]) -> int32 tokens [n * b / N], most significant first."""
+    per = window_bits // token_bits
+    codes = np.asarray(codes, np.uint64)
+    shifts = np.asarray([(per - 1 - i) * token_bits for i in range(per)], np.uint64)
+    mask = np.uint64((1 << token_bits) - 1)
+    return ((codes[:, None] >> shifts) & mask).astype(np.int32).reshape(-1)
+
+
+def tokens_to_codes(tokens, window_bits: int, token_bits: int) -> np.ndarray:
+    tokens = _check_tokens(tokens, token_bits)
+    per = window_bits // token_bits
+    if len(tokens) % per:
+        raise DataError(f"{len(tokens)} tokens do not form whole windows of {per} tokens (b={window_bits}, "
+                        f"N={token_bits})")
+    codes = np.zeros(len(tokens) // per, np.uint64)
+    for i in range(per):
+        codes = (codes << np.uint64(token_bits)) | tokens[i::per].astype(np.uint64)
+    return codes
+
+
+def _check_tokens(tokens, token_bits: int) -> np.ndarray:
+    t = np.asarray(tokens, np.int64).reshape(-1)
+    if t.size and (t.min() < 0 or t.max() >= 1 << token_bits):
+        raise DataError(f"token {int(t[(t < 0) | (t >= 1 << token_bits)][0])} is outside [0, {1 << token_bits})")
+    return t
+
+
+class _CompressedTokenizer(Tokenizer):
+    bos_id = None
+    eos_id = None
+
+    def __init__(self, token_bits: int):
+        if token_bits not in (8, 16):
+            raise ConfigError(f"token bits N={token_bits}: expected 8 or 16")
+        self.token_bits = token_bits
+        self.vocab_size = 1 << token_bits
+
+
+# --------------------------------------------------------------------------------- GZip
+@register_tokenizer("gzip")
+class GZipTokenizer(_CompressedTokenizer):
+    """Raw DEFLATE (zlib level 9, no gzip/zlib header) chunked into N-bit tokens."""
+
+    name = "gzip"
+
+    def encode(self, data: bytes) -> np.ndarray:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        raw = c.compress(bytes(data)) + c.flush()
+        return bits_to_tokens(np.unpackbits(np.frombuffer(raw, np.uint8)), self.token_bits)
+
+    def decode(self, ids) -> bytes:
+        raw = np.packbits(tokens_to_bits(ids, self.token_bits)).tobytes()
+        d = zlib.decompressobj(-15)
+        try:
+            out = d.decompress(raw)
+        except zlib.error as e:
+            raise DataError(f"gzip tokens do not hold a valid DEFLATE stream: {e}") from None
+        if not d.eof:
+            raise DataError("gzip tokens end before the DEFLATE stream does")
+        return out
+
+    def to_config(self) -> dict:
+        return {"kind": "gzip", "token_bits": self.token_bits}
+
+    @classmethod
+    def from_config(cls, config, directory=None):
+        return cls(config["token_bits"])
+
+
+# --------------------------------------------------------------------------------- StaticAC
+@numba.njit(cache=True)
+def _decode_until_eof(bits, cum, precision, eof, max_symbols):
+    out = np.empty(max_symbols, np.int64)
+    low, high, value, pos = arith.decoder_init(bits)
+    for i in range(max_symbols):
+        s = arith.find_symbol(cum, arith.decode_target(low, high, value, precision))
+        if s == eof:
+            return out[:i], True
+        out[i] = s
+        low, high, value, pos = arith.decode_step(low, high, value, cum[s], cum[s + 1], precision, bits, pos)
+    return out, False
+
+
+@register_tokenizer("static_ac")
+class StaticACTokenizer(_CompressedTokenizer):
+    """Arithmetic coding under one unigram distribution over bytes + end-of-document."""
+
+    name = "static_ac"
+
+    def __init__(self, freqs: np.ndarray, token_bits: int, precision: int = 14):
+        super().__init__(token_bits)
+        self.freqs = np.asarray(freqs, np.int32)
+        self.precision = precision
+        if self.freqs.shape != (257,) or int(self.freqs.sum()) != 1 << precision or self.freqs.min() < 1:
+            raise ConfigError("static_ac needs 257 frequencies >= 1 summing to 2**precision")
+        self._cum = cumulative(self.freqs)
+
+    @classmethod
+    def fit(cls, docs: Sequence[bytes], token_bits: int, precision: int = 14) -> StaticACTokenizer:
+        """Unigram byte counts of `docs` (+1 smoothing) and one end-of-document per document."""
+        counts = np.ones(257, np.float64)
+        for d in docs:
+            counts[:256] += np.bincount(np.frombuffer(d, np.uint8), minlength=256)
+        counts[256] = max(len(docs), 1)
+        return cls(quantize_probs(counts / counts.sum(), precision), token_bits, precision)
+
+    def encode(self, data: bytes) -> np.ndarray:
+        sym = np.append(np.frombuffer(bytes(data), np.uint8).astype(np.int64), 256)
+        return bits_to_tokens(arith.encode(sym, self.freqs, self.precision), self.token_bits)
+
+    def decode(self, ids) -> bytes:
+        bits = tokens_to_bits(ids, self.token_bits)
+        min_cost = self.precision - np.log2(self.freqs.max())  # bits of the cheapest symbol
+        max_symbols = int(len(bits) / min_cost) + 2
+        out, ok = _decode_until_eof(bits, self._cum, self.precision, 256, max_symbols)
+        if not ok:
+            raise DataError("static_ac tokens do not end with an end-of-document symbol")
+        return out.astype(np.uint8).tobytes()
+
+    def to_config(self) -> dict:
+        return {"kind": "static_ac", "token_bits": self.token_bits, "precision": self.precision,
+                "freqs": self.freqs.tolist()}
+
+    @classmethod
+    def from_config(cls, config, directory=None):
+        return cls(np.asarray(config["freqs"]), config["token_bits"], config.get("precision", 14))
+
+
+# --------------------------------------------------------------------------------- M1-driven
+@functools.lru_cache(maxsize=4)
+def _m1(path: str, precision: int, batch: int, symbols: str) -> M1:
+    return M1.load(path, precision=precision, batch=batch, symbols=symbols)
+
+
+class _M1Tokenizer(_CompressedTokenizer):
+    symbols = BYTES
+
+    def __init__(self, m1_path: str | Path, token_bits: int, *, precision: int = 14, batch: int = 256,
+                 fingerprint: str | None = None):
+        super().__init__(token_bits)
+        self.m1_path = str(Path(m1_path).absolute())
+        self.precision, self.batch, self._fingerprint = precision, batch, fingerprint
+
+    @functools.cached_property
+    def m1(self) -> M1:
+        """Loaded on first use: training M2 on prepared tokens needs only the vocabulary."""
+        m1 = _m1(self.m1_path, self.precision, self.batch, self.symbols)
+        if self._fingerprint is not None and self._fingerprint != m1.fingerprint:
+            raise CheckpointError(
+                f"the M1 at {self.m1_path} (fingerprint {m1.fingerprint[:16]}) is not the M1 this tokenizer "
+                f"was made with (fingerprint {self._fingerprint[:16]})"
+            )
+        return m1
+
+    def encode(self, data: bytes) -> np.ndarray:
+        return self.encode_batch([data])[0]
+
+    def _m1_config(self) -> dict:
+        return {"m1_path": self.m1_path, "token_bits": self.token_bits, "precision": self.precision,
+                "batch": self.batch, "fingerprint": self._fingerprint or self.m1.fingerprint}
+
+
+@register_tokenizer("arith")
+class ArithmeticCodingTokenizer(_M1Tokenizer):
+    """Plain arithmetic coding under M1 (no windows): one stream per document, ended by EOS."""
+
+    name = "arith"
+    symbols = BYTES_EOS
+
+    def encode_batch(self, docs) -> list[np.ndarray]:
+        return [bits_to_tokens(b, self.token_bits) for b in plain_ac.encode_docs(self.m1, [bytes(d) for d in docs])]
+
+    def decode(self, ids) -> bytes:
+        bits = tokens_to_bits(ids, self.token_bits)
+        return plain_ac.decode_docs(self.m1, [bits], max_bytes=plain_ac.max_symbols(len(bits), self.m1))[0]
+
+    def to_config(self) -> dict:
+        return {"kind": "arith", **self._m1_config()}
+
+    @classmethod
+    def from_config(cls, config, directory=None):
+        return cls(config["m1_path"], config["token_bits"], precision=config["precision"], batch=config["batch"],
+                   fingerprint=config["fingerprint"])
+
+
+@register_tokenizer("equal_info")
+class EqualInfoTokenizer(_M1Tokenizer):
+    """Equal-Info Windows of b bits under M1, each window b / N tokens (`pcomp.compress.windows`)."""
+
+    name = "equal_info"
+
+    def __init__(self, m1_path, window_bits: int, token_bits: int, *, segment_bytes: int = 2048, **kw):
+        super().__init__(m1_path, token_bits, **kw)
+        check_window_bits(window_bits, token_bits, self.precision)
+        self.window_bits = window_bits
+        self.segment_bytes = segment_bytes
+
+    def encode_batch(self, docs) -> list[np.ndarray]:
+        enc = encode_windows(self.m1, [bytes(d) for d in docs], self.window_bits, segment_bytes=self.segment_bytes)
+        return [codes_to_tokens(enc.doc_codes(i), self.window_bits, self.token_bits) for i in range(len(docs))]
+
+    def decode(self, ids) -> bytes:
+        codes = tokens_to_codes(ids, self.window_bits, self.token_bits)
+        return decode_windows(self.m1, codes, self.window_bits)[0]
+
+    def to_config(self) -> dict:
+        return {"kind": "equal_info", "window_bits": self.window_bits, "segment_bytes": self.segment_bytes,
+                **self._m1_config()}
+
+    @classmethod
+    def from_config(cls, config, directory=None):
+        return cls(config["m1_path"], config["window_bits"], config["token_bits"],
+                   segment_bytes=config.get("segment_bytes", 2048), precision=config["precision"],
+                   batch=config["batch"], fingerprint=config["fingerprint"])

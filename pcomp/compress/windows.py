@@ -1,0 +1,371 @@
+"""Equal-Info Windows (Lester et al. 2024): text cut into windows that each encode to exactly b bits.
+
+Encoding a window: start from a fresh coder and an empty M1 context (BOS only); add bytes while the
+window still terminates within b bits (`arith.termination_length`); emit the terminating codeword
+zero-padded to b bits; reset coder and context; continue with the next byte.
+
+Unique decoding. Greedy packing plus zero padding is ambiguous: a window whose last bytes add only
+0 bits has the same padded codeword as a shorter prefix (e.g. a last byte whose code bits are all
+zeros), and the decoder cannot tell where the window ends. Rule used here ("shortest match"): the
+encoder emits the SHORTEST prefix (>= 1 byte) of the greedy window whose padded codeword equals
+the greedy window's padded codeword, and the bytes after it start the next window. The decoder
+decodes byte by byte and stops at the first prefix whose padded codeword equals the window's bits.
+Both agree by construction, so every window has exactly one decoding, and decoding needs no
+lengths: each window decodes alone. A window also ends at M1's context limit
+(`M1.max_window_bytes`) and at the end of a segment. The rule's cost (bytes per window against
+the greedy count) is measured by `experiments/compression_table.py`.
+
+Documents are split into segments of at most `segment_bytes`; windows never cross a segment, so
+long documents encode in parallel (rows of the M1 batch). Decoding is parallel over windows.
+All per-row coder work runs in numba kernels between batched M1 steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numba
+import numpy as np
+
+from pcomp.compress.arith import HALF, QUARTER, THREE_QUARTERS, TOP, _termination_jm, decode_step, decode_target
+from pcomp.compress.m1 import BYTES, M1
+from pcomp.errors import CompressedFormatError, ConfigError
+
+MAX_WINDOW_BITS = 64  # codewords are held in 64-bit registers
+
+
+def check_window_bits(window_bits: int, token_bits: int, precision: int) -> None:
+    if token_bits not in (8, 16):
+        raise ConfigError(f"token bits N={token_bits}: expected 8 or 16")
+    if window_bits % token_bits:
+        raise ConfigError(f"window bits b={window_bits} is not a multiple of the token bits N={token_bits}")
+    if window_bits < precision + 2:
+        raise ConfigError(
+            f"window bits b={window_bits} cannot hold every byte: a byte of frequency 1 / 2**{precision} may need "
+            f"{precision + 2} bits; expected b >= precision + 2 = {precision + 2}"
+        )
+    if window_bits > MAX_WINDOW_BITS:
+        raise ConfigError(f"window bits b={window_bits}: expected at most {MAX_WINDOW_BITS}")
+
+
+# --------------------------------------------------------------------------------- numba helpers
+@numba.njit(cache=True)
+def _add_symbol(low, high, pending, E, e, c_lo, c_hi, precision):
+    """Encoder step that appends settled bits to the 64-bit register E (e bits so far; e > 64 means
+    the window overflowed and E is no longer tracked)."""
+    rng = high - low + 1
+    high = low + ((rng * c_hi) >> precision) - 1
+    low = low + ((rng * c_lo) >> precision)
+    while True:
+        if high < HALF:
+            bit = 0
+        elif low >= HALF:
+            bit = 1
+            low -= HALF
+            high -= HALF
+        elif low >= QUARTER and high < THREE_QUARTERS:
+            pending += 1
+            low = 2 * (low - QUARTER)
+            high = 2 * (high - QUARTER) + 1
+            continue
+        else:
+            break
+        shift = 1 + pending
+        if e + shift <= 64:
+            new = (np.int64(bit) << pending) | ((np.int64(1 - bit) << pending) - (1 - bit))
+            E = new if shift >= 64 else ((E << shift) | new)
+        e += shift
+        pending = 0
+        low = 2 * low
+        high = 2 * high + 1
+    return low, high, pending, E, e
+
+
+@numba.njit(cache=True)
+def _padded_codeword(low, high, pending, E, e, b):
+    """(k, codeword of length k left-aligned in b bits) of the current state; codeword 0 if k > b."""
+    j, m = _termination_jm(low, high, pending)
+    if j == 0:
+        k = e
+        if k > b or k == 0:
+            return k, np.int64(0)
+        return k, E << (b - k)
+    k = e + pending + j
+    if k > b:
+        return k, np.int64(0)
+    t = (m >> (j - 1)) & 1
+    ones = (np.int64(1) << pending) - 1
+    tail = (t << (pending + j - 1)) | (((1 - t) * ones) << (j - 1)) | (m & ((np.int64(1) << (j - 1)) - 1))
+    shift = pending + j
+    word = tail if (e == 0 or shift >= 64) else ((E << shift) | tail)
+    return k, word << (b - k)
+
+
+@numba.njit(cache=True)
+def _fresh_window(st, r):
+    st[r, 0] = 0  # low
+    st[r, 1] = TOP  # high
+    st[r, 2] = 0  # pending
+    st[r, 3] = 0  # E
+    st[r, 4] = 0  # e
+    st[r, 5] = 0  # bytes in window
+
+
+# encoder row state columns: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n (bytes in window),
+# 6 segment (-1 idle, -2 needs one), 7 cur (next byte, absolute), 8 wstart (window's first byte)
+@numba.njit(cache=True)
+def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, counter):
+    """Emit the shortest prefix whose padded codeword equals the window's; rewind to the byte after it."""
+    n = st[r, 5]
+    final = codes[r, n - 1]
+    j = 1
+    while codes[r, j - 1] != final:
+        j += 1
+    s = st[r, 6]
+    w = seg_base[s] + seg_nwin[s]
+    out_code[w] = final
+    out_len[w] = j
+    seg_nwin[s] += 1
+    st[r, 7] = st[r, 8] + j
+    counter[0] += j
+    _fresh_window(st, r)
+
+
+@numba.njit(cache=True)
+def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos, b, precision, max_n,
+                 seg_nwin, out_code, out_len, counter):
+    """Advance every row by one M1 step; returns the number of rows that need the next M1 step.
+
+    A row with n > 0 extends its window with byte data[cur] using cum_bn[r], M1's table after the
+    window's bytes. The first byte of a window uses `first_cum` (no M1 step needed).
+    """
+    active = 0
+    for r in range(st.shape[0]):
+        if st[r, 6] == -1:
+            continue
+        if st[r, 5] > 0:
+            x = data[st[r, 7]]
+            low, high, pending, E, e = _add_symbol(st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4],
+                                                   cum_bn[r, x], cum_bn[r, x + 1], precision)
+            k, word = _padded_codeword(low, high, pending, E, e, b)
+            if k <= b:
+                n = st[r, 5]
+                st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4] = low, high, pending, E, e
+                codes[r, n] = word
+                st[r, 5] = n + 1
+                st[r, 7] += 1
+                if st[r, 7] < seg_end[st[r, 6]] and n + 1 < max_n:
+                    tok[r] = x
+                    pos[r] = n + 1
+                    active += 1
+                    continue
+            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
+        while True:  # start windows until one needs M1, or the row runs out of segments
+            if st[r, 6] < 0 or st[r, 7] >= seg_end[st[r, 6]]:
+                s = next_seg[0]
+                if s >= seg_start.shape[0]:
+                    st[r, 6] = -1
+                    break
+                next_seg[0] = s + 1
+                st[r, 6] = s
+                st[r, 7] = seg_start[s]
+                continue
+            x = data[st[r, 7]]
+            low, high, pending, E, e = _add_symbol(np.int64(0), np.int64(TOP), np.int64(0), np.int64(0),
+                                                   np.int64(0), first_cum[x], first_cum[x + 1], precision)
+            k, word = _padded_codeword(low, high, pending, E, e, b)
+            st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4] = low, high, pending, E, e
+            st[r, 5] = 1
+            st[r, 8] = st[r, 7]
+            st[r, 7] += 1
+            codes[r, 0] = word
+            if st[r, 7] < seg_end[st[r, 6]] and max_n > 1:
+                tok[r] = x
+                pos[r] = 1
+                active += 1
+                break
+            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
+    return active
+
+
+# decoder row state: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n, 6 window (-1 idle), 7 value, 8 bit position
+@numba.njit(cache=True)
+def _decode_symbol(cum_row, st, r, winbits, precision, b):
+    """Decode one byte of row r's window with table cum_row [n + 1]; update the decoder and the
+    mirrored encoder state; return (symbol, k, padded codeword of the prefix decoded so far)."""
+    low, high, value, bpos = st[r, 0], st[r, 1], st[r, 7], st[r, 8]
+    target = decode_target(low, high, value, precision)
+    lo = 0
+    hi = cum_row.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if cum_row[mid] <= target:
+            lo = mid
+        else:
+            hi = mid
+    c_lo, c_hi = cum_row[lo], cum_row[lo + 1]
+    nlow, nhigh, value, bpos = decode_step(low, high, value, c_lo, c_hi, precision, winbits[r], bpos)
+    _, _, pending, E, e = _add_symbol(low, high, st[r, 2], st[r, 3], st[r, 4], c_lo, c_hi, precision)
+    st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4], st[r, 7], st[r, 8] = nlow, nhigh, pending, E, e, value, bpos
+    k, word = _padded_codeword(nlow, nhigh, pending, E, e, b)
+    return lo, k, word
+
+
+@numba.njit(cache=True)
+def _start_decode(st, r, w, window_codes, winbits, b):
+    _fresh_window(st, r)
+    st[r, 6] = w
+    code = window_codes[w]
+    for i in range(b):
+        winbits[r, i] = (code >> (b - 1 - i)) & 1
+    value = np.int64(0)
+    for i in range(32):
+        value = 2 * value + (np.int64(winbits[r, i]) if i < b else 0)
+    st[r, 7] = value
+    st[r, 8] = 32
+
+
+@numba.njit(cache=True)
+def _decode_rows(cum_bn, first_cum, window_codes, next_win, st, winbits, tok, pos, b, precision, max_n, out, out_len):
+    """Advance every row by one M1 step. Returns (rows that need the next step, first window that
+    failed to decode within max_n bytes or -1)."""
+    active = 0
+    for r in range(st.shape[0]):
+        w = st[r, 6]
+        if w < 0:
+            continue
+        while True:
+            n = st[r, 5]
+            s, k, word = _decode_symbol(cum_bn[r] if n > 0 else first_cum, st, r, winbits, precision, b)
+            out[w, n] = s
+            st[r, 5] = n + 1
+            if k <= b and word == window_codes[w]:  # the first matching prefix is the window
+                out_len[w] = n + 1
+                w = next_win[0]
+                if w >= window_codes.shape[0]:
+                    st[r, 6] = -1
+                    break
+                next_win[0] = w + 1
+                _start_decode(st, r, w, window_codes, winbits, b)
+                continue
+            if n + 1 >= max_n:
+                return active, w
+            tok[r] = s
+            pos[r] = n + 1
+            active += 1
+            break
+    return active, -1
+
+
+# --------------------------------------------------------------------------------- drivers
+@dataclasses.dataclass
+class EncodedDocs:
+    """Windows of a batch of documents: codes[w] holds window w's b bits (right-aligned, uint64)."""
+
+    codes: np.ndarray  # uint64 [n_windows]
+    window_bytes: np.ndarray  # int64 [n_windows]: bytes each window covers
+    doc_windows: np.ndarray  # int64 [n_docs + 1]: offsets of each document's windows
+    window_bits: int
+
+    def doc_codes(self, i: int) -> np.ndarray:
+        return self.codes[self.doc_windows[i] : self.doc_windows[i + 1]]
+
+
+def _segments(docs: Sequence[bytes], segment_bytes: int):
+    data = np.frombuffer(b"".join(docs), np.uint8).astype(np.int64) if docs else np.zeros(0, np.int64)
+    starts, ends, doc_seg = [], [], [0]
+    off = 0
+    for d in docs:
+        for s in range(0, len(d), segment_bytes):
+            starts.append(off + s)
+            ends.append(off + min(s + segment_bytes, len(d)))
+        off += len(d)
+        doc_seg.append(len(starts))
+    return data, np.asarray(starts, np.int64), np.asarray(ends, np.int64), np.asarray(doc_seg, np.int64)
+
+
+def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_bytes: int = 2048,
+                   progress: Callable[[int], None] | None = None) -> EncodedDocs:
+    """Equal-Info windows of every document (each a bytes object), batched over M1's rows."""
+    if m1.symbols != BYTES:
+        raise ConfigError("Equal-Info windows code bytes only: use an M1 with symbols='bytes'")
+    check_window_bits(window_bits, 8, m1.precision)
+    if segment_bytes < 1:
+        raise ConfigError(f"segment_bytes={segment_bytes} must be >= 1")
+    data, seg_start, seg_end, doc_seg = _segments(docs, segment_bytes)
+    B = m1.batch
+    cache = m1.start()
+    st = np.zeros((B, 9), np.int64)
+    st[:, 6] = -2  # every row first takes a segment
+    codes = np.zeros((B, m1.max_window_bytes), np.int64)
+    tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
+    seg_nwin = np.zeros(len(seg_start), np.int64)
+    out_code, out_len = np.zeros(len(data), np.int64), np.zeros(len(data), np.int64)  # <= 1 window per byte
+    next_seg, counter = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    cum = np.zeros((B, m1.n_symbols + 1), np.int64)
+    reported = 0
+    while True:
+        active = _encode_rows(cum, m1.first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos,
+                              window_bits, m1.precision, m1.max_window_bytes, seg_nwin, out_code, out_len, counter)
+        if progress is not None and counter[0] > reported:
+            progress(int(counter[0]) - reported)
+            reported = int(counter[0])
+        if active == 0:
+            break
+        cum, cache = m1.step(cache, tok, pos)
+    # windows in document / segment order; segment s's windows sit at seg_start[s] ...
+    order = np.concatenate([np.arange(a, a + k) for a, k in zip(seg_start, seg_nwin)] + [np.zeros(0, np.int64)])
+    win_per_doc = [int(seg_nwin[doc_seg[i] : doc_seg[i + 1]].sum()) for i in range(len(docs))]
+    doc_windows = np.concatenate([[0], np.cumsum(win_per_doc, dtype=np.int64)]).astype(np.int64)
+    return EncodedDocs(out_code[order].view(np.uint64), out_len[order], doc_windows, window_bits)
+
+
+def decode_windows(m1: M1, codes: np.ndarray, window_bits: int, *, chunk: int = 1 << 16,
+                   progress: Callable[[int], None] | None = None) -> tuple[bytes, np.ndarray]:
+    """Bytes of the windows `codes` (uint64 [n], b bits each), in order, and each window's length.
+
+    A window that does not decode within M1's context is corrupt: CompressedFormatError.
+    """
+    check_window_bits(window_bits, 8, m1.precision)
+    codes = np.asarray(codes, np.uint64)
+    if window_bits < 64 and codes.size and int(codes.max()) >> window_bits:
+        raise CompressedFormatError(f"a window code has more than b={window_bits} bits")
+    parts, lengths = [], []
+    for c0 in range(0, len(codes), chunk):
+        piece = codes[c0 : c0 + chunk].view(np.int64)
+        data, lens = _decode_chunk(m1, piece, window_bits, c0)
+        parts.append(data)
+        lengths.append(lens)
+        if progress is not None:
+            progress(len(data))
+    if not parts:
+        return b"", np.zeros(0, np.int64)
+    return b"".join(parts), np.concatenate(lengths)
+
+
+def _decode_chunk(m1: M1, codes: np.ndarray, b: int, offset: int) -> tuple[bytes, np.ndarray]:
+    B, max_n, n = m1.batch, m1.max_window_bytes, len(codes)
+    cache = m1.start()
+    st = np.zeros((B, 9), np.int64)
+    st[:, 6] = -1
+    winbits = np.zeros((B, b), np.uint8)
+    for r in range(min(B, n)):  # rows start with n == 0: their first byte comes from first_cum
+        _start_decode(st, r, r, codes, winbits, b)
+    next_win = np.asarray([min(B, n)], np.int64)
+    out = np.zeros((n, max_n), np.uint8)
+    out_len = np.zeros(n, np.int64)
+    tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
+    cum = np.zeros((B, m1.n_symbols + 1), np.int64)
+    while True:
+        active, bad = _decode_rows(cum, m1.first_cum, codes, next_win, st, winbits, tok, pos, b, m1.precision, max_n,
+                                   out, out_len)
+        if bad >= 0:
+            raise CompressedFormatError(
+                f"window {offset + bad} does not decode within {max_n} bytes: the data is corrupt or was made "
+                f"by another M1"
+            )
+        if active == 0:
+            break
+        cum, cache = m1.step(cache, tok, pos)
+    return out[np.arange(max_n)[None, :] < out_len[:, None]].tobytes(), out_len
