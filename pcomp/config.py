@@ -108,7 +108,8 @@ class TrainingConfig:
     eval_every: int = 0  # 0 = only at the end of each stage
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
-    workdir: str = "runs/default"
+    workdir: str = "runs/default"  # config, tokenizer, metrics, TensorBoard (local)
+    checkpoint_dir: str = ""  # "" = WORKDIR/checkpoints; may be gs://... (orbax writes it directly)
     progress: bool = True  # tqdm progress bar on process 0
 
     def validate(self) -> None:

@@ -229,3 +229,26 @@ def test_tfds_errors(tfds_dir, tmp_path):
         load_documents("tfds:no_such_dataset_xyz", "train", data_dir=str(tmp_path))
     with pytest.raises(DataError, match="'tiny_shakespeare' is not prepared.*tfds build tiny_shakespeare"):
         load_documents("tfds:tiny_shakespeare", "train", data_dir=str(tmp_path))
+
+
+def test_streaming_training_from_tfds_resumes_across_the_stage_boundary(tfds_dir, tmp_path):
+    """TFDS sources train through the streaming packer; a run stopped at the end of the patch stage
+    and resumed ends with the same parameters as an uninterrupted run."""
+    import jax
+
+    from pcomp.config import Config
+    from pcomp.train.trainer import train
+
+    data_dir, _ = tfds_dir
+    base = Config.preset("test-tiny").override(
+        "data.source=tfds:pcomp_tiny_text", f"data.data_dir={data_dir}", "data.seq_len=16", "training.batch_size=4",
+        "training.patch_size=2", "training.steps=8", "training.progress=false", "training.checkpoint_every=100",
+        "mesh.data=4", "mesh.tensor=2")
+    a = train(base.override(f"training.workdir={tmp_path / 'a'}"))
+    patch_steps = a["stages"][0]["steps"]
+    assert [s["name"] for s in a["stages"]] == ["patch", "token"]
+    b = base.override(f"training.workdir={tmp_path / 'b'}")
+    assert train(b, stop_at=patch_steps)["stopped_at"] == patch_steps
+    b = train(b)
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -8,7 +8,8 @@ Two packers behind one call (`train_iterator`):
     its stages (block = K * seq_len), so stage 2 of patch-level training continues exactly at the
     first block stage 1 did not read.
   * streaming, for TFDS corpora too large for memory: documents are shuffled, tokenized lazily and
-    concatenated-then-split by grain; stage 2 continues at the first document stage 1 did not read.
+    concatenated-then-split by grain; stage 2 continues after the last document stage 1 read from
+    (a partly read one is skipped).
 Both iterators are grain `DatasetIterator`s whose state goes into the orbax checkpoint.
 """
 
@@ -89,28 +90,23 @@ def in_memory_iterator(tokens: np.ndarray, *, seq_tokens: int, block_tokens: int
 def streaming_iterator(docs: Sequence[bytes], tokenizer: Tokenizer, *, seq_tokens: int, global_batch: int,
                        seed: int, start_doc: int = 0, process_index: int = 0, process_count: int = 1,
                        threads: int = 2) -> grain.DatasetIterator:
-    """Batches [B_local, seq_tokens] from lazily tokenized, shuffled, concatenated-then-split documents."""
+    """Batches {"tokens": [B_local, seq_tokens], "doc": [B_local, seq_tokens]} from lazily tokenized,
+    shuffled, concatenated-then-split documents. "doc" is each token's document position in this
+    process's shuffled stream (>= start_doc): a next stage starts after the largest one it saw."""
     if len(docs) == 0:
         raise DataError("the training split has no documents")
     local = _local_rows(global_batch, process_index, process_count)
     ds = grain.MapDataset.source(docs)[process_index::process_count].shuffle(seed=seed).repeat()
-    ds = ds[start_doc:].map(lambda d: {"tokens": document_tokens(tokenizer, d)})
+
+    def tokens(i: int, doc: bytes) -> dict:
+        t = document_tokens(tokenizer, doc)
+        return {"tokens": t, "doc": np.full(len(t), start_doc + i, np.int64)}
+
+    ds = ds[start_doc:].map_with_index(tokens)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=16))
-    it = ConcatThenSplitIterDataset(it, length_struct={"tokens": seq_tokens})
-    it = it.map(lambda ex: ex["tokens"]).batch(local, drop_remainder=True)
+    it = ConcatThenSplitIterDataset(it, length_struct={"tokens": seq_tokens, "doc": seq_tokens})
+    it = it.map(lambda ex: {"tokens": ex["tokens"], "doc": ex["doc"]}).batch(local, drop_remainder=True)
     return iter(it)
-
-
-def documents_read(iterator_state: dict) -> int:
-    """Documents a streaming iterator has pulled from its source (its parent's next index)."""
-    stack = [iterator_state]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "next_index" in node:
-                return int(node["next_index"])
-            stack.extend(node.values())
-    raise DataError(f"cannot find the document position in iterator state {iterator_state}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -55,15 +55,15 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
-    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1 or sizes[1] == -1 or sizes[2] == -1:
-        raise ConfigError(f"bad mesh {cfg}: sizes must be positive (only mesh.data may be -1)")
-    if sizes[0] == -1:
-        rest = sizes[1] * sizes[2]
+    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
+        raise ConfigError(f"bad mesh {cfg}: sizes must be positive, and at most one may be -1 (= the rest)")
+    if -1 in sizes:
+        i = sizes.index(-1)
+        rest = math.prod(s for j, s in enumerate(sizes) if j != i)
         if n % rest:
-            raise ConfigError(
-                f"mesh fsdp={cfg.fsdp} x tensor={cfg.tensor} = {rest} does not divide the {n} available devices"
-            )
-        sizes[0] = n // rest
+            others = " x ".join(f"{MESH_AXES[j]}={s}" for j, s in enumerate(sizes) if j != i)
+            raise ConfigError(f"mesh {others} = {rest} does not divide the {n} available devices")
+        sizes[i] = n // rest
     if math.prod(sizes) != n:
         raise ConfigError(
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "

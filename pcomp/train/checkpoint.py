@@ -18,7 +18,8 @@ from pcomp.errors import CheckpointError
 
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int):
-        self.directory = Path(directory).absolute()
+        directory = str(directory)
+        self.directory = directory if "://" in directory else Path(directory).absolute()
         self._mngr = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),

@@ -42,7 +42,7 @@ def load_trained(workdir: str | Path, *, step: int | None = None, single_device:
         raise CheckpointError(f"{workdir} is not a pcomp run directory (no config.json / tokenizer/)")
     cfg = from_dict(json.loads(cfg_path.read_text()))
     tokenizer = load_tokenizer(tok_dir)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.training.keep_checkpoints)
+    ckpt = Checkpointer(cfg.training.checkpoint_dir or workdir / "checkpoints", keep=cfg.training.keep_checkpoints)
     step = ckpt.latest() if step is None else step
     if step is None:
         raise CheckpointError(f"{workdir / 'checkpoints'} holds no checkpoint")

@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pcomp.config import Config
@@ -31,6 +32,10 @@ from pcomp.patching import Stage, plan_stages, relative_cost
 from pcomp.train import step as steplib
 from pcomp.train.checkpoint import Checkpointer, abstract_with_shardings
 from pcomp.train.metrics import MetricsWriter, flops_per_position, peak_flops_per_device
+
+
+def checkpoint_dir(cfg: Config) -> str:
+    return cfg.training.checkpoint_dir or str(Path(cfg.training.workdir) / "checkpoints")
 
 
 def maybe_initialize_distributed() -> None:
@@ -145,10 +150,11 @@ def data_iterator(ctx: RunContext, stage: Stage, start: int):
                                        block_tokens=ctx.block_tokens, start_block=start, **common)
 
 
-def next_data_start(ctx: RunContext, stage: Stage, stage_start: int, iterator) -> int:
-    """Where the next stage starts reading: the first block / document this stage did not read."""
+def next_data_start(ctx: RunContext, stage: Stage, stage_start: int, last_doc: int) -> int:
+    """Where the next stage starts reading: the first block (in memory) or the document after the
+    last one any process read from (streaming) that this stage did not touch."""
     if ctx.streaming:
-        return pipeline.documents_read(iterator.get_state())
+        return int(np.max(multihost_utils.process_allgather(np.asarray(last_doc)))) + 1
     return stage_start + stage.steps * ctx.cfg.training.batch_size * stage.seq_tokens // ctx.block_tokens
 
 
@@ -186,7 +192,7 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
     ctx = setup(cfg)
     cfg, tc = ctx.cfg, ctx.cfg.training
     mesh = ctx.mesh
-    ckpt = Checkpointer(ctx.workdir / "checkpoints", tc.keep_checkpoints)
+    ckpt = Checkpointer(checkpoint_dir(cfg), tc.keep_checkpoints)
     writer = MetricsWriter(ctx.workdir, enabled=is_main())
     replicated = NamedSharding(mesh, P())
     eval_data = ctx.eval_data
@@ -220,9 +226,11 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
             state_sh = steplib.state_shardings(shapes, mesh)
             iterator = data_iterator(ctx, stage, data_start)
             stage_step = 0
+            next_start, last_doc = None, -1
             if meta is not None and meta["stage"] == stage_index:
                 state, _ = ckpt.restore(resume_step, abstract_with_shardings(shapes, state_sh), iterator)
-                stage_step = meta["stage_step"]
+                stage_step, last_doc = meta["stage_step"], meta["last_doc"]
+                next_start = meta["next_data_start"]
                 meta = None
             elif carried_params is not None:
                 init = jax.jit(lambda p: steplib.init_state(cfg.model, tx, tc.seed, p), out_shardings=state_sh)
@@ -231,9 +239,9 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
                 init = jax.jit(lambda: steplib.init_state(cfg.model, tx, tc.seed), out_shardings=state_sh)
                 state = init()
             if stage_step < stage.steps:
-                state, stopped = _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt,
+                state, stopped, next_start = _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt,
                                             writer, progress, stage_offsets[stage_index], stage_step, data_start,
-                                            summary, stop_at, eval_data, peak * n_dev)
+                                            summary, stop_at, eval_data, peak * n_dev, last_doc)
                 if stopped:  # as if preempted right after the checkpoint at `stop_at`
                     progress.close()
                     ckpt.wait()
@@ -241,7 +249,7 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
                     writer.close()
                     return {**summary, "stopped_at": stop_at, "params": state["params"]}
             carried_params = state["params"]
-            data_start = next_data_start(ctx, stage, data_start, iterator)
+            data_start = next_start
             stage_index += 1
     progress.close()
     eval_fn = steplib.jit_eval_step(ctx.graphdef, state_sh["params"], mesh)
@@ -260,7 +268,7 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
 
 
 def _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt, writer, progress,
-               offset, stage_step, data_start, summary, stop_at, eval_data, peak_total):
+               offset, stage_step, data_start, summary, stop_at, eval_data, peak_total, last_doc):
     cfg, tc = ctx.cfg, ctx.cfg.training
     step_fn = steplib.jit_train_step(ctx.graphdef, tx, schedule, state_sh, ctx.mesh, patch_size=stage.patch_size,
                                      z_loss=tc.z_loss, grad_accum=tc.grad_accum)
@@ -283,6 +291,9 @@ def _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator,
     progress.set_description(stage.name)
     while stage_step < stage.steps:
         local = next(iterator)
+        if isinstance(local, dict):  # streaming: tokens and their document positions
+            last_doc = max(last_doc, int(local["doc"].max()))
+            local = local["tokens"]
         if bos is not None:
             local = np.array(local)
             local[:, 0] = bos
@@ -313,13 +324,14 @@ def _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator,
             stats.update({f"end_{k.split('/')[1]}": v for k, v in stage_eval.items()})
             summary["stages"][stage_index] = stats
             writer.write(gstep, stage_eval)
+        next_start = next_data_start(ctx, stage, data_start, last_doc) if end else None
         if end or stage_step % tc.checkpoint_every == 0 or gstep == stop_at:
             meta = {"stage": stage_index, "stage_step": stage_step, "global_step": gstep, "data_start": data_start,
-                    "summaries": summary["stages"]}
+                    "next_data_start": next_start, "last_doc": last_doc, "summaries": summary["stages"]}
             ckpt.save(gstep, state, iterator, meta)
         if gstep == stop_at:
-            return state, True
-    return state, False
+            return state, True, next_start
+    return state, False, next_start
 
 
 def _tokens_before(summary: dict, stage_index: int, tc) -> int:
