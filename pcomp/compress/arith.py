@@ -1,8 +1,9 @@
 """Finite-precision binary arithmetic coder (Witten-Neal-Cleary) with minimal exact termination.
 
-State: 32-bit registers `low`, `high` (inclusive) and a count of `pending` follow bits, all int64
-(numba turns uint64 mixed with signed ints into float64, so int64 is the safe carrier; every value
-is < 2**32 and rng * c < 2**56 for precision <= 24). Symbol s codes as [cum[s], cum[s+1]) out of
+State: 32-bit registers `low`, `high` (inclusive) and a count of `pending` follow bits, returned as
+int64 (numba turns uint64 mixed with signed ints into float64, so int64 is the safe carrier; every
+value is < 2**32 and rng * c < 2**56 for precision <= 24). The scalar functions cast their inputs,
+so callers may hold the state in uint64 too. Symbol s codes as [cum[s], cum[s+1]) out of
 2**precision. Bits are np.uint8 arrays with one 0/1 bit per element, in emission order.
 
 Termination: after e emitted bits (value E) and p pending bits, the coder's exact interval is
@@ -83,7 +84,7 @@ def encode_symbol(low, high, pending, c_lo, c_hi, precision, out_bits, n_out):
 
 
 @numba.njit(cache=True)
-def _termination_jm(low, high, pending):
+def termination_jm(low, high, pending):
     """(j, m) of the terminating codeword; j == 0 means no bits are needed beyond the emitted ones."""
     if pending == 0 and low == 0 and high == TOP:
         return 0, 0
@@ -99,16 +100,17 @@ def _termination_jm(low, high, pending):
 @numba.njit(cache=True)
 def termination_length(low, high, pending, n_emitted):
     """Total length k of the terminated stream, given the state and the n_emitted bits already written."""
-    j, _ = _termination_jm(np.int64(low), np.int64(high), np.int64(pending))
+    pending = np.int64(pending)
+    j, _ = termination_jm(np.int64(low), np.int64(high), pending)
     if j == 0:
-        return n_emitted
-    return n_emitted + pending + j
+        return np.int64(n_emitted)
+    return np.int64(n_emitted) + pending + j
 
 
 @numba.njit(cache=True)
 def write_termination(low, high, pending, out_bits, n_out):
     """Write the terminating bits (t, pending copies of 1-t, low j-1 bits of m) at out_bits[n_out:]; return n_out."""
-    j, m = _termination_jm(np.int64(low), np.int64(high), np.int64(pending))
+    j, m = termination_jm(np.int64(low), np.int64(high), np.int64(pending))
     if j == 0:
         return n_out
     t = (m >> (j - 1)) & 1
@@ -136,13 +138,16 @@ def decoder_init(bits):
 @numba.njit(cache=True)
 def decode_target(low, high, value, precision):
     """Scaled code point in [0, 2**precision): the coded symbol s has cum[s] <= target < cum[s+1]."""
-    rng = high - low + 1
+    low = np.int64(low)
+    value = np.int64(value)
+    rng = np.int64(high) - low + 1
     return (((value - low + 1) << precision) - 1) // rng
 
 
 @numba.njit(cache=True)
 def find_symbol(cum, target):
     """Binary search in cum [n + 1] for the s with cum[s] <= target < cum[s+1] (skips zero-width symbols)."""
+    target = np.int64(target)
     lo = 0
     hi = cum.shape[0] - 1
     while hi - lo > 1:
@@ -157,6 +162,10 @@ def find_symbol(cum, target):
 @numba.njit(cache=True)
 def decode_step(low, high, value, c_lo, c_hi, precision, bits, pos):
     """Decoder mirror of `encode_symbol` for the decoded symbol's [c_lo, c_hi); returns (low, high, value, pos)."""
+    low = np.int64(low)
+    high = np.int64(high)
+    value = np.int64(value)
+    pos = np.int64(pos)
     n_bits = bits.shape[0]
     rng = high - low + 1
     high = low + ((rng * np.int64(c_hi)) >> precision) - 1

@@ -1,0 +1,107 @@
+"""Benchmark the arithmetic coder (`pcomp.compress.arith`): encode/decode MB/s, bits/byte, overhead vs ideal.
+
+Cases (1 symbol = 1 byte):
+  (a) static: one 256-ary table fitted to the data's byte histogram; `encode` / `decode` with the table.
+  (b) per-position: an order-1 (bigram) model of the data gives position i the table of byte i-1;
+      `encode_intervals` with the chosen intervals / `decode` with the [N, 256] tables.
+Times are best-of-R through the public wrappers (input validation included), after a warm-up call so
+numba compilation is excluded; MB/s from wall-clock time, and in "cpu" columns from this process's CPU
+time (closer to the unloaded figure when other jobs share the cores; the load average is printed).
+Overhead = (coded bits - ideal bits) / ideal bits.
+
+Usage: python experiments/bench_coder.py [--data PATH] [--n-tables N] [--precision P] [--repeats R]
+Without the data file, 1 MB of random bytes from a Zipf(1.3) distribution is used instead.
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pcomp.compress.arith import decode, encode, encode_intervals, ideal_code_length
+from pcomp.compress.quantize import cumulative, quantize_probs
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def load_bytes(path, seed=0):
+    """The data file as uint8 [N], or 1 MB of Zipf-distributed random bytes if it does not exist."""
+    if path.exists():
+        return np.frombuffer(path.read_bytes(), dtype=np.uint8), str(path)
+    p = 1.0 / np.arange(1, 257) ** 1.3
+    data = np.random.default_rng(seed).choice(256, size=1 << 20, p=p / p.sum()).astype(np.uint8)
+    return data, f"Zipf(1.3) random bytes ({path} not found)"
+
+
+def best_times(fn, repeats):
+    """Best wall-clock and best CPU seconds over `repeats` calls, and the last result."""
+    wall, cpu, out = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        wall, cpu = min(wall, time.perf_counter() - w0), min(cpu, time.process_time() - c0)
+    return wall, cpu, out
+
+
+def run_case(name, n, enc, dec, ideal, repeats):
+    """Time encode and decode; return one table row (MB/s wall and cpu, bits/byte, overhead %)."""
+    enc()  # warm-up: load/compile the numba kernels
+    enc_wall, enc_cpu, bits = best_times(enc, repeats)
+    dec(bits[:64])  # warm-up
+    dec_wall, dec_cpu, _ = best_times(lambda: dec(bits), repeats)
+    mbs = [n / 1e6 / t for t in (enc_wall, dec_wall, enc_cpu, dec_cpu)]
+    return name, *mbs, len(bits) / n, 100 * (len(bits) - ideal) / ideal
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="text file to fit the models to")
+    ap.add_argument("--n-tables", type=int, default=200_000, help="bytes for case (b) (N x 256 int32 tables)")
+    ap.add_argument("--precision", type=int, default=14)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    data, source = load_bytes(args.data)
+    symbols = data.astype(np.int64)  # [N]
+    print(f"data: {source}, {len(data)} bytes; precision {args.precision}; best of {args.repeats}")
+    rows = []
+
+    # (a) static table fitted to the byte histogram
+    freqs = quantize_probs(np.bincount(data, minlength=256).astype(np.float64), args.precision)  # [256]
+    rows.append(run_case(
+        "(a) static 256-ary", len(symbols),
+        lambda: encode(symbols, freqs, args.precision),
+        lambda bits: decode(bits, freqs, len(symbols), args.precision),
+        ideal_code_length(symbols, freqs, args.precision), args.repeats))
+    assert (decode(encode(symbols, freqs, args.precision), freqs, len(symbols), args.precision) == symbols).all()
+
+    # (b) per-position tables from a bigram model: position i uses the row of byte i - 1
+    n = min(args.n_tables, len(data) - 1)
+    bigram = np.ones((256, 256))
+    np.add.at(bigram, (data[:-1], data[1:]), 1)
+    t0 = time.perf_counter()
+    row_freqs = quantize_probs(bigram, args.precision)  # [256, 256]
+    t_quant = time.perf_counter() - t0
+    tables = np.ascontiguousarray(row_freqs[data[:n]])  # [n, 256] int32
+    sym_b = symbols[1:n + 1]  # [n]
+    cum = cumulative(row_freqs)  # [256, 257]
+    c_lo, c_hi = cum[data[:n], sym_b], cum[data[:n], sym_b + 1]  # [n]
+    rows.append(run_case(
+        "(b) per-position, intervals", n,
+        lambda: encode_intervals(c_lo, c_hi, args.precision),
+        lambda bits: decode(bits, tables, n, args.precision),
+        ideal_code_length(sym_b, tables, args.precision), args.repeats))
+    assert (decode(encode_intervals(c_lo, c_hi, args.precision), tables, n, args.precision) == sym_b).all()
+
+    print(f"\n{'case':<30}{'enc MB/s':>9}{'dec MB/s':>9}{'enc cpu':>9}{'dec cpu':>9}{'bits/byte':>11}"
+          f"{'overhead %':>12}")
+    for name, *mbs, bpb, overhead in rows:
+        print(f"{name:<30}" + "".join(f"{v:>9.2f}" for v in mbs) + f"{bpb:>11.4f}{overhead:>12.5f}")
+    print(f"\n(quantize_probs of the 256 bigram rows: {1e3 * t_quant:.2f} ms; per-position tables are "
+          f"{tables.nbytes / 1e6:.0f} MB of int32 read by the decoder; load average {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
