@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except PcompError as e:
         print(f"pcomp: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # unreadable / unwritable paths are the user's to fix, not a crash
+        print(f"pcomp: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pcomp: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,13 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True)
 
 
+def _check_output(path: str) -> Path:
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise DataError(f"output directory {out.parent} does not exist")
+    return out
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_bytes(data)
@@ -32,25 +39,28 @@ def _cmd_compress(args) -> None:
     from pcomp.compress.m1 import M1
 
     data = _read_input(args.input)
+    out = _check_output(args.output)
     m1 = M1.load(args.m1, precision=args.precision, batch=args.batch)
     with _progress(len(data), "compress") as bar:
         blob = compress(m1, data, window_bits=args.window_bits, token_bits=args.token_bits,
                         segment_bytes=args.segment_bytes, progress=bar.update)
-    _write_atomic(Path(args.output), blob)
+    _write_atomic(out, blob)
     print(f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(len(data), 1):.3f} bits/byte, "
           f"{len(data) / max(len(blob) - 64, 1) * args.token_bits / 8:.2f} bytes/token incl. header)")
 
 
 def _cmd_decompress(args) -> None:
     from pcomp.compress import fileformat
-    from pcomp.compress.codec import decompress, load_m1_for
+    from pcomp.compress.codec import check_m1, decompress, load_m1_for
 
     blob = _read_input(args.input)
+    out = _check_output(args.output)
     header, _ = fileformat.unpack(blob, args.input)
     m1 = load_m1_for(args.m1, header)
+    check_m1(m1, header, args.input)
     with _progress(header["original_length"], "decompress") as bar:
         data = decompress(m1, blob, args.input, progress=bar.update)
-    _write_atomic(Path(args.output), data)
+    _write_atomic(out, data)
     print(f"{args.input}: {len(blob)} -> {len(data)} bytes (checksum ok)")
 
 

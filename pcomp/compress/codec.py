@@ -37,9 +37,8 @@ def load_m1_for(path, header: dict) -> M1:
     return M1.load(path, precision=header["precision"], batch=header["m1_batch"])
 
 
-def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes:
-    """Inverse of `compress`; a wrong M1, a corrupt file or a failed check is a CompressedFormatError."""
-    header, codes = fileformat.unpack(blob, name)
+def check_m1(m1: M1, header: dict, name: str = "input") -> None:
+    """The file was made by this M1, set up the same way."""
     if header["m1_fingerprint"] != m1.fingerprint:
         raise CompressedFormatError(
             f"{name} was made with M1 {header['m1_fingerprint'][:16]}, but the given M1 is {m1.fingerprint[:16]}: "
@@ -50,6 +49,12 @@ def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes
             f"{name} needs M1 precision {header['precision']} and batch {header['m1_batch']}, got "
             f"{m1.precision} and {m1.batch}"
         )
+
+
+def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes:
+    """Inverse of `compress`; a wrong M1, a corrupt file or a failed check is a CompressedFormatError."""
+    header, codes = fileformat.unpack(blob, name)
+    check_m1(m1, header, name)
     data, _ = decode_windows(m1, codes, header["window_bits"], progress=progress)
     if len(data) != header["original_length"] or zlib.crc32(data) != header["original_crc32"]:
         where = header.get("platform", "?")

@@ -57,12 +57,8 @@ def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray]:
         header = json.loads(blob[_FIXED : _FIXED + hlen])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CompressedFormatError(f"{name} is corrupted (unreadable header)") from None
-    missing = [k for k in REQUIRED if not isinstance(header, dict) or k not in header]
-    if missing:
-        raise CompressedFormatError(f"{name} is corrupted (header lacks {missing})")
+    _check_header(header, name)
     b, n = header["window_bits"], header["n_windows"]
-    if not isinstance(b, int) or b % 8 or not 8 <= b <= 64 or not isinstance(n, int) or n < 0:
-        raise CompressedFormatError(f"{name} is corrupted (window_bits={b!r}, n_windows={n!r})")
     expected = _FIXED + hlen + n * b // 8 + 4
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "corrupted (trailing bytes)"
@@ -75,6 +71,31 @@ def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray]:
     for i in range(b // 8):
         codes = (codes << np.uint64(8)) | payload[:, i]
     return header, codes
+
+
+def _check_header(header, name: str) -> None:
+    """Every field the decoder relies on has the right type and range (a CRC only proves integrity)."""
+    missing = [k for k in REQUIRED if not isinstance(header, dict) or k not in header]
+    if missing:
+        raise CompressedFormatError(f"{name} is corrupted (header lacks {missing})")
+
+    def is_int(v, lo, hi):
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    checks = {
+        "window_bits": is_int(header["window_bits"], 8, 64) and header["window_bits"] % 8 == 0,
+        "token_bits": header["token_bits"] in (8, 16) and not isinstance(header["token_bits"], bool),
+        "precision": is_int(header["precision"], 2, 24),
+        "m1_fingerprint": isinstance(header["m1_fingerprint"], str) and len(header["m1_fingerprint"]) == 64,
+        "m1_batch": is_int(header["m1_batch"], 1, 1 << 20),
+        "n_windows": is_int(header["n_windows"], 0, 1 << 48),
+        "original_length": is_int(header["original_length"], 0, 1 << 56),
+        "original_crc32": is_int(header["original_crc32"], 0, (1 << 32) - 1),
+    }
+    bad = [k for k, ok in checks.items() if not ok]
+    if bad:
+        raise CompressedFormatError(f"{name} is corrupted (bad header fields: " +
+                                    ", ".join(f"{k}={header[k]!r}" for k in bad) + ")")
 
 
 def read(path: str | Path) -> tuple[dict, np.ndarray]:

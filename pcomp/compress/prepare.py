@@ -30,13 +30,13 @@ def prepare(*, m1_path: str, source: str, out: str, window_bits: int = 16, token
             seq_len: int = 256, shard_docs: int = 512, eval_fraction: float = 0.1, text_field: str = "text",
             data_dir: str | None = None, batch: int = 256, progress: bool = True) -> dict:
     out_dir = Path(out)
-    per_window = window_bits // token_bits if window_bits % token_bits == 0 else 0
-    if not per_window or seq_len % per_window:
+    tokenizer = EqualInfoTokenizer(m1_path, window_bits, token_bits, batch=batch)  # validates b and N
+    per_window = window_bits // token_bits
+    if seq_len % per_window:
         raise ConfigError(f"--seq-len {seq_len} must be a multiple of the tokens per window b/N = "
                           f"{window_bits}/{token_bits}, so records start at window boundaries")
     if shard_docs < 1:
         raise ConfigError(f"--shard-docs {shard_docs} must be >= 1")
-    tokenizer = EqualInfoTokenizer(m1_path, window_bits, token_bits, batch=batch)
     params = {"kind": "pcomp-prepared", "window_bits": window_bits, "token_bits": token_bits,
               "vocab_size": tokenizer.vocab_size, "seq_len": seq_len, "m1_fingerprint": tokenizer.m1.fingerprint,
               "source": source, "eval_fraction": eval_fraction, "text_field": text_field, "shard_docs": shard_docs}

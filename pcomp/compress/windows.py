@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
-from pcomp.compress.arith import HALF, QUARTER, THREE_QUARTERS, TOP, _termination_jm, decode_step, decode_target
+from pcomp.compress.arith import HALF, QUARTER, THREE_QUARTERS, TOP, termination_jm, decode_step, decode_target
 from pcomp.compress.m1 import BYTES, M1
 from pcomp.errors import CompressedFormatError, ConfigError
 
@@ -85,7 +85,7 @@ def _add_symbol(low, high, pending, E, e, c_lo, c_hi, precision):
 @numba.njit(cache=True)
 def _padded_codeword(low, high, pending, E, e, b):
     """(k, codeword of length k left-aligned in b bits) of the current state; codeword 0 if k > b."""
-    j, m = _termination_jm(low, high, pending)
+    j, m = termination_jm(low, high, pending)
     if j == 0:
         k = e
         if k > b or k == 0:

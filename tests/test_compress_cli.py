@@ -1,0 +1,364 @@
+"""`pcomp compress`, `pcomp decompress` and `pcomp prepare`, run in-process through `pcomp.cli.main`.
+
+Bad input of any kind must end in exit status 2 with one line `pcomp: error: ...` naming the
+problem, and must never write (or leave behind) the output file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pcomp.cli import main
+from pcomp.compress import fileformat
+from pcomp.config import Config
+from pcomp.data.embedded import embedded_documents
+from pcomp.data.prepared import PreparedDataset
+from pcomp.data.sources import load_documents
+from pcomp.data.tokenizers import load_tokenizer
+
+M1_BATCH = "16"  # M1 rows per step: small, so CPU steps are cheap
+INVALID_UTF8 = b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x90\x28\xbc\xed\xa0\x80\xc0\xaf\x80"
+
+
+# ----------------------------------------------------------------------------- fixtures
+def shared_m1_run(tmp_path_factory) -> Path:
+    """A trained test-tiny byte M1 (20 steps, BOS first; checkpoints at steps 10 and 20). Trained once
+    per test session: the compressor test modules share it through the session's base temp dir."""
+    from pcomp.train.trainer import train
+
+    run = tmp_path_factory.getbasetemp() / "compress-tests-m1"
+    if not (run / "summary.json").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        train(Config.preset("test-tiny").override(f"training.workdir={run}", "training.steps=20",
+                                                  "training.checkpoint_every=10", "training.progress=false",
+                                                  "data.bos_first=true"))
+    return run
+
+
+@pytest.fixture(scope="module")
+def m1_run(tmp_path_factory):
+    return shared_m1_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def other_m1_run(m1_run, tmp_path_factory):
+    """Another M1: the same run as of its step-10 checkpoint (same config, other parameters)."""
+    other = tmp_path_factory.mktemp("other-m1") / "run"
+    shutil.copytree(m1_run, other)
+    shutil.rmtree(other / "checkpoints" / "20")
+    return other
+
+
+@pytest.fixture(scope="module")
+def payload():
+    """A few KB of text with invalid UTF-8 inside and at the end."""
+    text = b"".join(embedded_documents()[5:7])[:2500]
+    return text[:1200] + INVALID_UTF8 + text[1200:] + b"\x00\x00\xff"
+
+
+@pytest.fixture(scope="module")
+def compressed(m1_run, payload, tmp_path_factory):
+    """(path of the original, path of its compressed file made with b=16 N=16)."""
+    d = tmp_path_factory.mktemp("compressed")
+    src, dst = d / "input.bin", d / "input.pcomp"
+    src.write_bytes(payload)
+    assert main(["compress", "--m1", str(m1_run), "--batch", M1_BATCH, "--segment-bytes", "256", str(src),
+                 str(dst)]) == 0
+    return src, dst
+
+
+PROGRESS_BAR = re.compile(r"^(de)?compress: ")  # tqdm progress output (opened before some checks run)
+
+
+def one_error_line(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip() and not PROGRESS_BAR.match(line)]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("pcomp: error: "), err
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def no_output(out: Path):
+    assert not out.exists()
+    assert not list(out.parent.glob(out.name + "*")), "a partial output file was left behind"
+
+
+# ----------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("b, n", [(16, 16), (24, 8)])
+def test_compress_then_decompress(m1_run, payload, tmp_path, capsys, b, n):
+    src, comp, back = tmp_path / "in.txt", tmp_path / "in.pcomp", tmp_path / "back.txt"
+    src.write_bytes(payload)
+    assert main(["compress", "--m1", str(m1_run), "--window-bits", str(b), "--token-bits", str(n),
+                 "--batch", M1_BATCH, "--segment-bytes", "256", str(src), str(comp)]) == 0
+    assert f"{len(payload)} -> " in capsys.readouterr().out
+    header, codes = fileformat.read(comp)
+    assert (header["window_bits"], header["token_bits"], header["m1_batch"]) == (b, n, int(M1_BATCH))
+    assert header["original_length"] == len(payload) and header["original_crc32"] == zlib.crc32(payload)
+    assert len(codes) == header["n_windows"] > 0 and int(codes.max()) < 1 << b
+    assert main(["decompress", "--m1", str(m1_run), str(comp), str(back)]) == 0
+    assert "checksum ok" in capsys.readouterr().out
+    assert back.read_bytes() == payload
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back.txt", "in.pcomp", "in.txt"]
+
+
+def test_compress_empty_file(m1_run, tmp_path):
+    src, comp, back = tmp_path / "empty", tmp_path / "empty.pcomp", tmp_path / "back"
+    src.write_bytes(b"")
+    assert main(["compress", "--m1", str(m1_run), "--batch", M1_BATCH, str(src), str(comp)]) == 0
+    assert fileformat.read(comp)[0]["n_windows"] == 0
+    assert main(["decompress", "--m1", str(m1_run), str(comp), str(back)]) == 0
+    assert back.read_bytes() == b""
+
+
+@pytest.mark.parametrize("b", [16, 24, 32, 64])
+def test_fileformat_pack_unpack(b):
+    rng = np.random.default_rng(b)
+    codes = np.asarray([0, (1 << b) - 1, 1 << (b - 1)] + [int(x) >> (64 - b) for x in rng.integers(0, 2**64 - 1, 20,
+                                                                                               np.uint64)], np.uint64)
+    header = {"window_bits": b, "token_bits": 8, "precision": 14, "m1_fingerprint": "f" * 64, "m1_batch": 16,
+              "original_length": 3, "original_crc32": 7}
+    blob = fileformat.pack(header, codes)
+    assert blob[:8] == b"PCOMPEIW" and struct.unpack(">I", blob[-4:])[0] == zlib.crc32(blob[:-4])
+    assert len(blob) == 14 + struct.unpack(">I", blob[10:14])[0] + len(codes) * b // 8 + 4
+    got_header, got = fileformat.unpack(blob)
+    assert got_header == {**header, "n_windows": len(codes)}
+    assert got.dtype == np.uint64 and got.tolist() == codes.tolist()
+
+
+# ----------------------------------------------------------------------------- malformed input
+def _truncate(at):
+    def f(blob):
+        hlen = struct.unpack(">I", blob[10:14])[0]
+        header_end = 14 + hlen
+        cut = {"magic": 5, "fixed": 12, "header": 14 + hlen // 2, "payload": (header_end + len(blob) - 4) // 2,
+               "trailer": len(blob) - 2, "last-byte": len(blob) - 1}[at]
+        return blob[:cut]
+    return f
+
+
+def _flip(where):
+    def f(blob):
+        hlen = struct.unpack(">I", blob[10:14])[0]
+        i = {"payload": 14 + hlen + 5, "header": 14 + hlen // 2, "crc": len(blob) - 1}[where]
+        return blob[:i] + bytes([blob[i] ^ 0x10]) + blob[i + 1 :]
+    return f
+
+
+BAD_FILES = {
+    "truncated-in-magic": (_truncate("magic"), ["bad magic"]),
+    "truncated-in-fixed-part": (_truncate("fixed"), ["truncated"]),
+    "truncated-in-header": (_truncate("header"), ["truncated"]),
+    "truncated-in-payload": (_truncate("payload"), ["truncated"]),
+    "truncated-in-trailer": (_truncate("trailer"), ["truncated"]),
+    "truncated-last-byte": (_truncate("last-byte"), ["truncated"]),
+    "corrupted-payload-byte": (_flip("payload"), ["CRC32"]),
+    "corrupted-header-byte": (_flip("header"), ["corrupted"]),
+    "corrupted-crc": (_flip("crc"), ["CRC32"]),
+    "trailing-bytes": (lambda blob: blob + b"\x00\x01", ["trailing bytes"]),
+    "random-bytes": (lambda blob: np.random.default_rng(0).integers(0, 256, 3000, np.uint8).tobytes(),
+                     ["not a pcomp compressed file"]),
+    "text-file": (lambda blob: b"just some text\n" * 40, ["not a pcomp compressed file"]),
+    "empty-file": (lambda blob: b"", ["not a pcomp compressed file"]),
+    "other-version": (lambda blob: blob[:8] + struct.pack(">H", 7) + blob[10:], ["version 7"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_decompress_bad_file(m1_run, compressed, tmp_path, capsys, case):
+    make, needles = BAD_FILES[case]
+    bad, out = tmp_path / "bad.pcomp", tmp_path / "out.txt"
+    bad.write_bytes(make(compressed[1].read_bytes()))
+    assert main(["decompress", "--m1", str(m1_run), str(bad), str(out)]) == 2
+    one_error_line(capsys, str(bad), *needles)
+    no_output(out)
+
+
+def test_decompress_with_another_m1(m1_run, other_m1_run, compressed, tmp_path, capsys):
+    header, _ = fileformat.read(compressed[1])
+    out = tmp_path / "out.txt"
+    assert main(["decompress", "--m1", str(other_m1_run), str(compressed[1]), str(out)]) == 2
+    one_error_line(capsys, "M1", header["m1_fingerprint"][:16], "same M1")
+    no_output(out)
+    # the same file still decompresses with its own M1
+    assert main(["decompress", "--m1", str(m1_run), str(compressed[1]), str(out)]) == 0
+    assert out.read_bytes() == compressed[0].read_bytes()
+
+
+@pytest.mark.parametrize("case", ["compress-missing-input", "decompress-missing-input", "compress-no-m1",
+                                  "decompress-no-m1", "window-bits-8", "window-bits-20-token-bits-16",
+                                  "window-bits-72"])
+def test_bad_arguments(m1_run, compressed, tmp_path, capsys, case):
+    src, comp = compressed
+    out = tmp_path / "out.bin"
+    missing, no_m1 = tmp_path / "no-such-input.txt", tmp_path / "no-such-m1-run"
+    argv, needles = {
+        "compress-missing-input": (["compress", "--m1", str(m1_run), str(missing), str(out)],
+                                   [str(missing), "does not exist"]),
+        "decompress-missing-input": (["decompress", "--m1", str(m1_run), str(missing), str(out)],
+                                     [str(missing), "does not exist"]),
+        "compress-no-m1": (["compress", "--m1", str(no_m1), str(src), str(out)], [str(no_m1)]),
+        "decompress-no-m1": (["decompress", "--m1", str(no_m1), str(comp), str(out)], [str(no_m1)]),
+        "window-bits-8": (["compress", "--m1", str(m1_run), "--window-bits", "8", "--token-bits", "8",
+                           "--batch", M1_BATCH, str(src), str(out)], ["b=8", "precision + 2 = 16"]),
+        "window-bits-20-token-bits-16": (["compress", "--m1", str(m1_run), "--window-bits", "20", "--token-bits",
+                                          "16", "--batch", M1_BATCH, str(src), str(out)],
+                                         ["b=20", "not a multiple", "N=16"]),
+        "window-bits-72": (["compress", "--m1", str(m1_run), "--window-bits", "72", "--token-bits", "8",
+                            "--batch", M1_BATCH, str(src), str(out)], ["b=72"]),
+    }[case]
+    assert main(argv) == 2
+    one_error_line(capsys, *needles)
+    no_output(out)
+
+
+def _rewrite_header(blob, **changes):
+    """The file with header fields changed and a valid CRC32 (a crafted, self-consistent file)."""
+    header, codes = fileformat.unpack(blob)
+    header = {**header, **changes}
+    del header["n_windows"]
+    return fileformat.pack(header, codes)
+
+
+@pytest.mark.parametrize("changes, needles", [
+    ({"window_bits": 8}, ["b=8"]),
+    ({"window_bits": 24}, []),
+    ({"precision": 99}, ["precision=99"]),
+    ({"original_length": 5}, ["do not match the original"]),
+    ({"original_crc32": 12345}, ["do not match the original"]),
+    ({"m1_fingerprint": 5}, ["m1_fingerprint=5"]),
+    ({"m1_batch": -1}, ["m1_batch=-1"]),
+    ({"original_length": "x"}, ["original_length='x'"]),
+], ids=["window-bits-8", "window-bits-24", "precision-99", "length", "crc", "fingerprint-int", "batch-negative",
+        "length-str"])
+def test_decompress_crafted_header(m1_run, compressed, tmp_path, capsys, changes, needles):
+    bad, out = tmp_path / "crafted.pcomp", tmp_path / "out.txt"
+    bad.write_bytes(_rewrite_header(compressed[1].read_bytes(), **changes))
+    assert main(["decompress", "--m1", str(m1_run), str(bad), str(out)]) == 2
+    one_error_line(capsys, *needles)
+    no_output(out)
+
+
+def test_compress_into_missing_directory(m1_run, tmp_path, capsys):
+    src, out = tmp_path / "in.txt", tmp_path / "no-such-dir" / "out.pcomp"
+    src.write_bytes(b"abc")
+    assert main(["compress", "--m1", str(m1_run), "--batch", M1_BATCH, str(src), str(out)]) == 2
+    one_error_line(capsys, str(out.parent))
+
+
+# ----------------------------------------------------------------------------- prepare
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A directory of 9 small text documents (one per file, some non-ASCII)."""
+    d = tmp_path_factory.mktemp("corpus")
+    docs = embedded_documents()
+    for i in range(9):
+        (d / f"doc{i:02d}.txt").write_bytes(docs[10 + i][:260] + "  Grüße ✓ ünïcödé\n".encode())
+    return d
+
+
+def _prepare_argv(m1_run, corpus, out, *extra):
+    return ["prepare", "--m1", str(m1_run), "--data", str(corpus), "--out", str(out), "--window-bits", "16",
+            "--token-bits", "8", "--seq-len", "32", "--shard-docs", "2", "--batch", M1_BATCH, *extra]
+
+
+@pytest.fixture(scope="module")
+def prepared(m1_run, corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared") / "ds"
+    assert main(_prepare_argv(m1_run, corpus, out)) == 0
+    return out
+
+
+def _mtimes(d: Path) -> dict:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_prepare_writes_dataset(prepared, corpus, m1_run):
+    n_train = -(-len(load_documents(str(corpus), "train")) // 2)
+    n_eval = -(-len(load_documents(str(corpus), "eval")) // 2)
+    names = sorted(p.name for p in prepared.iterdir())
+    expected = sorted(["dataset.json", "tokenizer"]
+                      + [f"{s}-{i:05d}.{ext}" for s, n in (("train", n_train), ("eval", n_eval))
+                         for i in range(n)for ext in ("array_record", "json")])
+    assert names == expected
+    params = json.loads((prepared / "dataset.json").read_text())
+    tok_config = json.loads((prepared / "tokenizer" / "tokenizer.json").read_text())
+    assert (params["window_bits"], params["token_bits"], params["vocab_size"], params["seq_len"]) == (16, 8, 256, 32)
+    assert tok_config["kind"] == "equal_info" and tok_config["fingerprint"] == params["m1_fingerprint"]
+    assert (tok_config["window_bits"], tok_config["token_bits"], tok_config["batch"]) == (16, 8, int(M1_BATCH))
+    ds = PreparedDataset(prepared)
+    for split in ("train", "eval"):
+        records = ds.records(split)
+        metas = [json.loads(p.read_text()) for p in sorted(prepared.glob(f"{split}-*.json"))]
+        assert len(records) == sum(m["records"] for m in metas)
+        for i in range(len(records)):
+            assert records[i].shape == (32,) and records[i].dtype == np.int32
+            assert records[i].min() >= 0 and records[i].max() < 256
+        for m in metas:
+            assert m["tokens"] == 2 * m["windows"] and m["records"] == -(-m["tokens"] // 32)
+
+
+@pytest.mark.parametrize("split", ["eval", "train"])
+def test_prepared_stream_decodes_to_the_split_text(prepared, corpus, split):
+    tokens, n_bytes = PreparedDataset(prepared).stream(split)
+    text = b"".join(load_documents(str(corpus), split))
+    assert n_bytes == len(text) > 0
+    assert len(tokens) % 2 == 0  # whole windows of b/N = 2 tokens
+    assert load_tokenizer(prepared / "tokenizer").decode(tokens) == text
+
+
+def test_prepare_is_resumable(prepared, m1_run, corpus, capsys):
+    before = _mtimes(prepared)
+    assert main(_prepare_argv(m1_run, corpus, prepared)) == 0
+    assert _mtimes(prepared) == before, "a finished dataset was rewritten"
+    shard_meta = prepared / "train-00001.json"
+    meta, records = shard_meta.read_text(), [r.tobytes() for r in PreparedDataset(prepared).records("train")]
+    shard_meta.unlink()  # as if the run had been interrupted while writing shard 1
+    assert main(_prepare_argv(m1_run, corpus, prepared)) == 0
+    after = _mtimes(prepared)
+    changed = sorted(k for k in after if after[k] != before.get(k))
+    assert changed == ["train-00001.array_record", "train-00001.json"]
+    assert shard_meta.read_text() == meta
+    assert [r.tobytes() for r in PreparedDataset(prepared).records("train")] == records
+    # other settings into the same directory: refused, nothing touched
+    capsys.readouterr()
+    assert main(_prepare_argv(m1_run, corpus, prepared)[:-2] + ["--seq-len", "64", "--batch", M1_BATCH]) == 2
+    one_error_line(capsys, "other settings", "seq_len")
+    assert _mtimes(prepared) == after
+
+
+@pytest.mark.parametrize("extra, needles", [
+    (["--window-bits", "24", "--token-bits", "8", "--seq-len", "32"], ["--seq-len 32", "24/8"]),
+    (["--window-bits", "20", "--token-bits", "16"], ["b=20 is not a multiple of the token bits N=16"]),
+    (["--window-bits", "8", "--token-bits", "8"], ["b=8"]),
+    (["--shard-docs", "0"], ["--shard-docs 0"]),
+])
+def test_prepare_bad_arguments(m1_run, corpus, tmp_path, capsys, extra, needles):
+    out = tmp_path / "ds"
+    argv = ["prepare", "--m1", str(m1_run), "--data", str(corpus), "--out", str(out), "--batch", M1_BATCH, *extra]
+    assert main(argv) == 2
+    one_error_line(capsys, *needles)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_m2_trains_on_prepared_tokens(prepared, tmp_path):
+    from pcomp.train.trainer import train
+
+    run = tmp_path / "m2"
+    summary = train(Config.preset("test-tiny").override(f"data.source={prepared}", "data.seq_len=32",
+                                                        "training.steps=3", f"training.workdir={run}",
+                                                        "training.progress=false"))
+    bpb = summary["eval"]["eval/bits_per_byte"]
+    assert math.isfinite(bpb) and bpb > 0
+    assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == 256
+    assert load_tokenizer(run / "tokenizer").to_config() == load_tokenizer(prepared / "tokenizer").to_config()
