@@ -67,4 +67,4 @@ def relative_cost(patch_size: int, patch_fraction: float) -> float:
     """Training compute relative to token-level training on the same tokens: lambda/K + 1 - lambda."""
     if patch_size == 1:
         return 1.0
-    return patch_fraction / patch_size + 1.0 - patch_fraction
+    return (patch_fraction + patch_size * (1.0 - patch_fraction)) / patch_size  # exact 0.5 for K=4, 2/3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from pcomp.errors import ConfigError
 from pcomp.patching.loss import check_patch_size
 
 
@@ -26,6 +27,8 @@ def plan_stages(*, token_budget: int, batch_size: int, seq_len: int, patch_size:
     token-level stage; with lambda = 1 only the patch stage runs.
     """
     check_patch_size(patch_size * seq_len, patch_size)
+    if not 0.0 <= patch_fraction <= 1.0:
+        raise ConfigError(f"patch_fraction={patch_fraction} must be in [0, 1]")
     token_seq = batch_size * seq_len
     if patch_size == 1 or patch_fraction == 0.0:
         return [Stage("token", 1, max(1, round(token_budget / token_seq)), seq_len)]

@@ -1,0 +1,64 @@
+"""Small helpers shared by the experiment scripts: `--data`, timing summaries, tables, JSON and PNG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+
+def add_data_arg(parser: argparse.ArgumentParser, default: str = "embedded") -> None:
+    parser.add_argument("--data", default=default,
+                        help="training text: 'embedded', a text file / directory / .jsonl, or tfds:NAME "
+                             "(e.g. ../shared/data/tinyshakespeare.txt)")
+
+
+def min_median(times: Sequence[float]) -> tuple[float, float]:
+    return min(times), statistics.median(times)
+
+
+Column = tuple[str, str, Callable[[Any], str] | str]  # (key, header, format spec or function)
+
+
+def _fmt(value: Any, fmt: Callable[[Any], str] | str) -> str:
+    if value is None:
+        return "-"
+    return fmt(value) if callable(fmt) else format(value, fmt)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[Column]) -> str:
+    """A GitHub-markdown table of `rows` (dicts), one column per (key, header, format)."""
+    cells = [[header for _, header, _ in columns]]
+    cells += [[_fmt(row.get(key), fmt) for key, _, fmt in columns] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    line = lambda r: "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    sep = "| " + " | ".join("-" * w for w in widths) + " |"
+    return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, default=float) + "\n")
+    return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | Path, dpi: int = 130) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path
