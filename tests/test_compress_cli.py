@@ -30,25 +30,6 @@ INVALID_UTF8 = b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x90\x28\xbc\xed\xa0\x8
 
 
 # ----------------------------------------------------------------------------- fixtures
-def shared_m1_run(tmp_path_factory) -> Path:
-    """A trained test-tiny byte M1 (20 steps, BOS first; checkpoints at steps 10 and 20). Trained once
-    per test session: the compressor test modules share it through the session's base temp dir."""
-    from pcomp.train.trainer import train
-
-    run = tmp_path_factory.getbasetemp() / "compress-tests-m1"
-    if not (run / "summary.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        train(Config.preset("test-tiny").override(f"training.workdir={run}", "training.steps=20",
-                                                  "training.checkpoint_every=10", "training.progress=false",
-                                                  "data.bos_first=true"))
-    return run
-
-
-@pytest.fixture(scope="module")
-def m1_run(tmp_path_factory):
-    return shared_m1_run(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def other_m1_run(m1_run, tmp_path_factory):
     """Another M1: the same run as of its step-10 checkpoint (same config, other parameters)."""

@@ -4,9 +4,7 @@ EqualInfo (the last two driven by a trained M1 run directory), and the bits/code
 from __future__ import annotations
 
 import json
-import shutil
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +15,6 @@ from pcomp.compress.tokenizers import (ArithmeticCodingTokenizer, EqualInfoToken
                                        StaticACTokenizer, bits_to_tokens, codes_to_tokens, tokens_to_bits,
                                        tokens_to_codes)
 from pcomp.compress.windows import decode_windows, encode_windows
-from pcomp.config import Config
 from pcomp.data.embedded import embedded_documents
 from pcomp.data.tokenizers import load_tokenizer
 from pcomp.errors import CheckpointError, CompressedFormatError, ConfigError, DataError
@@ -33,25 +30,6 @@ FEW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthChec
 
 
 # ----------------------------------------------------------------------------- fixtures
-def shared_m1_run(tmp_path_factory) -> Path:
-    """A trained test-tiny byte M1 (20 steps, BOS first; checkpoints at steps 10 and 20). Trained once
-    per test session: the compressor test modules share it through the session's base temp dir."""
-    from pcomp.train.trainer import train
-
-    run = tmp_path_factory.getbasetemp() / "compress-tests-m1"
-    if not (run / "summary.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        train(Config.preset("test-tiny").override(f"training.workdir={run}", "training.steps=20",
-                                                  "training.checkpoint_every=10", "training.progress=false",
-                                                  "data.bos_first=true"))
-    return run
-
-
-@pytest.fixture(scope="module")
-def m1_run(tmp_path_factory):
-    return shared_m1_run(tmp_path_factory)
-
-
 @pytest.fixture(scope="module")
 def text():
     return b"".join(embedded_documents()[3:5])[:2000]

@@ -28,7 +28,8 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
-from pcomp.compress.arith import HALF, QUARTER, THREE_QUARTERS, TOP, termination_jm, decode_step, decode_target
+from pcomp.compress.arith import (HALF, QUARTER, THREE_QUARTERS, TOP, decode_step, decode_target, find_symbol,
+                                  termination_jm)
 from pcomp.compress.m1 import BYTES, M1
 from pcomp.errors import CompressedFormatError, ConfigError
 
@@ -195,15 +196,7 @@ def _decode_symbol(cum_row, st, r, winbits, precision, b):
     """Decode one byte of row r's window with table cum_row [n + 1]; update the decoder and the
     mirrored encoder state; return (symbol, k, padded codeword of the prefix decoded so far)."""
     low, high, value, bpos = st[r, 0], st[r, 1], st[r, 7], st[r, 8]
-    target = decode_target(low, high, value, precision)
-    lo = 0
-    hi = cum_row.shape[0] - 1
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if cum_row[mid] <= target:
-            lo = mid
-        else:
-            hi = mid
+    lo = find_symbol(cum_row, decode_target(low, high, value, precision))
     c_lo, c_hi = cum_row[lo], cum_row[lo + 1]
     nlow, nhigh, value, bpos = decode_step(low, high, value, c_lo, c_hi, precision, winbits[r], bpos)
     _, _, pending, E, e = _add_symbol(low, high, st[r, 2], st[r, 3], st[r, 4], c_lo, c_hi, precision)
