@@ -194,7 +194,6 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
     mesh = ctx.mesh
     ckpt = Checkpointer(checkpoint_dir(cfg), tc.keep_checkpoints)
     writer = MetricsWriter(ctx.workdir, enabled=is_main())
-    NamedSharding(mesh, P())
     eval_data = ctx.eval_data
     peak, peak_source = peak_flops_per_device(cfg.model.dtype)
     n_dev = mesh.size
