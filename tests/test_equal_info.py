@@ -4,7 +4,7 @@ in-memory M1 (a random test-tiny transformer, weights scaled up to make it peaky
 Window bits are cross-checked against an independent path written here: M1's frequency tables for
 a window's bytes recomputed one `M1.step` at a time in a fresh cache, and `arith.encode` (the plain
 stream coder, not the windowed numba kernels) for the terminated codeword of every prefix. From the
-prefixes' padded codewords follow the greedy window and the "shortest match" rule of the module
+prefixes' padded codewords follow the greedy window and the unique-decoding rule of the module
 docstring, and the encoder must agree with them exactly.
 """
 
@@ -56,7 +56,7 @@ def trained():
 
 @pytest.fixture(scope="module")
 def m1(trained):
-    """Moderately peaky: windows of a few bytes and some shortest-match rewinds on random bytes."""
+    """Moderately peaky: windows of a few bytes and some unique-decoding rewinds on random bytes."""
     m = M1(trained, precision=PRECISION, batch=BATCH)
     m.start()
     return m
@@ -148,7 +148,8 @@ def reference_window(m1, cand, tables, b):
     words, overflow = prefix_codewords(cand, tables, b)
     L = len(words)
     why = "overflow" if overflow else ("context" if L == m1.max_window_bytes else "segment")
-    j = words.index(words[-1]) + 1  # the shortest prefix with the greedy window's padded codeword
+    # the longest prefix whose padded codeword no shorter prefix has (the decoder stops at the first match)
+    j = max(i for i in range(1, L + 1) if words[i - 1] not in words[: i - 1])
     return L, words, j, why
 
 
@@ -227,7 +228,7 @@ def test_round_trip_special_inputs(m1, text, b):
     round_trip(m1, [long_doc, text[:700]], b, 128)
     for segment_bytes in (5, 4096):  # runs of the likeliest and the least likely first byte
         enc = round_trip(m1, [top * 150, rare * 150, b"\x00" * 40], b, segment_bytes)
-    assert np.all(enc.window_bytes[-40:] == 1)  # zero bytes: see test_shortest_match_on_zero_bytes
+    assert np.all(enc.window_bytes[-40:] == 1)  # zero bytes: see test_unique_decoding_rule_on_zero_bytes
 
 
 def test_m1_first_cum_is_a_cumulative_table(m1):
@@ -254,7 +255,7 @@ def test_each_window_decodes_alone(m1, text, b):
 # ----------------------------------------------------------------------------- independent bits
 def _cross_check(m1, docs, b, segment_bytes, which):
     """Check windows `which` (indices, negative from the end) against freq_tables (row 0) + arith.encode;
-    return the reasons the checked greedy windows ended and how many the shortest-match rule shortened."""
+    return the reasons the checked greedy windows ended and how many the unique-decoding rule shortened."""
     enc = round_trip(m1, docs, b, segment_bytes)
     spans = window_spans(docs, enc, segment_bytes)
     reasons, rewinds = set(), 0
@@ -269,8 +270,8 @@ def _cross_check(m1, docs, b, segment_bytes, which):
         assert len(own) <= b and code == padded(own, b), f"window {w}"
         # no shorter prefix has the same padded codeword (the decoder would stop there)
         assert code not in words[: n - 1], f"window {w}: a shorter prefix has its codeword"
-        # the encoder took the greedy window, shortened only by the shortest-match rule
-        assert (n, code) == (j, words[-1]), f"window {w}: {n} bytes, greedy {L} ({why}), shortest match {j}"
+        # the encoder took the greedy window, shortened only by the unique-decoding rule
+        assert (n, code) == (j, words[-1]), f"window {w}: {n} bytes, greedy {L} ({why}), rule gives {j}"
         if n == L and why == "overflow":  # one more byte does not fit in b bits
             assert len(arith.encode(cand[: L + 1], tables[: L + 1], PRECISION)) > b
         reasons.add(why)
@@ -295,7 +296,7 @@ def test_window_bits_match_independent_coder(m1, peaky_m1, text, b):
 
 def test_all_windows_match_batched_reference_and_rewinds_occur(m1):
     """Every window of random documents against the reference (16 windows per M1 pass); random
-    bytes under this M1 shorten some windows by the shortest-match rule (seen in practice)."""
+    bytes under this M1 shorten some windows by the unique-decoding rule (seen in practice)."""
     rng = np.random.default_rng(0)
     docs = [rng.integers(1, 256, 400, dtype=np.uint8).tobytes() for _ in range(6)][2::3]  # no zero bytes
     seg = 25
@@ -314,7 +315,7 @@ def test_all_windows_match_batched_reference_and_rewinds_occur(m1):
                 if j < L:
                     found.append((b, w, docs[d][start:end], docs[d][start : start + L]))
     if not found:
-        pytest.skip("no shortest-match rewind on these documents (the rule is still checked on zero bytes)")
+        pytest.skip("no unique-decoding rewind on these documents (the rule is still checked on zero bytes)")
     for b, w, window, greedy in found:
         codes = encode_windows(m1, [greedy], b, segment_bytes=len(greedy)).codes
         assert decode_windows(m1, codes, b)[0] == greedy
@@ -324,7 +325,7 @@ def test_all_windows_match_batched_reference_and_rewinds_occur(m1):
 
 # ----------------------------------------------------------------------------- ambiguity
 @pytest.mark.parametrize("b", (32, 64))
-def test_shortest_match_on_zero_bytes(m1, b):
+def test_unique_decoding_rule_on_zero_bytes(m1, b):
     """Byte 0 codes as [0, f0): a run of zero bytes has the all-zero codeword at every length, so the
     greedy window of several zero bytes is ambiguous; the encoder must emit 1-byte windows."""
     docs = [b"\x00" * 6, b"ab\x00\x00\x00\x00"]
@@ -379,7 +380,7 @@ def test_padded_codeword_matches_arith_encode(intervals, b):
 
 
 def test_padded_codeword_ambiguity_at_coder_level():
-    """Two different prefixes, one padded codeword: the situation the shortest-match rule resolves."""
+    """Two different prefixes, one padded codeword: the situation the unique-decoding rule resolves."""
     half = 1 << (PRECISION - 1)
     states = _coder_states([(0, half), (0, half), (0, half)])
     assert [windows._padded_codeword(*s, 16) for s in states] == [(1, 0), (2, 0), (3, 0)]
@@ -529,3 +530,23 @@ def test_plain_ac_stream_past_max_bytes_is_a_format_error(m1_eos, text):
     with pytest.raises(CompressedFormatError, match="without EOF"):
         plain_ac.decode_docs(m1_eos, streams, max_bytes=39)
     assert plain_ac.decode_docs(m1_eos, streams, max_bytes=40) == [text[:40]]
+
+
+def test_close_window_emits_longest_prefix_with_unique_codeword():
+    """Greedy codewords [5, 7, 5]: the 3-byte window would decode as 1 byte (first match), the 2-byte
+    one is unique, so 2 bytes are emitted (not 1, as a 'shortest match' rule would) and the row
+    rewinds to its third byte; the greedy length 3 is recorded."""
+    st = np.zeros((1, 9), np.int64)
+    st[0, 5], st[0, 6], st[0, 8] = 3, 0, 100  # 3 bytes in the window, segment 0, window starts at byte 100
+    codes = np.array([[5, 7, 5, 0]], np.int64)
+    seg_nwin, seg_base = np.zeros(1, np.int64), np.zeros(1, np.int64)
+    out_code, out_len, out_greedy, counter = (np.zeros(4, np.int64) for _ in range(4))
+    windows._close_window(st, 0, codes, seg_nwin, seg_base, out_code, out_len, out_greedy, counter)
+    assert (out_code[0], out_len[0], out_greedy[0], seg_nwin[0]) == (7, 2, 3, 1)
+    assert st[0, 7] == 102 and counter[0] == 2 and st[0, 5] == 0  # rewound; fresh window
+    # all distinct: the whole greedy window; all equal: one byte
+    for row, want in (([1, 2, 3], 3), ([4, 4, 4], 1)):
+        st[0, 5] = 3
+        codes[0, :3] = row
+        windows._close_window(st, 0, codes, seg_nwin, seg_base, out_code, out_len, out_greedy, counter)
+        assert out_len[seg_nwin[0] - 1] == want

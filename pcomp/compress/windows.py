@@ -4,16 +4,18 @@ Encoding a window: start from a fresh coder and an empty M1 context (BOS only); 
 window still terminates within b bits (`arith.termination_length`); emit the terminating codeword
 zero-padded to b bits; reset coder and context; continue with the next byte.
 
-Unique decoding. Greedy packing plus zero padding is ambiguous: a window whose last bytes add only
-0 bits has the same padded codeword as a shorter prefix (e.g. a last byte whose code bits are all
-zeros), and the decoder cannot tell where the window ends. Rule used here ("shortest match"): the
-encoder emits the SHORTEST prefix (>= 1 byte) of the greedy window whose padded codeword equals
-the greedy window's padded codeword, and the bytes after it start the next window. The decoder
-decodes byte by byte and stops at the first prefix whose padded codeword equals the window's bits.
-Both agree by construction, so every window has exactly one decoding, and decoding needs no
-lengths: each window decodes alone. A window also ends at M1's context limit
-(`M1.max_window_bytes`) and at the end of a segment. The rule's cost (bytes per window against
-the greedy count) is measured by `experiments/compression_table.py`.
+Unique decoding. Greedy packing plus zero padding is ambiguous: when the last byte of a window
+leaves the shortest terminating codeword unchanged (a likely byte often does: the interval shrinks
+but still contains the same dyadic block) or extends it only by zero bits, a shorter prefix has
+the same padded codeword and the decoder cannot tell where the window ends. Rule used here: the
+decoder decodes byte by byte and stops at the FIRST prefix whose padded codeword equals the
+window's bits; the encoder emits the LONGEST prefix of the greedy window whose padded codeword
+differs from those of all its shorter prefixes (the best any window can do under that decoder),
+and the bytes after it start the next window. Every window therefore has exactly one decoding
+and decodes alone, with no lengths stored. A window also ends at M1's context limit
+(`M1.max_window_bytes`) and at the end of a segment. The rule's cost is measured against the
+greedy length, which `EncodedDocs.greedy_bytes` records for every window (about 0.35 bytes per
+16-bit window, ~10%, with the CPU-trained M1 of `experiments/compression_table.py`).
 
 Documents are split into segments of at most `segment_bytes`; windows never cross a segment, so
 long documents encode in parallel (rows of the M1 batch). Decoding is parallel over windows.
@@ -116,17 +118,25 @@ def _fresh_window(st, r):
 # encoder row state columns: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n (bytes in window),
 # 6 segment (-1 idle, -2 needs one), 7 cur (next byte, absolute), 8 wstart (window's first byte)
 @numba.njit(cache=True)
-def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, counter):
-    """Emit the shortest prefix whose padded codeword equals the window's; rewind to the byte after it."""
+def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, out_greedy, counter):
+    """Emit the longest prefix of the greedy window whose padded codeword differs from those of all
+    shorter prefixes (so the decoder's first match is exactly there); rewind to the byte after it."""
     n = st[r, 5]
-    final = codes[r, n - 1]
-    j = 1
-    while codes[r, j - 1] != final:
-        j += 1
+    j = n
+    while True:
+        unique = True
+        for i in range(j - 1):
+            if codes[r, i] == codes[r, j - 1]:
+                unique = False
+                break
+        if unique:
+            break
+        j -= 1
     s = st[r, 6]
     w = seg_base[s] + seg_nwin[s]
-    out_code[w] = final
+    out_code[w] = codes[r, j - 1]
     out_len[w] = j
+    out_greedy[w] = n
     seg_nwin[s] += 1
     st[r, 7] = st[r, 8] + j
     counter[0] += j
@@ -135,7 +145,7 @@ def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, counter):
 
 @numba.njit(cache=True)
 def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos, b, precision, max_n,
-                 seg_nwin, out_code, out_len, counter):
+                 seg_nwin, out_code, out_len, out_greedy, counter):
     """Advance every row by one M1 step; returns the number of rows that need the next M1 step.
 
     A row with n > 0 extends its window with byte data[cur] using cum_bn[r], M1's table after the
@@ -161,7 +171,7 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
                     pos[r] = n + 1
                     active += 1
                     continue
-            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
+            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, out_greedy, counter)
         while True:  # start windows until one needs M1, or the row runs out of segments
             if st[r, 6] < 0 or st[r, 7] >= seg_end[st[r, 6]]:
                 s = next_seg[0]
@@ -186,7 +196,7 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
                 pos[r] = 1
                 active += 1
                 break
-            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
+            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, out_greedy, counter)
     return active
 
 
@@ -260,6 +270,7 @@ class EncodedDocs:
     window_bytes: np.ndarray  # int64 [n_windows]: bytes each window covers
     doc_windows: np.ndarray  # int64 [n_docs + 1]: offsets of each document's windows
     window_bits: int
+    greedy_bytes: np.ndarray  # int64 [n_windows]: bytes greedy packing would have put in the window
 
     def doc_codes(self, i: int) -> np.ndarray:
         return self.codes[self.doc_windows[i] : self.doc_windows[i + 1]]
@@ -294,13 +305,14 @@ def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_b
     codes = np.zeros((B, m1.max_window_bytes), np.int64)
     tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
     seg_nwin = np.zeros(len(seg_start), np.int64)
-    out_code, out_len = np.zeros(len(data), np.int64), np.zeros(len(data), np.int64)  # <= 1 window per byte
+    out_code, out_len, out_greedy = (np.zeros(len(data), np.int64) for _ in range(3))  # <= 1 window per byte
     next_seg, counter = np.zeros(1, np.int64), np.zeros(1, np.int64)
     cum = np.zeros((B, m1.n_symbols + 1), np.int64)
     reported = 0
     while True:
         active = _encode_rows(cum, m1.first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos,
-                              window_bits, m1.precision, m1.max_window_bytes, seg_nwin, out_code, out_len, counter)
+                              window_bits, m1.precision, m1.max_window_bytes, seg_nwin, out_code, out_len, out_greedy,
+                              counter)
         if progress is not None and counter[0] > reported:
             progress(int(counter[0]) - reported)
             reported = int(counter[0])
@@ -311,7 +323,7 @@ def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_b
     order = np.concatenate([np.arange(a, a + k) for a, k in zip(seg_start, seg_nwin)] + [np.zeros(0, np.int64)])
     win_per_doc = [int(seg_nwin[doc_seg[i] : doc_seg[i + 1]].sum()) for i in range(len(docs))]
     doc_windows = np.concatenate([[0], np.cumsum(win_per_doc, dtype=np.int64)]).astype(np.int64)
-    return EncodedDocs(out_code[order].view(np.uint64), out_len[order], doc_windows, window_bits)
+    return EncodedDocs(out_code[order].view(np.uint64), out_len[order], doc_windows, window_bits, out_greedy[order])
 
 
 def decode_windows(m1: M1, codes: np.ndarray, window_bits: int, *, chunk: int = 1 << 16,
