@@ -4,18 +4,21 @@ Encoding a window: start from a fresh coder and an empty M1 context (BOS only); 
 window still terminates within b bits (`arith.termination_length`); emit the terminating codeword
 zero-padded to b bits; reset coder and context; continue with the next byte.
 
-Unique decoding. Greedy packing plus zero padding is ambiguous: when the last byte of a window
-leaves the shortest terminating codeword unchanged (a likely byte often does: the interval shrinks
-but still contains the same dyadic block) or extends it only by zero bits, a shorter prefix has
-the same padded codeword and the decoder cannot tell where the window ends. Rule used here: the
-decoder decodes byte by byte and stops at the FIRST prefix whose padded codeword equals the
-window's bits; the encoder emits the LONGEST prefix of the greedy window whose padded codeword
-differs from those of all its shorter prefixes (the best any window can do under that decoder),
-and the bytes after it start the next window. Every window therefore has exactly one decoding
-and decodes alone, with no lengths stored. A window also ends at M1's context limit
-(`M1.max_window_bytes`) and at the end of a segment. The rule's cost is measured against the
-greedy length, which `EncodedDocs.greedy_bytes` records for every window (about 0.35 bytes per
-16-bit window, ~10%, with the CPU-trained M1 of `experiments/compression_table.py`).
+Unique decoding. Greedy packing with the plain shortest codeword and zero padding is ambiguous:
+when a window's last byte leaves the shortest terminating codeword unchanged (a likely byte often
+does: the interval shrinks but still holds the same dyadic block) or extends it only by zero bits,
+a shorter prefix has the same padded bits and the decoder cannot tell where the window ends.
+Rule used here ("unique prefix codewords"): the codeword of prefix j of a window is the shortest,
+then leftmost, dyadic block inside its interval whose padded b-bit value differs from the padded
+codewords of prefixes 1 .. j-1; a byte joins the window while that codeword fits in b bits, and the
+window is emitted as its last prefix's codeword. The decoder decodes byte by byte, computes the
+same codewords, and stops at the first prefix whose codeword equals the window's bits: by
+construction that is the whole window. Every window therefore has exactly one decoding and
+decodes alone, with no lengths stored. A window also ends at M1's context limit
+(`M1.max_window_bytes`) and at the end of a segment. Cost: a prefix whose plain codeword collides
+needs a slightly longer one, so a window can end a byte earlier than ambiguous greedy packing;
+`encode_windows(..., unique=False)` packs the ambiguous way to measure this
+(`experiments/compression_table.py` reports it).
 
 Documents are split into segments of at most `segment_bytes`; windows never cross a segment, so
 long documents encode in parallel (rows of the M1 batch). Decoding is parallel over windows.
@@ -30,8 +33,8 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
-from pcomp.compress.arith import (HALF, QUARTER, THREE_QUARTERS, TOP, decode_step, decode_target, find_symbol,
-                                  termination_jm)
+from pcomp.compress.arith import (HALF, QUARTER, STATE_BITS, THREE_QUARTERS, TOP, decode_step, decode_target,
+                                  find_symbol, termination_jm)
 from pcomp.compress.m1 import BYTES, M1
 from pcomp.errors import CompressedFormatError, ConfigError
 
@@ -86,23 +89,51 @@ def _add_symbol(low, high, pending, E, e, c_lo, c_hi, precision):
 
 
 @numba.njit(cache=True)
-def _padded_codeword(low, high, pending, E, e, b):
-    """(k, codeword of length k left-aligned in b bits) of the current state; codeword 0 if k > b."""
-    j, m = termination_jm(low, high, pending)
-    if j == 0:
-        k = e
-        if k > b or k == 0:
-            return k, np.int64(0)
-        return k, E << (b - k)
-    k = e + pending + j
-    if k > b:
-        return k, np.int64(0)
+def _block_word(E, e, pending, j, m):
+    """Bits (e + pending + j of them, right-aligned) of the codeword of register block (j >= 1, m):
+    the emitted bits, the block's top bit t, `pending` copies of 1 - t, the block's other j - 1 bits."""
     t = (m >> (j - 1)) & 1
     ones = (np.int64(1) << pending) - 1
     tail = (t << (pending + j - 1)) | (((1 - t) * ones) << (j - 1)) | (m & ((np.int64(1) << (j - 1)) - 1))
     shift = pending + j
-    word = tail if (e == 0 or shift >= 64) else ((E << shift) | tail)
-    return k, word << (b - k)
+    return tail if (e == 0 or shift >= 64) else ((E << shift) | tail)
+
+
+@numba.njit(cache=True)
+def _seen(word, prev, n_prev):
+    for i in range(n_prev):
+        if prev[i] == word:
+            return True
+    return False
+
+
+@numba.njit(cache=True)
+def _padded_codeword(low, high, pending, E, e, b, prev, n_prev):
+    """(k, word): the shortest, then leftmost, terminating codeword of the state whose b-bit padded
+    value differs from prev[:n_prev] (the padded codewords of the window's shorter prefixes), with
+    k its length; k > b (and word 0) when no such codeword fits in b bits. With n_prev = 0 this is
+    the plain shortest terminating codeword (`arith.termination_jm`)."""
+    j, _ = termination_jm(low, high, pending)
+    if j == 0:  # the interval is exactly the cell of the emitted bits: the codeword is E itself
+        if e > b:
+            return e, np.int64(0)
+        word = E << (b - e) if e > 0 else np.int64(0)  # (e = 0 only for a certain symbol: no bits at all)
+        if not _seen(word, prev, n_prev):
+            return e, word
+        j = 1
+    while True:
+        k = e + pending + j
+        if k > b:
+            return k, np.int64(0)
+        shift = STATE_BITS - j
+        m = (low + (np.int64(1) << shift) - 1) >> shift  # leftmost block of size 2^shift inside
+        last = ((high + 1) >> shift) - 1  # rightmost
+        while m <= last:
+            word = _block_word(E, e, pending, j, m) << (b - k)
+            if not _seen(word, prev, n_prev):
+                return k, word
+            m += 1
+        j += 1
 
 
 @numba.njit(cache=True)
@@ -118,34 +149,21 @@ def _fresh_window(st, r):
 # encoder row state columns: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n (bytes in window),
 # 6 segment (-1 idle, -2 needs one), 7 cur (next byte, absolute), 8 wstart (window's first byte)
 @numba.njit(cache=True)
-def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, out_greedy, counter):
-    """Emit the longest prefix of the greedy window whose padded codeword differs from those of all
-    shorter prefixes (so the decoder's first match is exactly there); rewind to the byte after it."""
+def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, counter):
+    """Emit the window's n bytes as its last prefix codeword; the next window starts after them."""
     n = st[r, 5]
-    j = n
-    while True:
-        unique = True
-        for i in range(j - 1):
-            if codes[r, i] == codes[r, j - 1]:
-                unique = False
-                break
-        if unique:
-            break
-        j -= 1
     s = st[r, 6]
     w = seg_base[s] + seg_nwin[s]
-    out_code[w] = codes[r, j - 1]
-    out_len[w] = j
-    out_greedy[w] = n
+    out_code[w] = codes[r, n - 1]
+    out_len[w] = n
     seg_nwin[s] += 1
-    st[r, 7] = st[r, 8] + j
-    counter[0] += j
+    counter[0] += n
     _fresh_window(st, r)
 
 
 @numba.njit(cache=True)
 def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos, b, precision, max_n,
-                 seg_nwin, out_code, out_len, out_greedy, counter):
+                 seg_nwin, out_code, out_len, counter, unique):
     """Advance every row by one M1 step; returns the number of rows that need the next M1 step.
 
     A row with n > 0 extends its window with byte data[cur] using cum_bn[r], M1's table after the
@@ -159,9 +177,9 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
             x = data[st[r, 7]]
             low, high, pending, E, e = _add_symbol(st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4],
                                                    cum_bn[r, x], cum_bn[r, x + 1], precision)
-            k, word = _padded_codeword(low, high, pending, E, e, b)
+            n = st[r, 5]
+            k, word = _padded_codeword(low, high, pending, E, e, b, codes[r], n if unique else 0)
             if k <= b:
-                n = st[r, 5]
                 st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4] = low, high, pending, E, e
                 codes[r, n] = word
                 st[r, 5] = n + 1
@@ -171,7 +189,7 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
                     pos[r] = n + 1
                     active += 1
                     continue
-            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, out_greedy, counter)
+            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
         while True:  # start windows until one needs M1, or the row runs out of segments
             if st[r, 6] < 0 or st[r, 7] >= seg_end[st[r, 6]]:
                 s = next_seg[0]
@@ -185,7 +203,7 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
             x = data[st[r, 7]]
             low, high, pending, E, e = _add_symbol(np.int64(0), np.int64(TOP), np.int64(0), np.int64(0),
                                                    np.int64(0), first_cum[x], first_cum[x + 1], precision)
-            k, word = _padded_codeword(low, high, pending, E, e, b)
+            k, word = _padded_codeword(low, high, pending, E, e, b, codes[r], 0)
             st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4] = low, high, pending, E, e
             st[r, 5] = 1
             st[r, 8] = st[r, 7]
@@ -196,22 +214,25 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
                 pos[r] = 1
                 active += 1
                 break
-            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, out_greedy, counter)
+            _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
     return active
 
 
 # decoder row state: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n, 6 window (-1 idle), 7 value, 8 bit position
 @numba.njit(cache=True)
-def _decode_symbol(cum_row, st, r, winbits, precision, b):
+def _decode_symbol(cum_row, st, r, winbits, precision, b, codes):
     """Decode one byte of row r's window with table cum_row [n + 1]; update the decoder and the
-    mirrored encoder state; return (symbol, k, padded codeword of the prefix decoded so far)."""
+    mirrored encoder state; return (symbol, k, padded codeword of the prefix decoded so far), the
+    codeword made unique against the shorter prefixes' (codes[r, :n]) exactly as the encoder does."""
     low, high, value, bpos = st[r, 0], st[r, 1], st[r, 7], st[r, 8]
     lo = find_symbol(cum_row, decode_target(low, high, value, precision))
     c_lo, c_hi = cum_row[lo], cum_row[lo + 1]
     nlow, nhigh, value, bpos = decode_step(low, high, value, c_lo, c_hi, precision, winbits[r], bpos)
     _, _, pending, E, e = _add_symbol(low, high, st[r, 2], st[r, 3], st[r, 4], c_lo, c_hi, precision)
     st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4], st[r, 7], st[r, 8] = nlow, nhigh, pending, E, e, value, bpos
-    k, word = _padded_codeword(nlow, nhigh, pending, E, e, b)
+    n = st[r, 5]
+    k, word = _padded_codeword(nlow, nhigh, pending, E, e, b, codes[r], n)
+    codes[r, n] = word
     return lo, k, word
 
 
@@ -230,7 +251,8 @@ def _start_decode(st, r, w, window_codes, winbits, b):
 
 
 @numba.njit(cache=True)
-def _decode_rows(cum_bn, first_cum, window_codes, next_win, st, winbits, tok, pos, b, precision, max_n, out, out_len):
+def _decode_rows(cum_bn, first_cum, window_codes, next_win, st, winbits, codes, tok, pos, b, precision, max_n, out,
+                 out_len):
     """Advance every row by one M1 step. Returns (rows that need the next step, first window that
     failed to decode within max_n bytes or -1)."""
     active = 0
@@ -240,7 +262,7 @@ def _decode_rows(cum_bn, first_cum, window_codes, next_win, st, winbits, tok, po
             continue
         while True:
             n = st[r, 5]
-            s, k, word = _decode_symbol(cum_bn[r] if n > 0 else first_cum, st, r, winbits, precision, b)
+            s, k, word = _decode_symbol(cum_bn[r] if n > 0 else first_cum, st, r, winbits, precision, b, codes)
             out[w, n] = s
             st[r, 5] = n + 1
             if k <= b and word == window_codes[w]:  # the first matching prefix is the window
@@ -270,7 +292,6 @@ class EncodedDocs:
     window_bytes: np.ndarray  # int64 [n_windows]: bytes each window covers
     doc_windows: np.ndarray  # int64 [n_docs + 1]: offsets of each document's windows
     window_bits: int
-    greedy_bytes: np.ndarray  # int64 [n_windows]: bytes greedy packing would have put in the window
 
     def doc_codes(self, i: int) -> np.ndarray:
         return self.codes[self.doc_windows[i] : self.doc_windows[i + 1]]
@@ -290,8 +311,12 @@ def _segments(docs: Sequence[bytes], segment_bytes: int):
 
 
 def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_bytes: int = 2048,
-                   progress: Callable[[int], None] | None = None) -> EncodedDocs:
-    """Equal-Info windows of every document (each a bytes object), batched over M1's rows."""
+                   progress: Callable[[int], None] | None = None, unique: bool = True) -> EncodedDocs:
+    """Equal-Info windows of every document (each a bytes object), batched over M1's rows.
+
+    unique=False packs greedily with the plain shortest codewords (ambiguous, generally NOT
+    decodable): only for measuring what unique decoding costs.
+    """
     if m1.symbols != BYTES:
         raise ConfigError("Equal-Info windows code bytes only: use an M1 with symbols='bytes'")
     check_window_bits(window_bits, 8, m1.precision)
@@ -305,14 +330,14 @@ def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_b
     codes = np.zeros((B, m1.max_window_bytes), np.int64)
     tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
     seg_nwin = np.zeros(len(seg_start), np.int64)
-    out_code, out_len, out_greedy = (np.zeros(len(data), np.int64) for _ in range(3))  # <= 1 window per byte
+    out_code, out_len = np.zeros(len(data), np.int64), np.zeros(len(data), np.int64)  # <= 1 window per byte
     next_seg, counter = np.zeros(1, np.int64), np.zeros(1, np.int64)
     cum = np.zeros((B, m1.n_symbols + 1), np.int64)
     reported = 0
     while True:
         active = _encode_rows(cum, m1.first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos,
-                              window_bits, m1.precision, m1.max_window_bytes, seg_nwin, out_code, out_len, out_greedy,
-                              counter)
+                              window_bits, m1.precision, m1.max_window_bytes, seg_nwin, out_code, out_len, counter,
+                              unique)
         if progress is not None and counter[0] > reported:
             progress(int(counter[0]) - reported)
             reported = int(counter[0])
@@ -323,7 +348,7 @@ def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_b
     order = np.concatenate([np.arange(a, a + k) for a, k in zip(seg_start, seg_nwin)] + [np.zeros(0, np.int64)])
     win_per_doc = [int(seg_nwin[doc_seg[i] : doc_seg[i + 1]].sum()) for i in range(len(docs))]
     doc_windows = np.concatenate([[0], np.cumsum(win_per_doc, dtype=np.int64)]).astype(np.int64)
-    return EncodedDocs(out_code[order].view(np.uint64), out_len[order], doc_windows, window_bits, out_greedy[order])
+    return EncodedDocs(out_code[order].view(np.uint64), out_len[order], doc_windows, window_bits)
 
 
 def decode_windows(m1: M1, codes: np.ndarray, window_bits: int, *, chunk: int = 1 << 16,
@@ -355,6 +380,7 @@ def _decode_chunk(m1: M1, codes: np.ndarray, b: int, offset: int) -> tuple[bytes
     st = np.zeros((B, 9), np.int64)
     st[:, 6] = -1
     winbits = np.zeros((B, b), np.uint8)
+    codes_rn = np.zeros((B, max_n), np.int64)  # padded codewords of each row's decoded prefixes
     for r in range(min(B, n)):  # rows start with n == 0: their first byte comes from first_cum
         _start_decode(st, r, r, codes, winbits, b)
     next_win = np.asarray([min(B, n)], np.int64)
@@ -363,8 +389,8 @@ def _decode_chunk(m1: M1, codes: np.ndarray, b: int, offset: int) -> tuple[bytes
     tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
     cum = np.zeros((B, m1.n_symbols + 1), np.int64)
     while True:
-        active, bad = _decode_rows(cum, m1.first_cum, codes, next_win, st, winbits, tok, pos, b, m1.precision, max_n,
-                                   out, out_len)
+        active, bad = _decode_rows(cum, m1.first_cum, codes, next_win, st, winbits, codes_rn, tok, pos, b, m1.precision,
+                                   max_n, out, out_len)
         if bad >= 0:
             raise CompressedFormatError(
                 f"window {offset + bad} does not decode within {max_n} bytes: the data is corrupt or was made "
