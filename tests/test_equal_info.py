@@ -274,7 +274,7 @@ def test_round_trip_special_inputs(m1, text, b):
     round_trip(m1, [INVALID_UTF8, b"", INVALID_UTF8[::-1]], b, 2048)
     round_trip(m1, [long_doc, text[:700]], b, 128)
     for segment_bytes in (5, 4096):  # runs of the likeliest and the least likely first byte
-        enc = round_trip(m1, [top * 150, rare * 150, b"\x00" * 40], b, segment_bytes)
+        round_trip(m1, [top * 150, rare * 150, b"\x00" * 40], b, segment_bytes)
 
 
 def test_m1_first_cum_is_a_cumulative_table(m1):
