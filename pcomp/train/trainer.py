@@ -118,6 +118,8 @@ def setup(cfg: Config) -> RunContext:
                                       dc.eval_max_bytes)
         if not streaming:
             train_tokens = pipeline.token_stream(train_docs, tokenizer)
+    if dc.bos_first and tokenizer.bos_id is None:
+        raise ConfigError(f"data.bos_first needs a tokenizer with BOS; {tokenizer.name} has none")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     saved = workdir / "config.json"
     if saved.exists():
@@ -185,164 +187,156 @@ def evaluate(ctx: RunContext, params, eval_fn, eval_data: pipeline.EvalSet) -> d
 
 # --- the loop ------------------------------------------------------------------------------------
 def train(cfg: Config, *, stop_at: int | None = None) -> dict:
-    """Train (or resume) the run in cfg.training.workdir; returns a summary dict.
+    """Train (or resume) the run in cfg.training.workdir; returns a summary dict (per-stage steps,
+    tokens, FLOPs and end-of-stage held-out metrics; "eval"; "relative_cost"; final "params").
 
     `stop_at` stops after that global step (as a preemption would) after checkpointing.
     """
-    ctx = setup(cfg)
-    cfg, tc = ctx.cfg, ctx.cfg.training
-    mesh = ctx.mesh
-    ckpt = Checkpointer(checkpoint_dir(cfg), tc.keep_checkpoints)
-    writer = MetricsWriter(ctx.workdir, enabled=is_main())
-    eval_data = ctx.eval_data
-    peak, peak_source = peak_flops_per_device(cfg.model.dtype)
-    n_dev = mesh.size
-    cost = relative_cost(tc.patch_size, tc.patch_fraction if len(ctx.stages) > 1 else 0.0)
-    total_steps = sum(s.steps for s in ctx.stages)
-    stage_offsets = np.cumsum([0] + [s.steps for s in ctx.stages]).tolist()
-
-    # Where to start: the latest checkpoint, if any.
-    resume_step = ckpt.latest()
-    meta = ckpt.restore_meta(resume_step) if resume_step is not None else None
-    stage_index, summary = 0, {"stages": [], "relative_cost": cost, "workdir": str(ctx.workdir)}
-    carried_params, data_start = None, 0
-    if meta is not None:
-        stage_index = meta["stage"]
-        summary["stages"] = meta["summaries"]
-        data_start = meta["data_start"]
-    if is_main():
-        _log(f"pcomp: {cfg.model.name} model, {len(ctx.stages)} stage(s) "
-             + ", ".join(f"{s.name}(K={s.patch_size}, {s.steps} steps)" for s in ctx.stages)
-             + f"; relative cost {cost:.3f}; mesh {dict(mesh.shape)}; peak {peak:.3g} FLOP/s/device ({peak_source})")
-
-    progress = _progress(total_steps, tc.progress and is_main())
-    summary["eval"] = None
-    with jax.set_mesh(mesh):
-        while stage_index < len(ctx.stages):
-            stage = ctx.stages[stage_index]
-            tx, schedule = steplib.make_optimizer(tc, stage.steps)
-            shapes = jax.eval_shape(lambda: steplib.init_state(cfg.model, tx, tc.seed))
-            state_sh = steplib.state_shardings(shapes, mesh)
-            iterator = data_iterator(ctx, stage, data_start)
-            stage_step = 0
-            next_start, last_doc = None, -1
-            if meta is not None and meta["stage"] == stage_index:
-                state, _ = ckpt.restore(resume_step, abstract_with_shardings(shapes, state_sh), iterator)
-                stage_step, last_doc = meta["stage_step"], meta["last_doc"]
-                next_start = meta["next_data_start"]
-                meta = None
-            elif carried_params is not None:
-                init = jax.jit(lambda p: steplib.init_state(cfg.model, tx, tc.seed, p), out_shardings=state_sh)
-                state = init(carried_params)
-            else:
-                init = jax.jit(lambda: steplib.init_state(cfg.model, tx, tc.seed), out_shardings=state_sh)
-                state = init()
-            if stage_step < stage.steps:
-                state, stopped, next_start = _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt,
-                                            writer, progress, stage_offsets[stage_index], stage_step, data_start,
-                                            summary, stop_at, eval_data, peak * n_dev, last_doc)
-                if stopped:  # as if preempted right after the checkpoint at `stop_at`
-                    progress.close()
-                    ckpt.wait()
-                    ckpt.close()
-                    writer.close()
-                    return {**summary, "stopped_at": stop_at, "params": state["params"]}
-            carried_params = state["params"]
-            data_start = next_start
-            stage_index += 1
-    progress.close()
-    # the final model is the last stage's: its end-of-stage evaluation is the run's result
-    summary["eval"] = {f"eval/{k[4:]}": v for k, v in summary["stages"][-1].items() if k.startswith("end_")}
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-    summary["params"] = carried_params
-    if is_main():
-        _log(f"pcomp: done; held-out bits/byte {summary['eval']['eval/bits_per_byte']:.4f}, "
-             f"loss {summary['eval']['eval/loss']:.4f}")
-        (ctx.workdir / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
-    return summary
+    return _Run(setup(cfg), stop_at).run()
 
 
-def _run_stage(ctx, stage, stage_index, state, state_sh, tx, schedule, iterator, ckpt, writer, progress,
-               offset, stage_step, data_start, summary, stop_at, eval_data, peak_total, last_doc):
-    cfg, tc = ctx.cfg, ctx.cfg.training
-    step_fn = steplib.jit_train_step(ctx.graphdef, tx, schedule, state_sh, ctx.mesh, patch_size=stage.patch_size,
-                                     z_loss=tc.z_loss, grad_accum=tc.grad_accum)
-    eval_fn = steplib.jit_eval_step(ctx.graphdef, state_sh["params"], ctx.mesh)
-    sh = batch_sharding(ctx.mesh)
-    positions = tc.batch_size * cfg.data.seq_len  # model positions per step (patches or tokens)
-    flops_step = positions * flops_per_position(cfg.model, cfg.data.seq_len)
-    tokens_step = tc.batch_size * stage.seq_tokens
-    loss_key = "train/patch_loss" if stage.patch_size > 1 else "train/loss"
-    stats = {"name": stage.name, "patch_size": stage.patch_size, "steps": stage.steps,
-             "tokens": stage.tokens(tc.batch_size), "flops": flops_step * stage.steps}
-    if len(summary["stages"]) <= stage_index:
-        summary["stages"].append(stats)
-    bos = ctx.tokenizer.bos_id if cfg.data.bos_first else None
-    if cfg.data.bos_first and bos is None:
-        raise ConfigError(f"data.bos_first needs a tokenizer with BOS; {ctx.tokenizer.name} has none")
-    mask = np.ones((tc.batch_size // jax.process_count(), stage.seq_tokens), np.int32)
-    mask_g = global_batch(mask, sh)
-    t_last, steps_since, metrics = None, 0, None
-    progress.set_description(stage.name)
-    while stage_step < stage.steps:
-        local = next(iterator)
-        if isinstance(local, dict):  # streaming: tokens and their document positions
-            last_doc = max(last_doc, int(local["doc"].max()))
-            local = local["tokens"]
-        if bos is not None:
-            local = np.array(local)
-            local[:, 0] = bos
-        state, metrics = step_fn(state, {"tokens": global_batch(local, sh), "mask": mask_g})
-        stage_step += 1
-        gstep = offset + stage_step
-        steps_since += 1
-        progress.update(1)
-        if stage_step == 1 or stage_step % tc.log_every == 0 or stage_step == stage.steps:
-            m = jax.device_get(metrics)
-            now = time.perf_counter()
-            scalars = {loss_key: m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
-                       "train/stage": stage_index, "train/tokens_seen": _tokens_before(summary, stage_index, tc)
-                       + stage_step * tokens_step}
-            if t_last is not None:  # the first step includes compilation
-                dt = (now - t_last) / steps_since
-                scalars.update({"perf/step_time_s": dt, "perf/tokens_per_s": tokens_step / dt,
-                                "perf/model_flops_per_s": flops_step / dt, "perf/mfu": flops_step / dt / peak_total})
-            t_last, steps_since = now, 0
-            writer.write(gstep, scalars)
-            progress.set_postfix(loss=f"{float(m['loss']):.3f}", mfu=f"{scalars.get('perf/mfu', 0):.0%}",
-                                 refresh=False)
-        if tc.eval_every and stage_step % tc.eval_every == 0 and stage_step < stage.steps:
-            writer.write(gstep, evaluate(ctx, state["params"], eval_fn, eval_data))
-        end = stage_step == stage.steps
-        if end:
-            stage_eval = evaluate(ctx, state["params"], eval_fn, eval_data)
-            stats.update({f"end_{k.split('/')[1]}": v for k, v in stage_eval.items()})
-            summary["stages"][stage_index] = stats
-            writer.write(gstep, stage_eval)
-        next_start = next_data_start(ctx, stage, data_start, last_doc) if end else None
-        if end or stage_step % tc.checkpoint_every == 0 or gstep == stop_at:
-            meta = {"stage": stage_index, "stage_step": stage_step, "global_step": gstep, "data_start": data_start,
-                    "next_data_start": next_start, "last_doc": last_doc, "summaries": summary["stages"]}
-            ckpt.save(gstep, state, iterator, meta)
-        if gstep == stop_at:
-            return state, True, next_start
-    return state, False, next_start
+class _Run:
+    """One call of `train`: the stage loop with its checkpointer, metrics writer and progress bar."""
 
+    def __init__(self, ctx: RunContext, stop_at: int | None):
+        self.ctx, self.stop_at = ctx, stop_at
+        tc = ctx.cfg.training
+        self.ckpt = Checkpointer(checkpoint_dir(ctx.cfg), tc.keep_checkpoints)
+        self.writer = MetricsWriter(ctx.workdir, enabled=is_main())
+        peak, self.peak_source = peak_flops_per_device(ctx.cfg.model.dtype)
+        self.peak_total = peak * ctx.mesh.size
+        self.cost = relative_cost(tc.patch_size, tc.patch_fraction if len(ctx.stages) > 1 else 0.0)
+        self.offsets = np.cumsum([0] + [s.steps for s in ctx.stages]).tolist()
+        self.progress = _progress(self.offsets[-1], tc.progress and is_main())
+        self.summary = {"stages": [], "relative_cost": self.cost, "workdir": str(ctx.workdir), "eval": None}
 
-def _tokens_before(summary: dict, stage_index: int, tc) -> int:
-    return sum(s["tokens"] for s in summary["stages"][:stage_index])
+    def run(self) -> dict:
+        ctx, tc = self.ctx, self.ctx.cfg.training
+        resume_step = self.ckpt.latest()
+        meta = self.ckpt.restore_meta(resume_step) if resume_step is not None else None
+        stage_index, data_start, params = 0, 0, None
+        if meta is not None:
+            stage_index, data_start, self.summary["stages"] = meta["stage"], meta["data_start"], meta["summaries"]
+        self._log(f"pcomp: {ctx.cfg.model.name} model, {len(ctx.stages)} stage(s) "
+                  + ", ".join(f"{s.name}(K={s.patch_size}, {s.steps} steps)" for s in ctx.stages)
+                  + f"; relative cost {self.cost:.3f}; mesh {dict(ctx.mesh.shape)}; peak "
+                  f"{self.peak_total / ctx.mesh.size:.3g} FLOP/s/device ({self.peak_source})"
+                  + (f"; resuming at step {resume_step}" if meta else ""))
+        with jax.set_mesh(ctx.mesh):
+            while stage_index < len(ctx.stages):
+                stage = ctx.stages[stage_index]
+                tx, schedule = steplib.make_optimizer(tc, stage.steps)
+                shapes = jax.eval_shape(lambda: steplib.init_state(ctx.cfg.model, tx, tc.seed))
+                state_sh = steplib.state_shardings(shapes, ctx.mesh)
+                iterator = data_iterator(ctx, stage, data_start)
+                pos = {"stage_step": 0, "last_doc": -1, "next_data_start": None}
+                if meta is not None:  # resume inside (or at the end of) this stage
+                    state, _ = self.ckpt.restore(resume_step, abstract_with_shardings(shapes, state_sh), iterator)
+                    pos = {k: meta[k] for k in pos}
+                    meta = None
+                else:  # a fresh stage: new optimizer state over new or carried-over parameters
+                    init = jax.jit(lambda p: steplib.init_state(ctx.cfg.model, tx, tc.seed, p), out_shardings=state_sh)
+                    state = init(params)
+                if pos["stage_step"] < stage.steps:
+                    state, pos = self._run_stage(stage_index, state, state_sh, tx, schedule, iterator, data_start, pos)
+                    if self.offsets[stage_index] + pos["stage_step"] == self.stop_at:  # as if preempted here
+                        return self._close({**self.summary, "stopped_at": self.stop_at, "params": state["params"]})
+                params, data_start = state["params"], pos["next_data_start"]
+                stage_index += 1
+        # the final model is the last stage's: its end-of-stage evaluation is the run's result
+        self.summary["eval"] = {f"eval/{k[4:]}": v for k, v in self.summary["stages"][-1].items()
+                                if k.startswith("end_")}
+        self._log(f"pcomp: done; held-out bits/byte {self.summary['eval']['eval/bits_per_byte']:.4f}, "
+                  f"loss {self.summary['eval']['eval/loss']:.4f}")
+        if is_main():
+            (ctx.workdir / "summary.json").write_text(json.dumps(_jsonable(self.summary), indent=2))
+        return self._close({**self.summary, "params": params})
+
+    def _close(self, result: dict) -> dict:
+        self.progress.close()
+        self.ckpt.wait()
+        self.ckpt.close()
+        self.writer.close()
+        return result
+
+    def _log(self, msg: str) -> None:
+        if is_main():
+            self.progress.write(msg) if not self.progress.disable else print(msg, flush=True)
+
+    def _run_stage(self, stage_index, state, state_sh, tx, schedule, iterator, data_start, pos):
+        """Steps of one stage from pos["stage_step"]; returns (state, pos) at its end or at `stop_at`."""
+        ctx, cfg, tc = self.ctx, self.ctx.cfg, self.ctx.cfg.training
+        stage = ctx.stages[stage_index]
+        step_fn = steplib.jit_train_step(ctx.graphdef, tx, schedule, state_sh, ctx.mesh,
+                                         patch_size=stage.patch_size, z_loss=tc.z_loss, grad_accum=tc.grad_accum)
+        eval_fn = steplib.jit_eval_step(ctx.graphdef, state_sh["params"], ctx.mesh)
+        sh = batch_sharding(ctx.mesh)
+        flops_step = tc.batch_size * cfg.data.seq_len * flops_per_position(cfg.model, cfg.data.seq_len)
+        tokens_step = tc.batch_size * stage.seq_tokens
+        tokens_before = sum(s.tokens(tc.batch_size) for s in ctx.stages[:stage_index])
+        loss_key = "train/patch_loss" if stage.patch_size > 1 else "train/loss"
+        stats = {"name": stage.name, "patch_size": stage.patch_size, "steps": stage.steps,
+                 "tokens": stage.tokens(tc.batch_size), "flops": flops_step * stage.steps}
+        if len(self.summary["stages"]) <= stage_index:
+            self.summary["stages"].append(stats)
+        bos = ctx.tokenizer.bos_id if cfg.data.bos_first else None
+        mask_g = global_batch(np.ones((tc.batch_size // jax.process_count(), stage.seq_tokens), np.int32), sh)
+        stage_step, last_doc, next_start = pos["stage_step"], pos["last_doc"], pos["next_data_start"]
+        t_last, steps_since = None, 0
+        self.progress.set_description(stage.name)
+        self.progress.update(self.offsets[stage_index] + stage_step - self.progress.n)
+        while stage_step < stage.steps:
+            local = next(iterator)
+            if isinstance(local, dict):  # streaming: tokens and their document positions
+                last_doc = max(last_doc, int(local["doc"].max()))
+                local = local["tokens"]
+            if bos is not None:
+                local = np.array(local)
+                local[:, 0] = bos
+            state, metrics = step_fn(state, {"tokens": global_batch(local, sh), "mask": mask_g})
+            stage_step += 1
+            steps_since += 1
+            gstep = self.offsets[stage_index] + stage_step
+            self.progress.update(1)
+            end = stage_step == stage.steps
+            if stage_step == 1 or stage_step % tc.log_every == 0 or end:
+                m = jax.device_get(metrics)
+                now = time.perf_counter()
+                scalars = {loss_key: m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
+                           "train/stage": stage_index, "train/tokens_seen": tokens_before + stage_step * tokens_step}
+                if t_last is not None:  # the first logged step includes compilation
+                    dt = (now - t_last) / steps_since
+                    scalars.update({"perf/step_time_s": dt, "perf/tokens_per_s": tokens_step / dt,
+                                    "perf/model_flops_per_s": flops_step / dt,
+                                    "perf/mfu": flops_step / dt / self.peak_total})
+                t_last, steps_since = now, 0
+                self.writer.write(gstep, scalars)
+                self.progress.set_postfix(loss=f"{float(m['loss']):.3f}", mfu=f"{scalars.get('perf/mfu', 0):.0%}",
+                                          refresh=False)
+            if tc.eval_every and stage_step % tc.eval_every == 0 and not end:
+                self.writer.write(gstep, evaluate(ctx, state["params"], eval_fn, ctx.eval_data))
+            if end:
+                stage_eval = evaluate(ctx, state["params"], eval_fn, ctx.eval_data)
+                stats.update({f"end_{k.split('/')[1]}": v for k, v in stage_eval.items()})
+                self.summary["stages"][stage_index] = stats
+                self.writer.write(gstep, stage_eval)
+                next_start = next_data_start(ctx, stage, data_start, last_doc)
+                self._log(f"pcomp: stage {stage.name} done: {stage.steps} steps, {stats['tokens']:,} tokens, "
+                          f"{stats['flops']:.3e} FLOPs; held-out bits/byte {stage_eval['eval/bits_per_byte']:.4f}")
+            if end or stage_step % tc.checkpoint_every == 0 or gstep == self.stop_at:
+                meta = {"stage": stage_index, "stage_step": stage_step, "global_step": gstep,
+                        "data_start": data_start, "next_data_start": next_start, "last_doc": last_doc,
+                        "summaries": self.summary["stages"]}
+                self.ckpt.save(gstep, state, iterator, meta)
+            if gstep == self.stop_at:
+                break
+        return state, {"stage_step": stage_step, "last_doc": last_doc, "next_data_start": next_start}
 
 
 def _progress(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, disable=not enabled, dynamic_ncols=True, unit="step")
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def _jsonable(obj):
