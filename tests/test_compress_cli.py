@@ -85,6 +85,7 @@ def test_compress_then_decompress(m1_run, payload, tmp_path, capsys, b, n):
     assert f"{len(payload)} -> " in capsys.readouterr().out
     header, codes = fileformat.read(comp)
     assert (header["window_bits"], header["token_bits"], header["m1_batch"]) == (b, n, int(M1_BATCH))
+    assert header["m1_context"] == min(2 * b + 1, 128)  # M1's KV cache sized to the windows (test-tiny: 128)
     assert header["original_length"] == len(payload) and header["original_crc32"] == zlib.crc32(payload)
     assert len(codes) == header["n_windows"] > 0 and int(codes.max()) < 1 << b
     assert main(["decompress", "--m1", str(m1_run), str(comp), str(back)]) == 0
@@ -107,7 +108,7 @@ def test_fileformat_pack_unpack(b):
     rng = np.random.default_rng(b)
     codes = np.asarray([0, (1 << b) - 1, 1 << (b - 1)] + [int(x) >> (64 - b) for x in rng.integers(0, 2**64 - 1, 20,
                                                                                                np.uint64)], np.uint64)
-    header = {"window_bits": b, "token_bits": 8, "precision": 14, "m1_fingerprint": "f" * 64, "m1_batch": 16,
+    header = {"window_bits": b, "token_bits": 8, "precision": 14, "m1_fingerprint": "f" * 64, "m1_batch": 16, "m1_context": 33,
               "original_length": 3, "original_crc32": 7}
     blob = fileformat.pack(header, codes)
     assert blob[:8] == b"PCOMPEIW" and struct.unpack(">I", blob[-4:])[0] == zlib.crc32(blob[:-4])
@@ -219,15 +220,32 @@ def _rewrite_header(blob, **changes):
     ({"original_crc32": 12345}, ["do not match the original"]),
     ({"m1_fingerprint": 5}, ["m1_fingerprint=5"]),
     ({"m1_batch": -1}, ["m1_batch=-1"]),
+    ({"m1_context": 1}, ["m1_context=1"]),
     ({"original_length": "x"}, ["original_length='x'"]),
 ], ids=["window-bits-8", "window-bits-24", "precision-99", "length", "crc", "fingerprint-int", "batch-negative",
-        "length-str"])
+        "context-1", "length-str"])
 def test_decompress_crafted_header(m1_run, compressed, tmp_path, capsys, changes, needles):
     bad, out = tmp_path / "crafted.pcomp", tmp_path / "out.txt"
     bad.write_bytes(_rewrite_header(compressed[1].read_bytes(), **changes))
     assert main(["decompress", "--m1", str(m1_run), str(bad), str(out)]) == 2
     one_error_line(capsys, *needles)
     no_output(out)
+
+
+def test_decompress_with_another_cache_length_never_gives_garbage(m1_run, compressed, tmp_path, capsys):
+    """A header naming another M1 context (KV-cache length) either fails loudly or, when the logits
+    happen to agree, still reproduces the original exactly (the checksum is verified)."""
+    original, comp = compressed[0].read_bytes(), compressed[1]
+    for context in (3, 5, 100):
+        bad, out = tmp_path / f"ctx{context}.pcomp", tmp_path / f"out{context}.txt"
+        bad.write_bytes(_rewrite_header(comp.read_bytes(), m1_context=context))
+        code = main(["decompress", "--m1", str(m1_run), str(bad), str(out)])
+        if code == 0:
+            assert out.read_bytes() == original
+        else:
+            assert code == 2
+            one_error_line(capsys)
+            no_output(out)
 
 
 def test_compress_into_missing_directory(m1_run, tmp_path, capsys):

@@ -35,12 +35,12 @@ def _read_input(path: str) -> bytes:
 
 
 def _cmd_compress(args) -> None:
-    from pcomp.compress.codec import compress
-    from pcomp.compress.m1 import M1
+    from pcomp.compress.codec import compress, m1_for_windows
 
     data = _read_input(args.input)
     out = _check_output(args.output)
-    m1 = M1.load(args.m1, precision=args.precision, batch=args.batch)
+    m1 = m1_for_windows(args.m1, args.window_bits, precision=args.precision, batch=args.batch,
+                        context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
     with _progress(len(data), "compress") as bar:
         blob = compress(m1, data, window_bits=args.window_bits, token_bits=args.token_bits,
                         segment_bytes=args.segment_bytes, progress=bar.update)
@@ -81,6 +81,8 @@ def add_commands(sub) -> None:
     c.add_argument("--segment-bytes", type=int, default=2048, help="windows never cross a segment (parallelism)")
     c.add_argument("--precision", type=int, default=14, help="coder frequency precision (bits)")
     c.add_argument("--batch", type=int, default=256, help="M1 rows per step (recorded; decoding uses the same)")
+    c.add_argument("--max-window-bytes", type=int, default=0,
+                   help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1)")
     c.add_argument("input")
     c.add_argument("output")
     c.set_defaults(fn=_cmd_compress)

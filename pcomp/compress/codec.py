@@ -8,7 +8,8 @@ import jax
 
 from pcomp.compress import fileformat
 from pcomp.compress.m1 import M1
-from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows
+from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows, window_context
+from pcomp.train.load import load_trained
 from pcomp.errors import CompressedFormatError
 
 
@@ -24,6 +25,7 @@ def compress(m1: M1, data: bytes, *, window_bits: int = 16, token_bits: int = 16
         "segment_bytes": segment_bytes,
         "m1_fingerprint": m1.fingerprint,
         "m1_batch": m1.batch,
+        "m1_context": m1.context,
         "m1_name": m1.trained.cfg.model.name,
         "platform": jax.default_backend(),
         "original_length": len(data),
@@ -32,9 +34,17 @@ def compress(m1: M1, data: bytes, *, window_bits: int = 16, token_bits: int = 16
     return fileformat.pack(header, enc.codes)
 
 
+def m1_for_windows(path, window_bits: int, *, precision: int = 14, batch: int = 256, context: int = 0) -> M1:
+    """The M1 at `path` set up for b-bit windows (KV cache sized by `window_context` unless given)."""
+    trained = load_trained(path)
+    context = context or window_context(window_bits, trained.cfg.model.max_seq_len)
+    return M1(trained, precision=precision, batch=batch, context=context)
+
+
 def load_m1_for(path, header: dict) -> M1:
-    """The M1 at `path`, set up as the file's header requires (precision, batch)."""
-    return M1.load(path, precision=header["precision"], batch=header["m1_batch"])
+    """The M1 at `path`, set up as the file's header requires (precision, batch, KV-cache length)."""
+    return m1_for_windows(path, header["window_bits"], precision=header["precision"], batch=header["m1_batch"],
+                          context=header["m1_context"])
 
 
 def check_m1(m1: M1, header: dict, name: str = "input") -> None:
@@ -44,10 +54,10 @@ def check_m1(m1: M1, header: dict, name: str = "input") -> None:
             f"{name} was made with M1 {header['m1_fingerprint'][:16]}, but the given M1 is {m1.fingerprint[:16]}: "
             "decompress with the same M1 checkpoint"
         )
-    if (header["precision"], header["m1_batch"]) != (m1.precision, m1.batch):
+    if (header["precision"], header["m1_batch"], header["m1_context"]) != (m1.precision, m1.batch, m1.context):
         raise CompressedFormatError(
-            f"{name} needs M1 precision {header['precision']} and batch {header['m1_batch']}, got "
-            f"{m1.precision} and {m1.batch}"
+            f"{name} needs M1 precision {header['precision']}, batch {header['m1_batch']} and context "
+            f"{header['m1_context']}, got {m1.precision}, {m1.batch} and {m1.context}"
         )
 
 

@@ -3,7 +3,7 @@
     magic     8 bytes  b"PCOMPEIW"
     version   u16 big-endian (1)
     hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header:
-              window_bits, token_bits, precision, segment_bytes, m1_fingerprint, m1_batch, m1_name,
+              window_bits, token_bits, precision, segment_bytes, m1_fingerprint, m1_batch, m1_context, m1_name,
               platform, n_windows, original_length, original_crc32
     payload   n_windows * window_bits / 8 bytes: each window's b bits, big-endian
     trailer   u32 big-endian CRC32 of everything before it
@@ -27,8 +27,8 @@ from pcomp.errors import CompressedFormatError
 MAGIC = b"PCOMPEIW"
 VERSION = 1
 _FIXED = len(MAGIC) + 2 + 4
-REQUIRED = ("window_bits", "token_bits", "precision", "m1_fingerprint", "m1_batch", "n_windows", "original_length",
-            "original_crc32")
+REQUIRED = ("window_bits", "token_bits", "precision", "m1_fingerprint", "m1_batch", "m1_context", "n_windows",
+            "original_length", "original_crc32")
 
 
 def pack(header: dict, codes: np.ndarray) -> bytes:
@@ -88,6 +88,7 @@ def _check_header(header, name: str) -> None:
         "precision": is_int(header["precision"], 2, 24),
         "m1_fingerprint": isinstance(header["m1_fingerprint"], str) and len(header["m1_fingerprint"]) == 64,
         "m1_batch": is_int(header["m1_batch"], 1, 1 << 20),
+        "m1_context": is_int(header["m1_context"], 2, 1 << 20),
         "n_windows": is_int(header["n_windows"], 0, 1 << 48),
         "original_length": is_int(header["original_length"], 0, 1 << 56),
         "original_crc32": is_int(header["original_crc32"], 0, (1 << 32) - 1),

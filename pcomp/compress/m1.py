@@ -54,6 +54,8 @@ class M1:
     precision: int = 14
     batch: int = 256
     symbols: str = BYTES
+    context: int = 0  # KV-cache positions (BOS + window bytes); 0 = the model's max_seq_len
+
 
     def __post_init__(self):
         tok = self.trained.tokenizer
@@ -62,6 +64,12 @@ class M1:
                 f"M1 at {self.trained.workdir} uses tokenizer {tok!r}; expected a byte-level model with "
                 f"BOS/EOS (train one with: pcomp train --config m1-3m)"
             )
+        max_len = self.trained.cfg.model.max_seq_len
+        self.context = self.context or max_len
+        if not 2 <= self.context <= max_len:
+            raise CheckpointError(f"M1 context {self.context} must be in [2, {max_len}] (the model's max_seq_len)")
+        if self.batch < 1:
+            raise CheckpointError(f"M1 batch {self.batch} must be >= 1")
         ids = list(range(256)) + ([tok.eos_id] if self.symbols == BYTES_EOS else [])
         self._symbol_ids = jnp.asarray(ids, jnp.int32)
         self.n_symbols = len(ids)
@@ -77,8 +85,9 @@ class M1:
 
     @property
     def max_window_bytes(self) -> int:
-        """Longest window M1 can score: its context minus the BOS position."""
-        return self.trained.cfg.model.max_seq_len - 1
+        """Longest window: the KV cache's positions minus the BOS position. Attention reads the whole
+        cache every step, so a cache no longer than the windows need keeps the step fast."""
+        return self.context - 1
 
     @functools.cached_property
     def fingerprint(self) -> str:
@@ -96,7 +105,7 @@ class M1:
         """A KV cache whose position 0 holds BOS in every row (and `first_cum`, computed once)."""
         if self._bos_cache is None:
             model = nnx.merge(self.trained.graphdef, self._params)
-            cache = jax.device_put(model.init_cache(self.batch, self.trained.cfg.model.max_seq_len), self.device)
+            cache = jax.device_put(model.init_cache(self.batch, self.context), self.device)
             bos = jnp.full((self.batch,), self.bos_id, jnp.int32)
             cum, cache = _step(self.trained.graphdef, self._params, cache, bos, jnp.zeros((self.batch,), jnp.int32),
                                self.precision, self._symbol_ids)
@@ -114,5 +123,5 @@ class M1:
         """Forward model FLOPs of one step (all rows), attention over the full cache counted."""
         from pcomp.train.metrics import flops_per_position
 
-        return self.batch * flops_per_position(self.trained.cfg.model, self.trained.cfg.model.max_seq_len,
+        return self.batch * flops_per_position(self.trained.cfg.model, self.context,
                                                training=False)

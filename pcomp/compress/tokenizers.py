@@ -22,9 +22,10 @@ import numpy as np
 from pcomp.compress import arith, plain_ac
 from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
 from pcomp.compress.quantize import cumulative, quantize_probs
-from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows
+from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows, window_context
 from pcomp.data.tokenizers import Tokenizer, register_tokenizer
 from pcomp.errors import CheckpointError, ConfigError, DataError
+from pcomp.train.load import load_trained
 
 
 # --------------------------------------------------------------------------------- bits <-> tokens
@@ -174,23 +175,27 @@ class StaticACTokenizer(_CompressedTokenizer):
 
 # --------------------------------------------------------------------------------- M1-driven
 @functools.lru_cache(maxsize=4)
-def _m1(path: str, precision: int, batch: int, symbols: str) -> M1:
-    return M1.load(path, precision=precision, batch=batch, symbols=symbols)
+def _m1(path: str, precision: int, batch: int, symbols: str, context: int, window_bits: int) -> M1:
+    trained = load_trained(path)
+    if window_bits and not context:
+        context = window_context(window_bits, trained.cfg.model.max_seq_len)
+    return M1(trained, precision=precision, batch=batch, symbols=symbols, context=context)
 
 
 class _M1Tokenizer(_CompressedTokenizer):
     symbols = BYTES
+    window_bits = 0  # Equal-Info: sizes M1's KV cache to the windows (`windows.window_context`)
 
     def __init__(self, m1_path: str | Path, token_bits: int, *, precision: int = 14, batch: int = 256,
-                 fingerprint: str | None = None):
+                 fingerprint: str | None = None, context: int = 0):
         super().__init__(token_bits)
         self.m1_path = str(Path(m1_path).absolute())
-        self.precision, self.batch, self._fingerprint = precision, batch, fingerprint
+        self.precision, self.batch, self._fingerprint, self._context = precision, batch, fingerprint, context
 
     @functools.cached_property
     def m1(self) -> M1:
         """Loaded on first use: training M2 on prepared tokens needs only the vocabulary."""
-        m1 = _m1(self.m1_path, self.precision, self.batch, self.symbols)
+        m1 = _m1(self.m1_path, self.precision, self.batch, self.symbols, self._context, self.window_bits)
         if self._fingerprint is not None and self._fingerprint != m1.fingerprint:
             raise CheckpointError(
                 f"the M1 at {self.m1_path} (fingerprint {m1.fingerprint[:16]}) is not the M1 this tokenizer "
@@ -203,7 +208,8 @@ class _M1Tokenizer(_CompressedTokenizer):
 
     def _m1_config(self) -> dict:
         return {"m1_path": self.m1_path, "token_bits": self.token_bits, "precision": self.precision,
-                "batch": self.batch, "fingerprint": self._fingerprint or self.m1.fingerprint}
+                "batch": self.batch, "fingerprint": self._fingerprint or self.m1.fingerprint,
+                "context": self._context or self.m1.context}
 
 
 @register_tokenizer("arith")
@@ -226,7 +232,7 @@ class ArithmeticCodingTokenizer(_M1Tokenizer):
     @classmethod
     def from_config(cls, config, directory=None):
         return cls(config["m1_path"], config["token_bits"], precision=config["precision"], batch=config["batch"],
-                   fingerprint=config["fingerprint"])
+                   fingerprint=config["fingerprint"], context=config.get("context", 0))
 
 
 @register_tokenizer("equal_info")
@@ -238,7 +244,7 @@ class EqualInfoTokenizer(_M1Tokenizer):
     def __init__(self, m1_path, window_bits: int, token_bits: int, *, segment_bytes: int = 2048, **kw):
         super().__init__(m1_path, token_bits, **kw)
         check_window_bits(window_bits, token_bits, self.precision)
-        self.window_bits = window_bits
+        self.window_bits = window_bits  # (before the lazy M1 loads: it sizes the cache)
         self.segment_bytes = segment_bytes
 
     def encode_batch(self, docs) -> list[np.ndarray]:
@@ -257,4 +263,4 @@ class EqualInfoTokenizer(_M1Tokenizer):
     def from_config(cls, config, directory=None):
         return cls(config["m1_path"], config["window_bits"], config["token_bits"],
                    segment_bytes=config.get("segment_bytes", 2048), precision=config["precision"],
-                   batch=config["batch"], fingerprint=config["fingerprint"])
+                   batch=config["batch"], fingerprint=config["fingerprint"], context=config.get("context", 0))

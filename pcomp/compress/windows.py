@@ -41,6 +41,13 @@ from pcomp.errors import CompressedFormatError, ConfigError
 MAX_WINDOW_BITS = 64  # codewords are held in 64-bit registers
 
 
+def window_context(window_bits: int, max_seq_len: int) -> int:
+    """Default M1 KV-cache length for b-bit windows: BOS + at most 2b bytes (a byte coded in under
+    half a bit is rare even for a strong M1), capped by the model's context. Attention reads the whole
+    cache every step, so this is what makes the M1 step fast (~3x at b=16 against a 128 cache)."""
+    return min(max_seq_len, 2 * window_bits + 1)
+
+
 def check_window_bits(window_bits: int, token_bits: int, precision: int) -> None:
     if token_bits not in (8, 16):
         raise ConfigError(f"token bits N={token_bits}: expected 8 or 16")
