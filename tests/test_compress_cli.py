@@ -108,7 +108,7 @@ def test_fileformat_pack_unpack(b):
     rng = np.random.default_rng(b)
     codes = np.asarray([0, (1 << b) - 1, 1 << (b - 1)] + [int(x) >> (64 - b) for x in rng.integers(0, 2**64 - 1, 20,
                                                                                                np.uint64)], np.uint64)
-    header = {"window_bits": b, "token_bits": 8, "precision": 14, "m1_fingerprint": "f" * 64, "m1_batch": 16, "m1_context": 33,
+    header = {"window_bits": b, "window_rule": "unique-prefix-codewords/1", "token_bits": 8, "precision": 14, "m1_fingerprint": "f" * 64, "m1_batch": 16, "m1_context": 33,
               "original_length": 3, "original_crc32": 7}
     blob = fileformat.pack(header, codes)
     assert blob[:8] == b"PCOMPEIW" and struct.unpack(">I", blob[-4:])[0] == zlib.crc32(blob[:-4])
@@ -221,9 +221,10 @@ def _rewrite_header(blob, **changes):
     ({"m1_fingerprint": 5}, ["m1_fingerprint=5"]),
     ({"m1_batch": -1}, ["m1_batch=-1"]),
     ({"m1_context": 1}, ["m1_context=1"]),
+    ({"window_rule": "shortest-match/0"}, ["window rule 'shortest-match/0'"]),
     ({"original_length": "x"}, ["original_length='x'"]),
 ], ids=["window-bits-8", "window-bits-24", "precision-99", "length", "crc", "fingerprint-int", "batch-negative",
-        "context-1", "length-str"])
+        "context-1", "rule", "length-str"])
 def test_decompress_crafted_header(m1_run, compressed, tmp_path, capsys, changes, needles):
     bad, out = tmp_path / "crafted.pcomp", tmp_path / "out.txt"
     bad.write_bytes(_rewrite_header(compressed[1].read_bytes(), **changes))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from pcomp.compress import plain_ac
+from pcomp.compress import plain_ac, windows
 from pcomp.compress.tokenizers import (ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer,
                                        StaticACTokenizer, bits_to_tokens, codes_to_tokens, tokens_to_bits,
                                        tokens_to_codes)
@@ -307,3 +307,16 @@ def test_packing_rejects_bad_tokens():
         tokens_to_codes([0, 1 << 16], 32, 16)
     with pytest.raises(DataError, match="whole windows"):
         tokens_to_codes([1, 2, 3], 32, 8)
+
+
+def test_other_window_rule_is_refused_on_load(m1_run, tmp_path):
+    """Windows made under another unique-decoding rule would decode to other bytes: refuse them."""
+    tok = EqualInfoTokenizer(m1_run, 16, 8, batch=M1_BATCH)
+    tok.save(tmp_path / "tok")
+    path = tmp_path / "tok" / "tokenizer.json"
+    config = json.loads(path.read_text())
+    assert config["window_rule"] == windows.WINDOW_RULE
+    config["window_rule"] = "shortest-match/0"
+    path.write_text(json.dumps(config))
+    with pytest.raises(DataError, match="shortest-match/0"):
+        load_tokenizer(tmp_path / "tok")

@@ -8,7 +8,7 @@ import jax
 
 from pcomp.compress import fileformat
 from pcomp.compress.m1 import M1
-from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows, window_context
+from pcomp.compress.windows import WINDOW_RULE, check_window_bits, decode_windows, encode_windows, window_context
 from pcomp.train.load import load_trained
 from pcomp.errors import CompressedFormatError
 
@@ -20,6 +20,7 @@ def compress(m1: M1, data: bytes, *, window_bits: int = 16, token_bits: int = 16
     enc = encode_windows(m1, [data], window_bits, segment_bytes=segment_bytes, progress=progress)
     header = {
         "window_bits": window_bits,
+        "window_rule": WINDOW_RULE,
         "token_bits": token_bits,
         "precision": m1.precision,
         "segment_bytes": segment_bytes,
@@ -48,7 +49,11 @@ def load_m1_for(path, header: dict) -> M1:
 
 
 def check_m1(m1: M1, header: dict, name: str = "input") -> None:
-    """The file was made by this M1, set up the same way."""
+    """The file was made by this M1, set up the same way, with this window rule."""
+    if header["window_rule"] != WINDOW_RULE:
+        raise CompressedFormatError(
+            f"{name} was made with window rule {header['window_rule']!r}; this pcomp decodes {WINDOW_RULE!r}"
+        )
     if header["m1_fingerprint"] != m1.fingerprint:
         raise CompressedFormatError(
             f"{name} was made with M1 {header['m1_fingerprint'][:16]}, but the given M1 is {m1.fingerprint[:16]}: "

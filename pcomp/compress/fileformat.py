@@ -3,7 +3,8 @@
     magic     8 bytes  b"PCOMPEIW"
     version   u16 big-endian (1)
     hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header:
-              window_bits, token_bits, precision, segment_bytes, m1_fingerprint, m1_batch, m1_context, m1_name,
+              window_bits, window_rule, token_bits, precision, segment_bytes, m1_fingerprint, m1_batch,
+              m1_context, m1_name,
               platform, n_windows, original_length, original_crc32
     payload   n_windows * window_bits / 8 bytes: each window's b bits, big-endian
     trailer   u32 big-endian CRC32 of everything before it
@@ -27,8 +28,8 @@ from pcomp.errors import CompressedFormatError
 MAGIC = b"PCOMPEIW"
 VERSION = 1
 _FIXED = len(MAGIC) + 2 + 4
-REQUIRED = ("window_bits", "token_bits", "precision", "m1_fingerprint", "m1_batch", "m1_context", "n_windows",
-            "original_length", "original_crc32")
+REQUIRED = ("window_bits", "window_rule", "token_bits", "precision", "m1_fingerprint", "m1_batch", "m1_context",
+            "n_windows", "original_length", "original_crc32")
 
 
 def pack(header: dict, codes: np.ndarray) -> bytes:

@@ -32,6 +32,9 @@ from pcomp.data.tokenizers import ByteTokenizer
 from pcomp.errors import CheckpointError
 from pcomp.train.load import TrainedModel, load_trained
 
+# Bump when M1's step computes differently (layout, quantization, ...): it is part of the fingerprint,
+# so files made by older code fail with a clear "other M1" error instead of decoding differently.
+NUMERICS_VERSION = 2
 BYTES = "bytes"  # 256 symbols: the byte values
 BYTES_EOS = "bytes+eos"  # 257 symbols: bytes, then end-of-document (M1's EOS token)
 
@@ -91,10 +94,11 @@ class M1:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 over M1's config, parameters, precision and symbol set: which M1 made a file."""
+        """sha256 over M1's config, parameters, precision, symbol set and numerics version: which M1
+        (computing how) made a file. The KV-cache length and batch are recorded beside it."""
         h = hashlib.sha256()
         h.update(json.dumps(dataclasses.asdict(self.trained.cfg.model), sort_keys=True).encode())
-        h.update(f"precision={self.precision};symbols={self.symbols}".encode())
+        h.update(f"precision={self.precision};symbols={self.symbols};numerics={NUMERICS_VERSION}".encode())
         for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(self.trained.params), key=lambda x: str(x[0])):
             arr = np.asarray(leaf)
             h.update(f"{jax.tree_util.keystr(path)}:{arr.dtype}:{arr.shape}".encode())

@@ -22,7 +22,8 @@ import numpy as np
 from pcomp.compress import arith, plain_ac
 from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
 from pcomp.compress.quantize import cumulative, quantize_probs
-from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows, window_context
+from pcomp.compress.windows import (WINDOW_RULE, check_window_bits, decode_windows, encode_windows,
+                                    window_context)
 from pcomp.data.tokenizers import Tokenizer, register_tokenizer
 from pcomp.errors import CheckpointError, ConfigError, DataError
 from pcomp.train.load import load_trained
@@ -256,11 +257,14 @@ class EqualInfoTokenizer(_M1Tokenizer):
         return decode_windows(self.m1, codes, self.window_bits)[0]
 
     def to_config(self) -> dict:
-        return {"kind": "equal_info", "window_bits": self.window_bits, "segment_bytes": self.segment_bytes,
-                **self._m1_config()}
+        return {"kind": "equal_info", "window_bits": self.window_bits, "window_rule": WINDOW_RULE,
+                "segment_bytes": self.segment_bytes, **self._m1_config()}
 
     @classmethod
     def from_config(cls, config, directory=None):
+        if config.get("window_rule") != WINDOW_RULE:
+            raise DataError(f"tokenizer at {directory} made its windows with rule {config.get('window_rule')!r}; "
+                            f"this pcomp decodes {WINDOW_RULE!r}")
         return cls(config["m1_path"], config["window_bits"], config["token_bits"],
                    segment_bytes=config.get("segment_bytes", 2048), precision=config["precision"],
                    batch=config["batch"], fingerprint=config["fingerprint"], context=config.get("context", 0))

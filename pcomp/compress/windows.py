@@ -39,6 +39,8 @@ from pcomp.compress.m1 import BYTES, M1
 from pcomp.errors import CompressedFormatError, ConfigError
 
 MAX_WINDOW_BITS = 64  # codewords are held in 64-bit registers
+# Which unique-decoding rule made the windows; recorded in files and tokenizers, checked on decoding.
+WINDOW_RULE = "unique-prefix-codewords/1"
 
 
 def window_context(window_bits: int, max_seq_len: int) -> int:
