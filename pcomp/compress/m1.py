@@ -34,7 +34,7 @@ from pcomp.train.load import TrainedModel, load_trained
 
 # Bump when M1's step computes differently (layout, quantization, ...): it is part of the fingerprint,
 # so files made by older code fail with a clear "other M1" error instead of decoding differently.
-NUMERICS_VERSION = 2
+NUMERICS_VERSION = 3  # 3: projections as 2-D matmuls (pcomp.models.transformer.dense)
 BYTES = "bytes"  # 256 symbols: the byte values
 BYTES_EOS = "bytes+eos"  # 257 symbols: bytes, then end-of-document (M1's EOS token)
 
@@ -58,7 +58,6 @@ class M1:
     batch: int = 256
     symbols: str = BYTES
     context: int = 0  # KV-cache positions (BOS + window bytes); 0 = the model's max_seq_len
-
 
     def __post_init__(self):
         tok = self.trained.tokenizer

@@ -39,6 +39,20 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
+def dense(x, w, n_in: int = 1, preferred_element_type=None):
+    """Contract the last `n_in` axes of x with the first `n_in` of w, as one 2-D matmul.
+
+    Same math as the einsum; flattening batch and length first matters on CPU, where XLA
+    transposes 3-D activations to form the weight gradient (the MLP backward runs 1.7x slower).
+    On TPU/GPU the reshapes are free. Sharding is unaffected: only the (unsharded) length axis
+    is merged into the batch axis.
+    """
+    lead, out = x.shape[: x.ndim - n_in], w.shape[n_in:]
+    k = math.prod(w.shape[:n_in])
+    y = jnp.matmul(x.reshape(-1, k), w.reshape(k, -1), preferred_element_type=preferred_element_type)
+    return y.reshape(*lead, *out)
+
+
 def rope(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
     """Rotary position embedding (rotate-half convention), computed in float32."""
     h = x_bthd.shape[-1]
@@ -89,15 +103,15 @@ class Attention(nnx.Module):
 
     def _qkv(self, x_btd, positions_bt):
         dt = self.dtype
-        q = jnp.einsum("btd,dnh->btnh", x_btd, self.wq[...].astype(dt))
-        k = jnp.einsum("btd,dkh->btkh", x_btd, self.wk[...].astype(dt))
-        v = jnp.einsum("btd,dkh->btkh", x_btd, self.wv[...].astype(dt))
+        q = dense(x_btd, self.wq[...].astype(dt))  # [b, t, n, h]
+        k = dense(x_btd, self.wk[...].astype(dt))  # [b, t, k, h]
+        v = dense(x_btd, self.wv[...].astype(dt))
         q = constrain(rope(q, positions_bt, self.theta), ("batch", "length", "act_heads", None))
         k = constrain(rope(k, positions_bt, self.theta), ("batch", "length", "act_heads", None))
         return q, k, v
 
     def _out(self, o_btnh):
-        return jnp.einsum("btnh,nhd->btd", o_btnh, self.wo[...].astype(self.dtype))
+        return dense(o_btnh, self.wo[...].astype(self.dtype), n_in=2)  # [b, t, d]
 
     def __call__(self, x_btd, positions_bt):
         q, k, v = self._qkv(x_btd, positions_bt)
@@ -139,10 +153,10 @@ class MLP(nnx.Module):
 
     def __call__(self, x_btd):
         dt = self.dtype
-        gate = jnp.einsum("btd,df->btf", x_btd, self.w_gate[...].astype(dt))
-        up = jnp.einsum("btd,df->btf", x_btd, self.w_up[...].astype(dt))
-        h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
-        return jnp.einsum("btf,fd->btd", h, self.w_down[...].astype(dt))
+        gate_btf = dense(x_btd, self.w_gate[...].astype(dt))
+        up_btf = dense(x_btd, self.w_up[...].astype(dt))
+        h_btf = constrain(jax.nn.silu(gate_btf) * up_btf, ("batch", "length", "act_mlp"))
+        return dense(h_btf, self.w_down[...].astype(dt))
 
 
 class Block(nnx.Module):
@@ -187,7 +201,7 @@ class Transformer(nnx.Module):
     def logits(self, h_btd: jax.Array) -> jax.Array:
         """LM-head logits [b, t, v] in float32; padded vocabulary ids get -inf."""
         w = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-        logits = jnp.einsum("btd,dv->btv", h_btd, w.astype(h_btd.dtype), preferred_element_type=jnp.float32)
+        logits = dense(h_btd, w.astype(h_btd.dtype), preferred_element_type=jnp.float32)
         logits = constrain(logits, ("batch", "length", "act_vocab"))
         real = jnp.arange(self.cfg.padded_vocab) < self.cfg.vocab_size
         return jnp.where(real, logits, -jnp.inf)

@@ -41,17 +41,27 @@ def flops_per_position(cfg: ModelConfig, seq_len: int, *, training: bool = True)
 
 
 @functools.lru_cache(maxsize=None)
-def measured_matmul_flops(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-    """Dense matmul rate of one local device, measured (the practical peak on CPU)."""
+def measured_matmul_flops(dtype: str = "float32", n: int = 2048, windows: int = 3, window_s: float = 0.5) -> float:
+    """Dense matmul rate of one local device, measured (the practical peak on CPU).
+
+    Best of `windows` back-to-back runs of ~`window_s` seconds each: a train step lasts about that
+    long, and a single 2048^3 matmul (~50 ms) swings by +-25% on a shared CPU, so best-of-single-calls
+    would compare a lucky instant against a step's average.
+    """
     device = jax.local_devices()[0]
     a = jax.device_put(jnp.ones((n, n), dtype), device)
     f = jax.jit(lambda x, y: x @ y)
     f(a, a).block_until_ready()
+    t = time.perf_counter()
+    f(a, a).block_until_ready()
+    reps = max(1, round(window_s / max(time.perf_counter() - t, 1e-6)))
     best = float("inf")
-    for _ in range(repeats):
+    for _ in range(windows):
         t = time.perf_counter()
-        f(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
+        for _ in range(reps):
+            out = f(a, a)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - t) / reps)
     return 2 * n**3 / best
 
 
