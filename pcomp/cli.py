@@ -21,28 +21,18 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    import jax
-
     from pcomp.config import Config
-    from pcomp.data import pipeline
     from pcomp.data.sources import load_documents
-    from pcomp.train.load import load_trained
-    from pcomp.train.step import eval_step, nats_to_bits_per_byte
+    from pcomp.train.load import evaluate, load_trained
 
     run = load_trained(args.checkpoint)
     dc = Config().override(*[f"data.{o}" for o in args.overrides]).data if args.overrides else run.cfg.data
     source = args.data or run.cfg.data.source
     docs = load_documents(source, args.split, eval_fraction=run.cfg.data.eval_fraction, text_field=dc.text_field,
                           data_dir=dc.data_dir or None)
-    data = pipeline.eval_set(docs, run.tokenizer, run.cfg.data.seq_len, args.max_bytes)
-    fn = jax.jit(lambda p, b: eval_step(run.graphdef, p, b))
-    nll = count = 0.0
-    for batch in data.batches(args.batch_size):
-        n, c = fn(run.params, batch)
-        nll, count = nll + float(n), count + float(c)
-    bpb = nats_to_bits_per_byte(nll, data.n_bytes)
-    print(f"{source} [{args.split}]: {data.n_bytes} bytes, {int(count)} tokens, "
-          f"loss {nll / count:.4f} nats/token, bits/byte {bpb:.4f}")
+    r = evaluate(run, docs, args.max_bytes, args.batch_size)
+    print(f"{source} [{args.split}]: {r['bytes']} bytes, {r['tokens']} tokens, "
+          f"loss {r['loss']:.4f} nats/token, bits/byte {r['bits_per_byte']:.4f}")
 
 
 def _cmd_generate(args) -> None:

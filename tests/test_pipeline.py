@@ -183,6 +183,29 @@ def test_eval_set_scores_every_token_once(texts, seq_len):
     assert es.n_bytes == sum(len(d) for d in docs)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    texts=st.lists(st.text(min_size=1, max_size=15), min_size=1, max_size=5),
+    seq_len=st.sampled_from([2, 3, 5, 8]),
+)
+def test_bos_first_eval_windows_start_with_bos_and_score_every_token_once(texts, seq_len):
+    """A model trained with BOS at position 0 is evaluated that way: window i = [BOS] + the next
+    seq_len - 1 targets (a naive loop over the stream), the same targets as the default windows."""
+    docs = [t.encode("utf-8") for t in texts]
+    es = eval_set(docs, ByteTokenizer(), seq_len, bos_first=True)
+    expected = manual_stream(docs)
+    rows, targets = [], expected[1:]
+    while targets:
+        rows.append([BOS] + targets[: seq_len - 1])
+        targets = targets[seq_len - 1 :]
+    assert es.tokens.shape == (len(rows), seq_len)
+    for tok, msk, row in zip(es.tokens, es.mask, rows):
+        assert tok[: len(row)].tolist() == row and not tok[len(row) :].any()
+        assert msk.tolist() == [1] * len(row) + [0] * (seq_len - len(row))
+    assert es.n_targets == len(expected) - 1 == int(es.mask[:, 1:].sum())
+    assert es.n_bytes == eval_set(docs, ByteTokenizer(), seq_len).n_bytes
+
+
 def naive_budget(texts, max_bytes):
     """Whole documents while they fit, then the longest prefix of whole characters of the next one."""
     taken, used = [], 0

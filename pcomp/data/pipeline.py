@@ -129,10 +129,12 @@ class EvalSet:
             yield {"tokens": tok, "mask": msk}
 
 
-def eval_set(docs: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, max_bytes: int = 0) -> EvalSet:
+def eval_set(docs: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, max_bytes: int = 0,
+             bos_first: bool = False) -> EvalSet:
     """The held-out documents as an `EvalSet` (see `eval_windows`).
 
     With `max_bytes` > 0 whole documents are taken until the budget is reached (the last one cut).
+    `bos_first` (a model trained with `data.bos_first`) puts BOS at position 0 of every window.
     """
     taken, n_bytes = [], 0
     for doc in docs:
@@ -144,12 +146,18 @@ def eval_set(docs: Sequence[bytes], tokenizer: Tokenizer, seq_len: int, max_byte
             break
         taken.append(doc)
         n_bytes += len(doc)
-    return eval_windows(token_stream(taken, tokenizer), seq_len, n_bytes)
+    return eval_windows(token_stream(taken, tokenizer), seq_len, n_bytes,
+                        bos=tokenizer.bos_id if bos_first else None)
 
 
-def eval_windows(stream: np.ndarray, seq_len: int, n_bytes: int) -> EvalSet:
+def eval_windows(stream: np.ndarray, seq_len: int, n_bytes: int, bos: int | None = None) -> EvalSet:
     """Windows of `seq_len` tokens with stride seq_len - 1 over a held-out token stream, so every
-    token but the very first is a prediction target exactly once; the last window is padded and masked."""
+    token but the very first is a prediction target exactly once; the last window is padded and masked.
+
+    Default: window i is stream[i*(L-1) : i*(L-1) + L] (its first token is context only). With `bos`
+    (a model trained with BOS at position 0 never saw anything else there) window i is
+    [bos] + stream[1 + i*(L-1) : 1 + (i+1)*(L-1)]: the same targets, each predicted from BOS and the
+    window's earlier tokens, as M1 does inside the compressor."""
     if len(stream) < 2:
         raise DataError("the held-out split is empty; set data.eval_fraction > 0 or use more data")
     stride = seq_len - 1
@@ -157,7 +165,10 @@ def eval_windows(stream: np.ndarray, seq_len: int, n_bytes: int) -> EvalSet:
     tokens = np.zeros((n_seq, seq_len), np.int32)
     mask = np.zeros((n_seq, seq_len), np.int32)
     for i in range(n_seq):
-        piece = stream[i * stride : i * stride + seq_len]
+        if bos is None:
+            piece = stream[i * stride : i * stride + seq_len]
+        else:
+            piece = np.concatenate([[bos], stream[1 + i * stride : 1 + (i + 1) * stride]])
         tokens[i, : len(piece)] = piece
         mask[i, : len(piece)] = 1
     return EvalSet(tokens, mask, n_bytes, len(stream) - 1)

@@ -57,3 +57,18 @@ def load_trained(workdir: str | Path, *, step: int | None = None, single_device:
     ckpt.close()
     graphdef, _ = steplib.abstract_model(cfg.model)
     return TrainedModel(cfg, tokenizer, graphdef, state["params"], step, workdir)
+
+
+def evaluate(run: TrainedModel, docs, max_bytes: int = 0, batch_size: int = 16) -> dict:
+    """Held-out bits/byte of `run` on `docs`, windowed as the run was trained (see `eval_set`)."""
+    from pcomp.data import pipeline
+
+    data = pipeline.eval_set(docs, run.tokenizer, run.cfg.data.seq_len, max_bytes, bos_first=run.cfg.data.bos_first)
+    fn = jax.jit(lambda p, b: steplib.eval_step(run.graphdef, p, b))
+    nll = count = 0.0
+    for batch in data.batches(batch_size):
+        n, c = fn(run.params, batch)
+        nll, count = nll + float(n), count + float(c)
+    return {"bits_per_byte": steplib.nats_to_bits_per_byte(nll, data.n_bytes), "loss": nll / count,
+            "bytes": data.n_bytes, "tokens": int(count)}
+

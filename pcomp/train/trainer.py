@@ -99,7 +99,7 @@ def setup(cfg: Config) -> RunContext:
     )
     workdir.mkdir(parents=True, exist_ok=True)
     streaming = dc.source.startswith("tfds:")
-    train_docs = train_tokens = None
+    train_docs = train_tokens = prepared = None
     if is_prepared(dc.source):  # tokens made by `pcomp prepare` (M2 over compressed text)
         prepared = PreparedDataset(dc.source)
         tokenizer = load_tokenizer(prepared.path / "tokenizer")
@@ -109,17 +109,20 @@ def setup(cfg: Config) -> RunContext:
         eval_tokens, eval_bytes = prepared.stream("eval")
         if dc.eval_max_bytes:
             raise ConfigError("data.eval_max_bytes is not supported for prepared datasets (bytes per token vary)")
-        eval_data = pipeline.eval_windows(eval_tokens, dc.seq_len, eval_bytes)
     else:
         kw = dict(eval_fraction=dc.eval_fraction, text_field=dc.text_field, data_dir=dc.data_dir or None)
         train_docs = load_documents(dc.source, "train", **kw)
         tokenizer = prepare_tokenizer(cfg, workdir, train_docs)
-        eval_data = pipeline.eval_set(load_documents(dc.source, "eval", **kw), tokenizer, dc.seq_len,
-                                      dc.eval_max_bytes)
         if not streaming:
             train_tokens = pipeline.token_stream(train_docs, tokenizer)
     if dc.bos_first and tokenizer.bos_id is None:
         raise ConfigError(f"data.bos_first needs a tokenizer with BOS; {tokenizer.name} has none")
+    if prepared is not None:
+        eval_data = pipeline.eval_windows(eval_tokens, dc.seq_len, eval_bytes,
+                                          bos=tokenizer.bos_id if dc.bos_first else None)
+    else:
+        eval_data = pipeline.eval_set(load_documents(dc.source, "eval", **kw), tokenizer, dc.seq_len,
+                                      dc.eval_max_bytes, bos_first=dc.bos_first)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size))
     saved = workdir / "config.json"
     if saved.exists():
