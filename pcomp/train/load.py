@@ -71,4 +71,3 @@ def evaluate(run: TrainedModel, docs, max_bytes: int = 0, batch_size: int = 16) 
         nll, count = nll + float(n), count + float(c)
     return {"bits_per_byte": steplib.nats_to_bits_per_byte(nll, data.n_bytes), "loss": nll / count,
             "bytes": data.n_bytes, "tokens": int(count)}
-
