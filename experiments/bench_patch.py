@@ -2,7 +2,7 @@
 
 Both steps run the same transformer over the same B x T positions; the patch step (patch size K)
 consumes B x K*T tokens per step, the token step B x T. The ideal tokens/s ratio patch/token is K.
-Steps are jitted with `pcomp.train.step.jit_train_step` on a one-device mesh, warmed up (compile
+Steps are built with `pcomp.train.step.build_program` on a one-device mesh, warmed up (compile
 excluded), then timed interleaved (the order rotates every round) and repeated; min and median
 per-step times are reported.
 
@@ -13,35 +13,26 @@ per-step times are reported.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, min_median, write_json  # noqa: E402
-
-from pcomp.config import MODEL_PRESETS, RUN_PRESETS, Config, MeshConfig  # noqa: E402
-from pcomp.models.sharding import batch_sharding, make_mesh  # noqa: E402
-from pcomp.models.transformer import count_params  # noqa: E402
-from pcomp.train import step as steplib  # noqa: E402
+from pcomp.config import MODEL_PRESETS, RUN_PRESETS, Config, MeshConfig
+from pcomp.models.sharding import batch_sharding, make_mesh
+from pcomp.models.transformer import count_params
+from pcomp.report import markdown_table, min_median, write_json
+from pcomp.train.step import build_program
 
 
 def build(cfg: Config, patch_sizes: list[int], steps_hint: int = 1000):
     """(mesh, initial state, {K: jitted train step}) for one device; K = 1 is the token step."""
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
-    tc = cfg.training
-    tx, schedule = steplib.make_optimizer(tc, steps_hint)
-    graphdef, _ = steplib.abstract_model(cfg.model)
+    tc = cfg.override("training.grad_accum=1").training
+    programs = {k: build_program(cfg.model, tc, mesh, steps=steps_hint, patch_size=k) for k in [1] + patch_sizes}
     with jax.set_mesh(mesh):
-        shapes = jax.eval_shape(lambda: steplib.init_state(cfg.model, tx, tc.seed))
-        state_sh = steplib.state_shardings(shapes, mesh)
-        state = jax.jit(lambda: steplib.init_state(cfg.model, tx, tc.seed), out_shardings=state_sh)()
-        fns = {k: steplib.jit_train_step(graphdef, tx, schedule, state_sh, mesh, patch_size=k, z_loss=tc.z_loss,
-                                         grad_accum=1) for k in [1] + patch_sizes}
-    return mesh, state, fns
+        state = programs[1].init(None)  # one state: every K's step has the same optimizer and shardings
+    return mesh, state, {k: p.step for k, p in programs.items()}
 
 
 def batches(mesh, b: int, t: int, patch_sizes: list[int], vocab: int, seed: int = 0) -> dict:

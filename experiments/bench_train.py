@@ -23,21 +23,18 @@ import numpy as np
 from pcomp.config import MODEL_PRESETS, MeshConfig, TrainingConfig
 from pcomp.models.sharding import make_mesh
 from pcomp.models.transformer import count_params
-from pcomp.train import step as steplib
+from pcomp.train.step import build_program
 from pcomp.train.metrics import flops_per_position, measured_matmul_flops, peak_flops_per_device
 
 
 def bench(model: str, batch: int, seq: int, repeats: int, attention: str, dtype: str) -> dict:
     cfg = dataclasses.replace(MODEL_PRESETS[model], vocab_size=258, max_seq_len=max(seq, 2), attention=attention,
                               dtype=dtype)
-    tx, schedule = steplib.make_optimizer(TrainingConfig(), 100)
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
-    graphdef, _ = steplib.abstract_model(cfg)
+    program = build_program(cfg, TrainingConfig(), mesh, steps=100)
+    fn = program.step
     with jax.set_mesh(mesh):
-        shapes = jax.eval_shape(lambda: steplib.init_state(cfg, tx, 0))
-        sh = steplib.state_shardings(shapes, mesh)
-        state = jax.jit(lambda: steplib.init_state(cfg, tx, 0), out_shardings=sh)()
-        fn = steplib.jit_train_step(graphdef, tx, schedule, sh, mesh, patch_size=1, z_loss=0.0, grad_accum=1)
+        state = program.init(None)
         rng = np.random.default_rng(0)
         data = {"tokens": jnp.asarray(rng.integers(0, 256, (batch, seq)), jnp.int32),
                 "mask": jnp.ones((batch, seq), jnp.int32)}

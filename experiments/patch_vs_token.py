@@ -23,15 +23,12 @@ import argparse
 import dataclasses
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_arg, markdown_table, pyplot, save_png, write_json  # noqa: E402
-
-from pcomp.config import Config  # noqa: E402
-from pcomp.train.trainer import train  # noqa: E402
+from pcomp.config import Config
+from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, write_json
+from pcomp.train.trainer import train
 
 # Model / data / schedule per preset. `tokens` is the token budget D of the baseline (a).
 PRESETS = {

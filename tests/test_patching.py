@@ -22,10 +22,10 @@ from pcomp.models.sharding import make_mesh
 from pcomp.models.transformer import Transformer
 from pcomp.patching import (check_patch_size, next_patch_loss, next_patch_nll, patchify, plan_stages,
                             relative_cost)
-from pcomp.train import step as steplib
-from pcomp.train.checkpoint import Checkpointer, abstract_with_shardings
+from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.metrics import flops_per_position
-from pcomp.train.trainer import data_iterator, next_data_start, setup, train
+from pcomp.train.step import abstract_model, build_program, eval_step, objective
+from pcomp.train.trainer import setup, train
 
 TINY = Config.preset("test-tiny").override("training.progress=false", "data.seq_len=32")
 
@@ -140,7 +140,7 @@ def test_objective_k1_equals_token_loss_and_gradients():
         return optax.softmax_cross_entropy_with_integer_labels(logits_btv[:, :-1], tokens_bt[:, 1:]).mean()
 
     def patch_loss(p):
-        return steplib._objective(p, graphdef, tokens_bt, mask_bt, 1, 0.0, total)[0]
+        return objective(p, graphdef, tokens_bt, mask_bt, 1, 0.0, total)[0]
 
     loss_tok, grads_tok = jax.jit(jax.value_and_grad(token_loss))(params)
     loss_patch, grads_patch = jax.jit(jax.value_and_grad(patch_loss))(params)
@@ -161,9 +161,8 @@ def test_objective_k4_is_model_on_mean_embeddings():
     logits_bnv = np.asarray(forward(params, jnp.asarray(x_bnd)))[..., : TINY.model.vocab_size]
     want = naive_next_patch(logits_bnv, np.asarray(tokens_bt), k)[0]
     total = jnp.float32(b * (t - k))
-    objective = jax.jit(lambda p: steplib._objective(p, graphdef, tokens_bt, jnp.ones_like(tokens_bt), k, 0.0,
-                                                      total))
-    got, (_, count) = objective(params)
+    loss_fn = jax.jit(lambda p: objective(p, graphdef, tokens_bt, jnp.ones_like(tokens_bt), k, 0.0, total))
+    got, (_, count) = loss_fn(params)
     assert float(count) == b * (t - k)
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
@@ -171,7 +170,7 @@ def test_objective_k4_is_model_on_mean_embeddings():
 def test_patch_gradients_finite_and_nonzero_for_every_parameter():
     graphdef, params = _tiny_model()
     tokens_bt = _tokens(4, 64, seed=5)
-    grads = jax.jit(jax.grad(lambda p: steplib._objective(p, graphdef, tokens_bt, jnp.ones_like(tokens_bt), 4,
+    grads = jax.jit(jax.grad(lambda p: objective(p, graphdef, tokens_bt, jnp.ones_like(tokens_bt), 4,
                                                           1e-4, jnp.float32(4 * 60))[0]))(params)
     leaves = jax.tree.leaves_with_path(grads)
     assert any("embed" in jax.tree_util.keystr(p) for p, _ in leaves)
@@ -269,10 +268,8 @@ def _two_stage_cfg(tmp_path, name: str) -> Config:
 
 def _restore(cfg_saved: Config, workdir, step: int, stage_steps: int):
     """(train state, meta) of checkpoint `step`, restored on the run's mesh like the trainer does."""
-    mesh = make_mesh(cfg_saved.mesh)
-    tx, _ = steplib.make_optimizer(cfg_saved.training, stage_steps)
-    shapes = jax.eval_shape(lambda: steplib.init_state(cfg_saved.model, tx, cfg_saved.training.seed))
-    abstract = abstract_with_shardings(shapes, steplib.state_shardings(shapes, mesh))
+    program = build_program(cfg_saved.model, cfg_saved.training, make_mesh(cfg_saved.mesh), steps=stage_steps)
+    abstract = program.abstract_state()
     ckpt = Checkpointer(workdir / "checkpoints", keep=3)
     try:
         return ckpt.restore_params(step, abstract), ckpt.restore_meta(step)
@@ -297,18 +294,20 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     assert (meta["stage"], meta["stage_step"], meta["global_step"]) == (0, s1, s1)
     assert [s["name"] for s in meta["summaries"]] == ["patch"]
     # ... is what stage 2 starts from, with a fresh optimizer (the trainer's stage-2 initialisation)
-    tx2, schedule2 = steplib.make_optimizer(saved_cfg.training, s2)
-    init2 = steplib.init_state(saved_cfg.model, tx2, saved_cfg.training.seed, params=state1["params"])
+    program2 = build_program(saved_cfg.model, saved_cfg.training, make_mesh(saved_cfg.mesh), steps=s2)
+    with jax.set_mesh(program2.mesh):
+        init2 = program2.init(state1["params"])
     _assert_trees_equal(init2["params"], state1["params"])
     assert int(init2["step"]) == 0
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(init2["opt_state"]))
     # the loss logged at stage 2's first step (computed before its update) is the token-level loss of
     # exactly these parameters on stage 2's first batch
     ctx = setup(cfg_a)
-    batch = next(data_iterator(ctx, ctx.stages[1], next_data_start(ctx, ctx.stages[0], 0, None)))
-    batch = {"tokens": jnp.asarray(batch), "mask": jnp.ones(batch.shape, jnp.int32)}
-    graphdef, _ = steplib.abstract_model(saved_cfg.model)
-    nll, count = jax.jit(steplib.eval_step, static_argnums=0)(graphdef, state1["params"], batch)
+    p1 = ctx.stages[0]
+    batch = next(ctx.data.batches(ctx.stages[1].seq_tokens, ctx.data.next_start(p1.seq_tokens, p1.steps, 0, -1)))
+    batch = {"tokens": jnp.asarray(batch["tokens"]), "mask": jnp.ones(batch["tokens"].shape, jnp.int32)}
+    graphdef, _ = abstract_model(saved_cfg.model)
+    nll, count = jax.jit(eval_step, static_argnums=0)(graphdef, state1["params"], batch)
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     first_token = next(r for r in rows if r["step"] == s1 + 1 and "train/loss" in r)
     np.testing.assert_allclose(first_token["train/loss"], float(nll / count), rtol=1e-5)
@@ -342,4 +341,4 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     assert token_rows[-1]["train/tokens_seen"] == d
     # stage 2 restarts its warmup + cosine schedule
     assert min(r["step"] for r in token_rows) == s1 + 1
-    np.testing.assert_allclose(first_token["train/lr"], float(schedule2(0)), rtol=1e-6)
+    np.testing.assert_allclose(first_token["train/lr"], float(program2.schedule(0)), rtol=1e-6)

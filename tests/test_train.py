@@ -16,9 +16,10 @@ from pcomp.config import Config, MeshConfig
 from pcomp.data import pipeline
 from pcomp.data.tokenizers import ByteTokenizer
 from pcomp.models.sharding import make_mesh
-from pcomp.train import step as steplib
-from pcomp.train.checkpoint import Checkpointer, abstract_with_shardings
-from pcomp.train.trainer import data_iterator, setup, train
+from pcomp.train.checkpoint import Checkpointer
+from pcomp.train.evaluation import nats_to_bits_per_byte
+from pcomp.train.step import build_program, eval_step
+from pcomp.train.trainer import setup, train
 
 TINY = Config.preset("test-tiny").override("training.progress=false", "data.seq_len=32")
 
@@ -34,16 +35,11 @@ def _text_file(tmp_path, n=400):
 
 def _one_step(cfg, mesh, batch, steps=1):
     """Run `steps` train steps of a fresh state on `mesh`; returns (params as numpy, metrics)."""
-    tx, schedule = steplib.make_optimizer(cfg.training, 10)
-    graphdef, _ = steplib.abstract_model(cfg.model)
+    program = build_program(cfg.model, cfg.training, mesh, steps=10, patch_size=cfg.training.patch_size)
     with jax.set_mesh(mesh):
-        shapes = jax.eval_shape(lambda: steplib.init_state(cfg.model, tx, 0))
-        sh = steplib.state_shardings(shapes, mesh)
-        state = jax.jit(lambda: steplib.init_state(cfg.model, tx, 0), out_shardings=sh)()
-        fn = steplib.jit_train_step(graphdef, tx, schedule, sh, mesh, patch_size=cfg.training.patch_size,
-                                    z_loss=cfg.training.z_loss, grad_accum=cfg.training.grad_accum)
+        state = program.init(None)
         for _ in range(steps):
-            state, metrics = fn(state, batch)
+            state, metrics = program.step(state, batch)
         return jax.tree.map(np.asarray, state["params"]), jax.device_get(metrics), state
 
 
@@ -105,11 +101,11 @@ def test_bits_per_byte_of_uniform_model(specials):
     data = pipeline.eval_set(docs, tok, seq_len=16)
     nll = count = 0.0
     for batch in data.batches(4):
-        n, c = steplib.eval_step(graphdef, params, batch)
+        n, c = eval_step(graphdef, params, batch)
         nll, count = nll + float(n), count + float(c)
     n_bytes = sum(len(d) for d in docs)
     assert data.n_bytes == n_bytes and count == data.n_targets
-    bpb = steplib.nats_to_bits_per_byte(nll, data.n_bytes)
+    bpb = nats_to_bits_per_byte(nll, data.n_bytes)
     np.testing.assert_allclose(bpb, math.log2(tok.vocab_size) * count / n_bytes, rtol=1e-6)
     if not specials:  # 256 ids: exactly 8 bits per target token
         np.testing.assert_allclose(bpb, 8 * (n_bytes - 1) / n_bytes, rtol=1e-6)
@@ -122,13 +118,12 @@ def _next_batch_after(workdir, cfg):
     step = ckpt.latest()
     meta = ckpt.restore_meta(step)
     stage = ctx.stages[meta["stage"]]
-    it = data_iterator(ctx, stage, meta["data_start"])
-    tx, _ = steplib.make_optimizer(cfg.training, stage.steps)
-    shapes = jax.eval_shape(lambda: steplib.init_state(ctx.cfg.model, tx, 0))
-    single = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    ckpt.restore(step, abstract_with_shardings(shapes, jax.tree.map(lambda _: single, shapes)), it)
+    it = ctx.data.batches(stage.seq_tokens, meta["data_start"])
+    program = build_program(ctx.cfg.model, cfg.training, make_mesh(MeshConfig(), jax.devices()[:1]),
+                            steps=stage.steps)
+    ckpt.restore(step, program.abstract_state(), it)
     ckpt.close()
-    return next(it)
+    return next(it)["tokens"]
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -1,7 +1,7 @@
 """grain pipelines: tokenize, add BOS/EOS per document, pack into fixed-length sequences, shuffle,
 shard per process, batch; and the exact held-out evaluation stream.
 
-Two packers behind one call (`train_iterator`):
+Two packers (`pcomp.data.run_data.RunData` picks one for a run):
   * in memory, for local sources (embedded corpus, files, JSONL): the whole corpus becomes one token
     stream cut into blocks of `block_tokens`; blocks are shuffled globally (reshuffled every epoch)
     and each block yields `block_tokens / seq_tokens` sequences. A run keeps the same blocks across
@@ -10,7 +10,9 @@ Two packers behind one call (`train_iterator`):
   * streaming, for TFDS corpora too large for memory: documents are shuffled, tokenized lazily and
     concatenated-then-split by grain; stage 2 continues after the last document stage 1 read from
     (a partly read one is skipped).
-Both iterators are grain `DatasetIterator`s whose state goes into the orbax checkpoint.
+Both iterators are grain `DatasetIterator`s of {"tokens": [B_local, seq_tokens]} (streaming adds
+"doc") whose state goes into the orbax checkpoint. With `bos` (a model trained with `data.bos_first`)
+position 0 of every sequence is BOS, set inside the pipeline.
 """
 
 from __future__ import annotations
@@ -47,13 +49,6 @@ def token_stream(docs: Sequence[bytes], tokenizer: Tokenizer) -> np.ndarray:
     return np.concatenate([_with_specials(tokenizer, ids) for ids in tokenizer.encode_batch(docs)])
 
 
-@dataclasses.dataclass(frozen=True)
-class StreamPosition:
-    """Where a stage starts reading: a block (in-memory packer) or a document (streaming)."""
-
-    start: int = 0
-
-
 def _local_rows(global_batch: int, process_index: int, process_count: int) -> int:
     if global_batch % process_count:
         raise DataError(f"global batch {global_batch} is not divisible by {process_count} processes")
@@ -62,8 +57,8 @@ def _local_rows(global_batch: int, process_index: int, process_count: int) -> in
 
 def in_memory_iterator(tokens: np.ndarray, *, seq_tokens: int, block_tokens: int, global_batch: int,
                        seed: int, start_block: int = 0, process_index: int = 0, process_count: int = 1,
-                       threads: int = 2) -> grain.DatasetIterator:
-    """Batches [B_local, seq_tokens] of globally shuffled blocks of one token stream."""
+                       threads: int = 2, bos: int | None = None) -> grain.DatasetIterator:
+    """Batches {"tokens": [B_local, seq_tokens]} of globally shuffled blocks of one token stream."""
     if block_tokens % seq_tokens:
         raise DataError(f"block of {block_tokens} tokens is not a multiple of the sequence length {seq_tokens}")
     n_blocks = len(tokens) // block_tokens
@@ -81,15 +76,16 @@ def in_memory_iterator(tokens: np.ndarray, *, seq_tokens: int, block_tokens: int
         s = g * global_batch + process_index * local + r  # sequence index within the stage
         block = order[start_block + s // per_block]
         off = block * block_tokens + (s % per_block) * seq_tokens
-        return tokens[off : off + seq_tokens]
+        return _bos_first(tokens[off : off + seq_tokens], bos)
 
     ds = grain.MapDataset.range(sys.maxsize // 2).map(fetch).batch(local, drop_remainder=True)
+    ds = ds.map(lambda tokens_bt: {"tokens": tokens_bt})
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4)))
 
 
 def streaming_iterator(docs: Sequence[bytes], tokenizer: Tokenizer, *, seq_tokens: int, global_batch: int,
                        seed: int, start_doc: int = 0, process_index: int = 0, process_count: int = 1,
-                       threads: int = 2) -> grain.DatasetIterator:
+                       threads: int = 2, bos: int | None = None) -> grain.DatasetIterator:
     """Batches {"tokens": [B_local, seq_tokens], "doc": [B_local, seq_tokens]} from lazily tokenized,
     shuffled, concatenated-then-split documents. "doc" is each token's document position in this
     process's shuffled stream (>= start_doc): a next stage starts after the largest one it saw."""
@@ -105,8 +101,17 @@ def streaming_iterator(docs: Sequence[bytes], tokenizer: Tokenizer, *, seq_token
     ds = ds[start_doc:].map_with_index(tokens)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=16))
     it = ConcatThenSplitIterDataset(it, length_struct={"tokens": seq_tokens, "doc": seq_tokens})
-    it = it.map(lambda ex: {"tokens": ex["tokens"], "doc": ex["doc"]}).batch(local, drop_remainder=True)
-    return iter(it)
+    it = it.map(lambda ex: {"tokens": _bos_first(ex["tokens"], bos), "doc": ex["doc"]})
+    return iter(it.batch(local, drop_remainder=True))
+
+
+def _bos_first(tokens_t: np.ndarray, bos: int | None) -> np.ndarray:
+    """`tokens_t` with BOS at position 0 (a copy), or unchanged when `bos` is None."""
+    if bos is None:
+        return tokens_t
+    out = np.array(tokens_t, np.int32)
+    out[0] = bos
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

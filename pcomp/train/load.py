@@ -8,13 +8,16 @@ from pathlib import Path
 
 import jax
 from flax import nnx
+from jax.sharding import Mesh
 
-from pcomp.config import Config, from_dict
+from pcomp.config import Config, MeshConfig, from_dict
+from pcomp.data import pipeline
 from pcomp.data.tokenizers import Tokenizer, load_tokenizer
 from pcomp.errors import CheckpointError
 from pcomp.models.sharding import make_mesh
-from pcomp.train import step as steplib
-from pcomp.train.checkpoint import Checkpointer, abstract_with_shardings
+from pcomp.train import evaluation
+from pcomp.train.checkpoint import Checkpointer
+from pcomp.train.step import build_program
 
 
 @dataclasses.dataclass
@@ -28,6 +31,10 @@ class TrainedModel:
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params)
+
+
+def _mesh(cfg: Config, single_device: bool) -> Mesh:
+    return make_mesh(MeshConfig(), jax.local_devices()[:1]) if single_device else make_mesh(cfg.mesh)
 
 
 def load_trained(workdir: str | Path, *, step: int | None = None, single_device: bool = True) -> TrainedModel:
@@ -46,28 +53,18 @@ def load_trained(workdir: str | Path, *, step: int | None = None, single_device:
     step = ckpt.latest() if step is None else step
     if step is None:
         raise CheckpointError(f"{workdir / 'checkpoints'} holds no checkpoint")
-    tx, _ = steplib.make_optimizer(cfg.training, 1)
-    shapes = jax.eval_shape(lambda: steplib.init_state(cfg.model, tx, 0))
-    if single_device:
-        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        shardings = jax.tree.map(lambda _: dev, shapes)
-    else:
-        shardings = steplib.state_shardings(shapes, make_mesh(cfg.mesh))
-    state = ckpt.restore_params(step, abstract_with_shardings(shapes, shardings))
+    program = build_program(cfg.model, cfg.training, _mesh(cfg, single_device), steps=1)
+    state = ckpt.restore_params(step, program.abstract_state())
     ckpt.close()
-    graphdef, _ = steplib.abstract_model(cfg.model)
-    return TrainedModel(cfg, tokenizer, graphdef, state["params"], step, workdir)
+    return TrainedModel(cfg, tokenizer, program.graphdef, state["params"], step, workdir)
 
 
 def evaluate(run: TrainedModel, docs, max_bytes: int = 0, batch_size: int = 16) -> dict:
-    """Held-out bits/byte of `run` on `docs`, windowed as the run was trained (see `eval_set`)."""
-    from pcomp.data import pipeline
-
+    """Held-out bits/byte of `run` on `docs`, windowed as the run was trained (`pipeline.eval_set`),
+    on one device through the trainer's evaluation loop; keys without the "eval/" prefix."""
     data = pipeline.eval_set(docs, run.tokenizer, run.cfg.data.seq_len, max_bytes, bos_first=run.cfg.data.bos_first)
-    fn = jax.jit(lambda p, b: steplib.eval_step(run.graphdef, p, b))
-    nll = count = 0.0
-    for batch in data.batches(batch_size):
-        n, c = fn(run.params, batch)
-        nll, count = nll + float(n), count + float(c)
-    return {"bits_per_byte": steplib.nats_to_bits_per_byte(nll, data.n_bytes), "loss": nll / count,
-            "bytes": data.n_bytes, "tokens": int(count)}
+    mesh = _mesh(run.cfg, single_device=True)
+    program = build_program(run.cfg.model, run.cfg.training, mesh, steps=1)
+    params = jax.device_put(run.params, program.state_sharding["params"])
+    result = evaluation.evaluate(program.eval, params, data, batch_size, mesh)
+    return {k.removeprefix("eval/"): v for k, v in result.items()}

@@ -1,4 +1,5 @@
-"""The pure train and eval steps, the optimizer, and their jit wrappers with explicit shardings.
+"""The pure train and eval steps, the optimizer, and `build_program`: their jit wrappers with explicit
+shardings, the one place a train state and step are built.
 
 A train state is a plain dict pytree {params, opt_state, step, rng}; the model's graph definition
 is static. Token-level training is the K = 1 case of the patch-level step, so both levels share one
@@ -7,8 +8,10 @@ code path (`pcomp.patching`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +23,7 @@ from pcomp.config import ModelConfig, TrainingConfig
 from pcomp.models.sharding import batch_sharding, param_shardings
 from pcomp.models.transformer import Transformer
 from pcomp.patching import next_patch_nll, patchify
+from pcomp.train.checkpoint import abstract_with_shardings
 
 TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
 
@@ -72,7 +76,11 @@ def state_shardings(state_shape, mesh: Mesh):
     return param_shardings(state_shape, mesh)
 
 
-def _objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: float, total):
+def objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: float, total):
+    """(summed next-patch NLL + z-loss) / `total` target tokens, and (nll, count) for logging.
+
+    K = `patch_size` = 1 is the token-level loss; the z-loss term is K * mean-square log-normaliser.
+    """
     model = nnx.merge(graphdef, params)
     x_bnd = patchify(model.embed_tokens(tokens_bt), patch_size)
     logits_bnv = model(embeddings_btd=x_bnd)
@@ -90,7 +98,7 @@ def train_step(graphdef, tx, schedule, state: TrainState, batch: dict, *, patch_
     total = jnp.maximum(mask[:, patch_size:].astype(jnp.float32).sum(), 1.0)
     # micro-batch i takes rows i, i + A, ...: each device keeps its own rows
     micro = lambda x: x.reshape(b // grad_accum, grad_accum, t).swapaxes(0, 1)  # noqa: E731
-    grad_fn = jax.grad(_objective, has_aux=True)
+    grad_fn = jax.grad(objective, has_aux=True)
 
     def accumulate(carry, mb):
         grads, nll, count = carry
@@ -121,20 +129,43 @@ def eval_step(graphdef, params, batch: dict) -> tuple[jax.Array, jax.Array]:
     return nll, count
 
 
-def jit_train_step(graphdef, tx, schedule, state_sh, mesh: Mesh, *, patch_size: int, z_loss: float,
-                   grad_accum: int):
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+    """One stage's compiled functions on a mesh: the only way pcomp builds a train state and step.
+
+    `init(params)` makes a sharded train state (fresh parameters when `params` is None, else the given
+    ones, e.g. carried over from stage 1) with a fresh optimizer state; `step(state, batch)` is the
+    jitted, buffer-donating `train_step`; `eval(params, batch)` the jitted `eval_step`. The trainer,
+    the loader, the benchmarks and the tests all call `build_program`.
+    """
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    mesh: Mesh
+    state_sharding: Any  # pytree of NamedSharding matching the train state
+    init: Callable[[nnx.State | None], TrainState]
+    step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    eval: Callable[[nnx.State, dict], tuple[jax.Array, jax.Array]]
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes with their shardings (an orbax restore target); allocates nothing."""
+        return abstract_with_shardings(jax.eval_shape(self.init, None), self.state_sharding)
+
+
+def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
+                  patch_size: int = 1) -> TrainProgram:
+    """The optimizer for a stage of `steps` steps and its init / train / eval functions on `mesh`."""
+    graphdef, _ = abstract_model(model)
+    tx, schedule = make_optimizer(training, steps)
+    shapes = jax.eval_shape(lambda: init_state(model, tx, training.seed))
+    state_sh = state_shardings(shapes, mesh)
     batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}
-    fn = functools.partial(train_step, graphdef, tx, schedule, patch_size=patch_size, z_loss=z_loss,
-                           grad_accum=grad_accum)
-    return jax.jit(fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, NamedSharding(mesh, P())),
-                   donate_argnums=(0,))
-
-
-def jit_eval_step(graphdef, params_sh, mesh: Mesh):
-    batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}
-    return jax.jit(functools.partial(eval_step, graphdef), in_shardings=(params_sh, batch_sh),
-                   out_shardings=NamedSharding(mesh, P()))
-
-
-def nats_to_bits_per_byte(nll_nats: float, n_bytes: int) -> float:
-    return nll_nats / math.log(2) / max(n_bytes, 1)
+    replicated = NamedSharding(mesh, P())
+    init = jax.jit(lambda params: init_state(model, tx, training.seed, params), out_shardings=state_sh)
+    step = jax.jit(functools.partial(train_step, graphdef, tx, schedule, patch_size=patch_size,
+                                     z_loss=training.z_loss, grad_accum=training.grad_accum),
+                   in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    evaluate = jax.jit(functools.partial(eval_step, graphdef), in_shardings=(state_sh["params"], batch_sh),
+                       out_shardings=replicated)
+    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate)

@@ -1,4 +1,6 @@
-"""Small helpers shared by the experiment scripts: `--data`, timing summaries, tables, JSON and PNG."""
+"""Reporting helpers for the experiment scripts: `--data`, timing summaries, markdown tables, JSON and PNG.
+
+Top layer (beside cli/demo): nothing in the library imports it."""
 
 from __future__ import annotations
 
