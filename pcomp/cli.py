@@ -17,7 +17,10 @@ def _cmd_train(args) -> None:
 
     maybe_initialize_distributed()
     cfg = Config.load(args.config).override(*args.overrides)
-    train(cfg)
+    summary = train(cfg)
+    if summary.get("interrupted"):  # checkpoint saved (the trainer said where): 0 after SIGTERM, 130 after SIGINT
+        return 130 if summary["interrupted"] == "SIGINT" else 0
+    return 0
 
 
 def _cmd_eval(args) -> None:
@@ -102,7 +105,7 @@ def _add_compress_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        rc = args.fn(args)
     except PcompError as e:
         print(f"pcomp: error: {e}", file=sys.stderr)
         return 2
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pcomp: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return rc or 0
 
 
 if __name__ == "__main__":

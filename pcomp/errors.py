@@ -19,3 +19,7 @@ class CheckpointError(PcompError):
 
 class CompressedFormatError(PcompError):
     """A compressed file that is truncated, corrupted, not ours, or made by another M1."""
+
+
+class DivergenceError(PcompError):
+    """Training produced a non-finite loss or gradient norm (nothing non-finite is checkpointed)."""

@@ -29,7 +29,7 @@ from pcomp.config import DataConfig
 from pcomp.data import pipeline
 from pcomp.data.prepared import PreparedDataset, is_prepared
 from pcomp.data.sources import load_documents
-from pcomp.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
+from pcomp.data.tokenizers import BUILD_KINDS, Tokenizer, build_tokenizer, load_tokenizer
 from pcomp.errors import ConfigError
 
 
@@ -69,8 +69,12 @@ class RunData:
                        tokens=train_tokens, prepared=prepared, **common)
         kw = dict(eval_fraction=dc.eval_fraction, text_field=dc.text_field, data_dir=dc.data_dir or None)
         train_docs = load_documents(dc.source, "train", **kw)
-        if (saved_tokenizer / "tokenizer.json").exists():
+        if (saved_tokenizer / "tokenizer.json").exists():  # a resumed run keeps its tokenizer
             tokenizer = load_tokenizer(saved_tokenizer)
+            kind = tokenizer.to_config()["kind"]
+            if dc.tokenizer in BUILD_KINDS and kind != dc.tokenizer:
+                raise ConfigError(f"{saved_tokenizer} holds a {kind!r} tokenizer, but this run asks for "
+                                  f"data.tokenizer={dc.tokenizer!r}; use another training.workdir")
         else:
             tokenizer = build_tokenizer(dc.tokenizer, train_docs, vocab_size=dc.vocab_size)
         _check_bos(dc, tokenizer.bos_id, tokenizer.name)

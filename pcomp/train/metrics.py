@@ -76,19 +76,27 @@ def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
 
 
 class MetricsWriter:
-    """Writes scalars to workdir/metrics.jsonl and TensorBoard (process 0 only)."""
+    """Writes scalars to workdir/metrics.jsonl and TensorBoard (process 0 only).
 
-    def __init__(self, workdir: str | Path, enabled: bool = True):
+    A run resumed from step `resume_step` first drops what an earlier attempt logged after that step
+    (it is about to be logged again), so every step appears once."""
+
+    def __init__(self, workdir: str | Path, enabled: bool = True, resume_step: int = 0):
         self.enabled = enabled
         self._jsonl = None
         self._tb = None
         if enabled:
             workdir = Path(workdir)
             workdir.mkdir(parents=True, exist_ok=True)
-            self._jsonl = open(workdir / "metrics.jsonl", "a")
+            path = workdir / "metrics.jsonl"
+            if path.exists():
+                keep = [line for line in path.read_text().splitlines(keepends=True)
+                        if line.strip() and _logged_step(line) <= resume_step]
+                path.write_text("".join(keep))
+            self._jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -104,3 +112,11 @@ class MetricsWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def _logged_step(line: str) -> int:
+    """The step of one metrics.jsonl line (a torn last line from a killed run counts as after any step)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62

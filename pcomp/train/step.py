@@ -112,11 +112,9 @@ def train_step(graphdef, tx, schedule, state: TrainState, batch: dict, *, patch_
         (grads, nll, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (micro(tokens), micro(mask)))
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {
-        "loss": nll / jnp.maximum(count, 1.0),
-        "grad_norm": optax.tree.norm(grads),
-        "lr": schedule(state["step"]),
-    }
+    loss, grad_norm = nll / jnp.maximum(count, 1.0), optax.tree.norm(grads)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+               "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, metrics
 

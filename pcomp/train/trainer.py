@@ -20,12 +20,14 @@ from jax.sharding import Mesh
 
 from pcomp.config import Config
 from pcomp.data.run_data import RunData
-from pcomp.errors import CheckpointError, ConfigError
+from pcomp.errors import CheckpointError, ConfigError, DivergenceError
 from pcomp.models.sharding import make_mesh
 from pcomp.patching import Stage, plan_stages, relative_cost
 from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.evaluation import evaluate, global_batch
+from pcomp.train.lock import WorkdirLock
 from pcomp.train.metrics import MetricsWriter, flops_per_position, peak_flops_per_device
+from pcomp.train.signals import StopSignals
 from pcomp.train.step import TrainProgram, build_program
 
 
@@ -89,13 +91,16 @@ def setup(cfg: Config) -> RunContext:
 
 
 def _check_same_run(saved: dict, cfg: Config, path: Path) -> None:
-    """Resuming with another model or data would silently mix runs: refuse."""
+    """Resuming with another model or data would silently mix runs: refuse, naming the first difference."""
+    want = cfg.to_dict()
     for section in ("model", "data"):
-        if saved.get(section) != cfg.to_dict()[section]:
-            raise CheckpointError(
-                f"{path} was written by a run with a different {section} config; "
-                f"use another training.workdir or the same settings"
-            )
+        old, new = saved.get(section, {}), want[section]
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                raise CheckpointError(
+                    f"{path} was written by a run with {section}.{key}={old.get(key)!r}, but this run asks for "
+                    f"{section}.{key}={new.get(key)!r}; use another training.workdir or the same settings"
+                )
 
 
 # --- the loop ------------------------------------------------------------------------------------
@@ -103,9 +108,25 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
     """Train (or resume) the run in cfg.training.workdir; returns a summary dict (per-stage steps,
     tokens, FLOPs and end-of-stage held-out metrics; "eval"; "relative_cost"; final "params").
 
-    `stop_at` stops after that global step (as a preemption would) after checkpointing.
+    `stop_at` stops after that global step (as a preemption would) after checkpointing. SIGTERM or
+    SIGINT does the same at the step in flight and sets "interrupted" to the signal's name. One run
+    at a time holds the work directory (`WorkdirLock`); a non-finite loss raises `DivergenceError`.
     """
-    return _Run(setup(cfg), stop_at).run()
+    cfg.validate()
+    workdir = Path(cfg.training.workdir)
+    try:
+        lock = WorkdirLock(workdir).__enter__() if is_main() else None
+    except OSError as e:
+        raise ConfigError(f"training.workdir={workdir}: cannot create or lock it ({e.strerror})") from None
+    try:
+        with StopSignals() as stop:
+            ctx = setup(cfg)
+            if stop.received:  # interrupted while reading the data: nothing trained, nothing to save
+                return {"interrupted": stop.name, "stopped_at": None, "workdir": str(workdir)}
+            return _Run(ctx, stop_at, stop).run()
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
 
 
 @dataclasses.dataclass
@@ -123,11 +144,11 @@ class _Run:
     """One call of `train`: the stage loop with its checkpointer, metrics writer and progress bar.
     The loop steps, logs, evaluates and checkpoints; `RunData` supplies the batches."""
 
-    def __init__(self, ctx: RunContext, stop_at: int | None):
-        self.ctx, self.stop_at = ctx, stop_at
+    def __init__(self, ctx: RunContext, stop_at: int | None, stop: StopSignals):
+        self.ctx, self.stop_at, self.stop = ctx, stop_at, stop
         tc = ctx.cfg.training
         self.ckpt = Checkpointer(checkpoint_dir(ctx.cfg), tc.keep_checkpoints)
-        self.writer = MetricsWriter(ctx.workdir, enabled=is_main())
+        self.writer = MetricsWriter(ctx.workdir, enabled=is_main(), resume_step=self.ckpt.latest() or 0)
         peak, self.peak_source = peak_flops_per_device(ctx.cfg.model.dtype)
         self.peak_total = peak * ctx.mesh.size
         self.cost = relative_cost(tc.patch_size, tc.patch_fraction if len(ctx.stages) > 1 else 0.0)
@@ -161,8 +182,13 @@ class _Run:
                     state = program.init(params)
                 if pos.stage_step < stage.steps:
                     state = self._run_stage(program, state, iterator, pos)
-                    if self.offsets[pos.stage] + pos.stage_step == self.stop_at:  # as if preempted here
-                        return self._close({**self.summary, "stopped_at": self.stop_at, "params": state["params"]})
+                    gstep = self.offsets[pos.stage] + pos.stage_step
+                    if gstep == self.stop_at or self.stop.received:  # preempted here (or as if)
+                        if self.stop.received:
+                            self._log(f"pcomp: stopped by {self.stop.name} at step {gstep}; checkpoint saved in "
+                                      f"{self.ckpt.directory}; run the same command to resume")
+                        return self._close({**self.summary, "stopped_at": gstep, "interrupted": self.stop.name,
+                                            "params": state["params"]})
                 params = state["params"]
                 pos = _Position(stage=pos.stage + 1, data_start=pos.next_data_start)
         # the final model is the last stage's: its end-of-stage evaluation is the run's result
@@ -213,17 +239,22 @@ class _Run:
         t_last, steps_since = None, 0
         self.progress.set_description(stage.name)
         self.progress.update(self.offsets[pos.stage] + pos.stage_step - self.progress.n)
+        pending = None  # (global step, metrics) of the previous step, checked one step late (no stall)
         while pos.stage_step < stage.steps:
             batch = next(iterator)
             if "doc" in batch:
                 pos.last_doc = max(pos.last_doc, int(batch["doc"].max()))
             state, metrics = program.step(state, {"tokens": global_batch(batch["tokens"], ctx.mesh), "mask": mask})
+            if pending is not None:
+                self._check_finite(*pending)
             pos.stage_step += 1
             steps_since += 1
             gstep = self.offsets[pos.stage] + pos.stage_step
+            pending = (gstep, metrics)
             self.progress.update(1)
             end = pos.stage_step == stage.steps
             if pos.stage_step == 1 or pos.stage_step % tc.log_every == 0 or end:
+                self._check_finite(gstep, metrics)
                 m = jax.device_get(metrics)
                 now = time.perf_counter()
                 scalars = {loss_key: m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
@@ -240,6 +271,7 @@ class _Run:
             if tc.eval_every and pos.stage_step % tc.eval_every == 0 and not end:
                 self.writer.write(gstep, self._evaluate(program, state["params"]))
             if end:
+                self._check_finite(gstep, metrics)
                 stage_eval = self._evaluate(program, state["params"])
                 stats.update({f"end_{k.split('/')[1]}": v for k, v in stage_eval.items()})
                 self.summary["stages"][pos.stage] = stats
@@ -247,12 +279,26 @@ class _Run:
                 pos.next_data_start = ctx.data.next_start(stage.seq_tokens, stage.steps, pos.data_start, pos.last_doc)
                 self._log(f"pcomp: stage {stage.name} done: {stage.steps} steps, {stats['tokens']:,} tokens, "
                           f"{stats['flops']:.3e} FLOPs; held-out bits/byte {stage_eval['eval/bits_per_byte']:.4f}")
-            if end or pos.stage_step % tc.checkpoint_every == 0 or gstep == self.stop_at:
+            stopping = gstep == self.stop_at or self.stop.received is not None
+            if end or pos.stage_step % tc.checkpoint_every == 0 or stopping:
+                self._check_finite(gstep, metrics)  # a non-finite state is never written
                 meta = {**dataclasses.asdict(pos), "global_step": gstep, "summaries": self.summary["stages"]}
                 self.ckpt.save(gstep, state, iterator, meta)
-            if gstep == self.stop_at:
+            if stopping:
                 break
         return state
+
+    def _check_finite(self, gstep: int, metrics: dict) -> None:
+        m = jax.device_get(metrics)
+        if not bool(m["finite"]):
+            self.ckpt.wait()
+            last = self.ckpt.latest()
+            raise DivergenceError(
+                f"training diverged at step {gstep}: loss {float(m['loss']):.4g}, gradient norm "
+                f"{float(m['grad_norm']):.4g} (lr {float(m['lr']):.3g}); "
+                + (f"the last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
+                   else "no checkpoint was written")
+                + "; lower training.lr or raise training.warmup_steps")
 
 
 def _progress(total: int, enabled: bool):

@@ -1,0 +1,170 @@
+"""Nothing lost, nothing silent (issue #9, training side): divergence, one run per work directory,
+set-up that leaves nothing behind, SIGTERM / SIGINT with exact resume, metrics logged once per step."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from pcomp.config import Config
+from pcomp.errors import CheckpointError, ConfigError, DataError, DivergenceError
+from pcomp.train.checkpoint import Checkpointer
+from pcomp.train.load import load_trained
+from pcomp.train.lock import WorkdirLock
+from pcomp.train.trainer import train
+
+TINY = Config.preset("test-tiny").override("training.progress=false")
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONUNBUFFERED": "1"}
+
+
+def _params(workdir) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(load_trained(workdir).params)]
+
+
+@pytest.mark.slow
+def test_divergence_stops_at_once_and_never_checkpoints_nan(tmp_path):
+    cfg = TINY.override("training.lr=1e4", "training.steps=60", "training.checkpoint_every=2",
+                        f"training.workdir={tmp_path / 'w'}")
+    with pytest.raises(DivergenceError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg
+    ckpt = Checkpointer(tmp_path / "w" / "checkpoints", 3)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    diverged_at = int(msg.split("diverged at step ")[1].split(":")[0])
+    # training stopped at the first non-finite step; every checkpoint on disk is before it and finite
+    assert steps and max(steps) < diverged_at <= 60
+    assert f"last good checkpoint is step {max(steps)}" in msg
+    for leaf in _params(tmp_path / "w"):
+        assert np.isfinite(leaf).all()
+    rows = [json.loads(r) for r in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train/grad_norm"]) for r in rows if "train/grad_norm" in r)
+
+
+def test_second_run_on_a_locked_workdir_fails_without_writing(tmp_path):
+    workdir = tmp_path / "w"
+    with WorkdirLock(workdir):
+        with pytest.raises(CheckpointError, match=f"in use by another pcomp run \\(pid {os.getpid()}\\)"):
+            train(TINY.override(f"training.workdir={workdir}"))
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock"]  # no config, tokenizer, checkpoints
+
+
+def test_a_dead_runs_lock_is_taken_over(tmp_path):
+    workdir = tmp_path / "w"
+    code = f"from pcomp.train.lock import WorkdirLock; import os\nWorkdirLock({str(workdir)!r}).__enter__(); os._exit(0)"
+    subprocess.run([sys.executable, "-c", code], check=True, env=ENV)
+    assert (workdir / ".lock").exists()
+    with WorkdirLock(workdir):  # the holder died: its flock went with it
+        pass
+
+
+def test_failed_setup_leaves_nothing_a_later_run_would_reuse(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    workdir = tmp_path / "w"
+    with pytest.raises((DataError, ConfigError)):
+        train(TINY.override(f"data.source={empty}", f"training.workdir={workdir}"))
+    assert not (workdir / "tokenizer").exists() and not (workdir / "config.json").exists()
+
+
+def test_resume_with_another_tokenizer_is_refused(tmp_path):
+    from pcomp.data.tokenizers import ByteTokenizer
+
+    workdir = tmp_path / "w"
+    ByteTokenizer().save(workdir / "tokenizer")  # left by an older run
+    with pytest.raises(ConfigError, match="holds a 'bytes' tokenizer, but this run asks for "
+                                          "data.tokenizer='sentencepiece'"):
+        train(TINY.override("data.tokenizer=sentencepiece", f"training.workdir={workdir}"))
+
+
+def test_resume_with_another_config_names_both_values(tmp_path):
+    cfg = TINY.override("training.steps=2", f"training.workdir={tmp_path / 'w'}")
+    train(cfg)
+    with pytest.raises(CheckpointError, match=r"model\.d_ff=128, but this run asks for model\.d_ff=256"):
+        train(cfg.override("model.d_ff=256"))
+
+
+@pytest.mark.slow
+def test_metrics_log_each_step_once_after_resume(tmp_path):
+    base = TINY.override("training.steps=12", "training.checkpoint_every=4", "training.log_every=1")
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(base.override(f"training.workdir={a}"))
+    train(base.override(f"training.workdir={b}"), stop_at=6)
+    # a run killed at step 6 before its checkpoint landed: metrics has steps 5 and 6, the latest checkpoint is 4
+    shutil.rmtree(b / "checkpoints" / "6")
+    train(base.override(f"training.workdir={b}"))
+    steps = lambda d: [json.loads(r)["step"] for r in (d / "metrics.jsonl").read_text().splitlines()  # noqa: E731
+                       if "train/loss" in json.loads(r)]
+    assert steps(b) == steps(a) == list(range(1, 13))
+    rows = lambda d: [json.loads(r) for r in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rs]  # noqa: E731
+    assert strip(rows(b)) == strip(rows(a))
+
+
+def _train_cmd(workdir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pcomp", "train", "--config", "test-tiny", "training.steps=30",
+            "training.log_every=1", "training.progress=false", f"training.workdir={workdir}", *extra]
+
+
+def _wait_for_step(workdir: Path, step: int, proc, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    metrics = workdir / "metrics.jsonl"
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.exists() and any(json.loads(r).get("step", 0) >= step for r in metrics.read_text().splitlines()
+                                    if r.strip().endswith("}")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the run never reached step {step}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code,moment", [
+    (signal.SIGTERM, 0, 3),             # mid-training
+    (signal.SIGINT, 130, 3),
+    (signal.SIGTERM, 0, "checkpoint"),  # while checkpoints are being written (one every step)
+])
+def test_signal_saves_and_resumes_bit_for_bit(tmp_path, sig, code, moment):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    extra = ("training.checkpoint_every=1",) if moment == "checkpoint" else ()
+    subprocess.run(_train_cmd(straight, *extra), check=True, env=ENV, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(stopped, *extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _wait_for_step(stopped, 3, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err + out
+    assert f"pcomp: stopped by {sig.name} at step" in out
+    ckpt = Checkpointer(stopped / "checkpoints", 3)
+    latest = ckpt.latest()
+    ckpt.close()
+    assert latest is not None and 3 <= latest < 30
+    subprocess.run(_train_cmd(stopped, *extra), check=True, env=ENV, capture_output=True)
+    for x, y in zip(_params(straight), _params(stopped)):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow
+def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path):
+    workdir = tmp_path / "w"
+    proc = subprocess.Popen(_train_cmd(workdir, "training.checkpoint_every=1"), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_step(workdir, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    for leaf in _params(workdir):  # the latest finished checkpoint restores
+        assert np.isfinite(leaf).all()
