@@ -112,7 +112,7 @@ if [[ -n "$LOCAL" ]]; then
     if [[ "$DRY_RUN" == 1 ]]; then
       launch "${envs[@]}" -- "$@"
     else
-      launch "${envs[@]}" -- "$@" &
+      env "${envs[@]}" "$PCOMP" "$@" &  # not through a function: $! must be the process itself
       pids+=($!)
     fi
   done
