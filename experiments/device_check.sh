@@ -147,7 +147,8 @@ if [[ "$INSTALL" != none ]]; then
     if [[ "${driver%%.*}" =~ ^[0-9]+$ ]] && ((${driver%%.*} >= 580)); then JAX_CUDA=cuda13; else JAX_CUDA=cuda12; fi
   fi
   pip_cmd=("$PYTHON" -m pip install -q -e ".[dev,bench]")
-  [[ "$INSTALL" != offline ]] || pip_cmd+=(--no-index --find-links "$WHEELS")
+  # offline: no index, and the build backend (setuptools) from this environment instead of fetched
+  [[ "$INSTALL" != offline ]] || pip_cmd+=(--no-index --find-links "$WHEELS" --no-build-isolation)
   # keep a JAX that already sees a GPU (a preinstalled CUDA build); add the CUDA extra otherwise
   if [[ "$DRY_RUN" == 1 ]] || ! "$PYTHON" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
     pip_cmd+=("jax[$JAX_CUDA]")

@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -244,6 +245,7 @@ def _fake_gcloud(tmp_path: Path) -> tuple[dict, Path]:
         #!/usr/bin/env bash
         printf '%s\\0' "$@" >> {shlex.quote(str(log))}
         printf '\\n' >> {shlex.quote(str(log))}
+        printf '%s' "${{FAKE_GCLOUD_OUTPUT:-}}"
         """))
     (bindir / "gcloud").chmod(0o755)
     return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, log
@@ -272,6 +274,15 @@ def test_real_run_executes_what_dry_run_prints(tmp_path, args):
     real = run(TPU, *TPU_ARGS[1:], *args, env=env)
     assert real.returncode == 0, real.stderr
     assert _calls(log) == printed
+
+
+def test_wait_returns_when_active_and_fails_on_failed(tmp_path):
+    env, log = _fake_gcloud(tmp_path)
+    ok = run(TPU, *TPU_ARGS[1:], "--queued", "wait", env={**env, "FAKE_GCLOUD_OUTPUT": "ACTIVE"})
+    assert ok.returncode == 0 and "my-tpu is ACTIVE" in ok.stdout
+    assert _calls(log) == commands(run(TPU, *TPU_ARGS, "--queued", "wait"))
+    bad = run(TPU, *TPU_ARGS[1:], "--queued", "wait", env={**env, "FAKE_GCLOUD_OUTPUT": "FAILED"})
+    assert_one_line_error(bad, "my-tpu is FAILED")
 
 
 @pytest.mark.skipif(not all(shutil.which(t) for t in ("setsid", "nohup", "hostname")),
@@ -442,7 +453,7 @@ def test_device_check_offline_and_skips():
     cmds = commands(run(DEVICE_CHECK, "--dry-run", "--python", "py", "--wheels", "/w", "--jax-cuda", "cuda12",
                         "--skip", "tests,patch"))
     assert cmds[0] == ["py", "-m", "pip", "install", "-q", "-e", ".[dev,bench]", "--no-index", "--find-links", "/w",
-                       "jax[cuda12]"]
+                       "--no-build-isolation", "jax[cuda12]"]
     scripts = [c[1] for c in cmds[1:]]
     assert scripts == ["experiments/bench_train.py", "experiments/bench_equal_info.py", "-"]
     cmds = commands(run(DEVICE_CHECK, "--dry-run", "--install", "none", "--skip", "tests,train,patch,equal_info"))
@@ -621,3 +632,59 @@ def test_initialize_calls_jax_only_when_needed(monkeypatch):
         monkeypatch.delenv(var)
     assert distributed.initialize() == {}
     assert calls[-1] == {}
+
+
+# --- two real JAX processes on this machine (CPU) -----------------------------------------------------
+
+PROBE = """\
+import os
+from pcomp.train.distributed import initialize
+args = initialize()
+import jax
+os.write(1, f"RESULT {sorted(args or {})} {jax.process_index()} {jax.process_count()}\\n".encode())  # one write
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _probe_env(tmp_path: Path) -> tuple[dict, Path]:
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE)
+    pythonpath = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {"JAX_PLATFORMS": "cpu", "PYTHONPATH": pythonpath, "XLA_FLAGS": ""}, probe
+
+
+def _results(text: str) -> list[str]:
+    return sorted(line for line in text.splitlines() if line.startswith("RESULT"))
+
+
+@pytest.mark.slow  # starts two JAX processes
+def test_two_processes_through_gpu_launch(tmp_path):
+    env, probe = _probe_env(tmp_path)
+    fake = tmp_path / "pcomp"
+    fake.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(str(probe))}\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(GPU), "--pcomp", str(fake), "--local-processes", "2", "--port",
+                           str(_free_port()), "train"], capture_output=True, text=True, env=_env(env), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    keys = "['coordinator_address', 'local_device_ids', 'num_processes', 'process_id']"
+    assert _results(proc.stdout) == [f"RESULT {keys} 0 2", f"RESULT {keys} 1 2"]
+
+
+@pytest.mark.slow  # starts two JAX processes
+def test_two_processes_through_jax_slurm_detection(tmp_path):
+    env, probe = _probe_env(tmp_path)
+    env.update({"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2",
+                "JAX_COORDINATOR_PORT": str(_free_port())})
+    procs = [subprocess.Popen([sys.executable, str(probe)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=_env({**env, "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i)}))
+             for i in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    assert _results("".join(o for o, _ in outs)) == ["RESULT [] 0 2", "RESULT [] 1 2"]
