@@ -688,3 +688,17 @@ def test_two_processes_through_jax_slurm_detection(tmp_path):
     outs = [p.communicate(timeout=240) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
     assert _results("".join(o for o, _ in outs)) == ["RESULT [] 0 2", "RESULT [] 1 2"]
+
+
+def test_initialize_without_a_detectable_cluster_is_a_config_error(monkeypatch):
+    import jax
+
+    def no_cluster(**kwargs):
+        raise ValueError("coordinator_address should be defined.")
+
+    monkeypatch.setattr(jax.distributed, "initialize", no_cluster)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(ConfigError) as e:
+        distributed.initialize({"PCOMP_DISTRIBUTED": "1"})
+    msg = str(e.value)
+    assert "\n" not in msg and "coordinator_address should be defined" in msg and "PCOMP_COORDINATOR" in msg

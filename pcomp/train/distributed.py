@@ -149,5 +149,10 @@ def initialize(env: Mapping[str, str] | None = None) -> dict | None:
     import jax
 
     if not jax.distributed.is_initialized():
-        jax.distributed.initialize(**args)
+        try:
+            jax.distributed.initialize(**args)
+        except ValueError as e:  # JAX found no cluster to fill in what is missing
+            raise ConfigError(f"jax.distributed.initialize({', '.join(f'{k}={v!r}' for k, v in args.items())}) "
+                              f"failed: {e} (outside TPU pods and Slurm set {ENV_COORDINATOR}, "
+                              f"{ENV_NUM_PROCESSES} and {ENV_PROCESS_ID})") from e
     return args
