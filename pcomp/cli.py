@@ -13,9 +13,10 @@ from pcomp.errors import PcompError
 
 def _cmd_train(args) -> None:
     from pcomp.config import Config
-    from pcomp.train.trainer import maybe_initialize_distributed, train
+    from pcomp.train.distributed import initialize
+    from pcomp.train.trainer import train
 
-    maybe_initialize_distributed()
+    initialize()
     cfg = Config.load(args.config).override(*args.overrides)
     summary = train(cfg)
     if summary.get("interrupted"):  # checkpoint saved (the trainer said where): 0 after SIGTERM, 130 after SIGINT

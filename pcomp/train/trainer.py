@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
@@ -33,12 +32,6 @@ from pcomp.train.step import TrainProgram, build_program
 
 def checkpoint_dir(cfg: Config) -> str:
     return cfg.training.checkpoint_dir or str(Path(cfg.training.workdir) / "checkpoints")
-
-
-def maybe_initialize_distributed() -> None:
-    """Multi-host (TPU pod / multi-node GPU): set PCOMP_DISTRIBUTED=1 to call jax.distributed.initialize()."""
-    if os.environ.get("PCOMP_DISTRIBUTED") == "1" and jax.process_count() == 1:
-        jax.distributed.initialize()
 
 
 def is_main() -> bool:
