@@ -257,7 +257,7 @@ def _model(name: str, **kw: Any) -> ModelConfig:
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # CPU unit-test size.
     "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
-    # The CPU demo: ~1.6M parameters, trains in minutes.
+    # The CPU demo: ~1.9M parameters, trains in minutes.
     "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256),
     # The Equal-Info Windows paper's compressor model M1: 3 layers, d=256, 4 heads, MLP 1024, bytes.
     "m1-3m": _model("m1-3m", d_model=256, n_layers=3, n_heads=4, d_ff=1024, max_seq_len=128),
