@@ -103,12 +103,22 @@ def _add_compress_commands(sub) -> None:
     add_commands(sub)
 
 
+def _quiet_shutdown() -> None:
+    """After the one-line error: background writers failing again on the way out (TensorBoard's flush
+    thread and atexit hook on a full disk, say) would bury it under tracebacks; the process is ending."""
+    import threading
+
+    sys.unraisablehook = lambda unraisable: None
+    threading.excepthook = lambda args: None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc = args.fn(args)
     except PcompError as e:
         print(f"pcomp: error: {e}", file=sys.stderr)
+        _quiet_shutdown()
         return 2
     except OSError as e:  # unreadable / unwritable paths are the user's to fix, not a crash
         print(f"pcomp: error: {e}", file=sys.stderr)

@@ -168,3 +168,26 @@ def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path):
     assert "Traceback" not in err
     for leaf in _params(workdir):  # the latest finished checkpoint restores
         assert np.isfinite(leaf).all()
+
+
+def test_full_disk_is_one_line_naming_the_checkpoint_dir(tmp_path, monkeypatch, capsys):
+    """orbax reports a full disk as RESOURCE_EXHAUSTED from its writer threads (and logs each with a
+    traceback); pcomp reports it once, naming the directory, exit 2."""
+    import orbax.checkpoint as ocp
+
+    from pcomp.cli import main
+
+    def full(self, step, *a, **k):
+        if step >= 4:
+            raise ValueError('RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: No space left on device')
+        return real(self, step, *a, **k)
+
+    real = ocp.CheckpointManager.save
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    workdir = tmp_path / "w"
+    rc = main(["train", "--config", "test-tiny", "training.steps=8", "training.checkpoint_every=2",
+               "training.progress=false", f"training.workdir={workdir}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err == [f"pcomp: error: cannot write a checkpoint (step 4) to {workdir / 'checkpoints'}: no space left on "
+                   "device; the last complete checkpoint is step 2"]

@@ -7,6 +7,8 @@ A checkpoint holds three items: `state` (params, optimizer, step, rng as sharded
 
 from __future__ import annotations
 
+import errno
+import logging
 from pathlib import Path
 
 import jax
@@ -16,8 +18,27 @@ from grain.checkpoint import CheckpointRestore, CheckpointSave
 from pcomp.errors import CheckpointError
 
 
+class _OrbaxFailureFilter(logging.Filter):
+    """Drops orbax's background-thread error logs (each with a full traceback, hundreds of lines on
+    a full disk); the failure reaches the user once, as the `CheckpointError` raised by
+    `Checkpointer.save` / `wait`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        return "orbax" not in record.pathname and "orbax" not in record.getMessage()
+
+
+def _install_filter() -> None:
+    for name in ("absl", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _OrbaxFailureFilter) for f in logger.filters):
+            logger.addFilter(_OrbaxFailureFilter())
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int):
+        _install_filter()
         directory = str(directory)
         self.directory = directory if "://" in directory else Path(directory).absolute()
         self._mngr = ocp.CheckpointManager(
@@ -33,14 +54,30 @@ class Checkpointer:
         return list(self._mngr.all_steps())
 
     def save(self, step: int, state, data_iterator, meta: dict) -> None:
-        self._mngr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=CheckpointSave(data_iterator),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
+        """Start writing checkpoint `step` (asynchronously); an earlier write's failure surfaces here."""
+        try:
+            self._mngr.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state),
+                    data=CheckpointSave(data_iterator),
+                    meta=ocp.args.JsonSave(meta),
+                ),
+                force=True,
+            )
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._write_error(step, e) from None
+
+    def _write_error(self, step: int, e: Exception) -> CheckpointError:
+        text = str(e)
+        if getattr(e, "errno", None) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text or "No space left" in text:
+            reason = "no space left on device"
+        else:
+            reason = (text.splitlines() or [type(e).__name__])[0][:300]
+        last = self.latest()
+        return CheckpointError(
+            f"cannot write a checkpoint (step {step}) to {self.directory}: {reason}"
+            + (f"; the last complete checkpoint is step {last}" if last is not None else "")
         )
 
     def restore(self, step: int, abstract_state, data_iterator):
@@ -68,10 +105,16 @@ class Checkpointer:
         ]
 
     def wait(self) -> None:
-        self._mngr.wait_until_finished()
+        try:
+            self._mngr.wait_until_finished()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._write_error(self._mngr.latest_step() or -1, e) from None
 
     def close(self) -> None:
-        self._mngr.close()
+        try:
+            self._mngr.close()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._write_error(-1, e) from None
 
 
 def abstract_with_shardings(shape_tree, sharding_tree):

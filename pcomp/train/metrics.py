@@ -109,9 +109,11 @@ class MetricsWriter:
                 self._tb.add_scalar(k, v, step)
 
     def close(self) -> None:
-        if self.enabled:
-            self._jsonl.close()
-            self._tb.close()
+        if self.enabled and self._jsonl is not None:
+            self._jsonl, jsonl = None, self._jsonl
+            self._tb, tb = None, self._tb
+            jsonl.close()
+            tb.close()
 
 
 def _logged_step(line: str) -> int:

@@ -150,6 +150,17 @@ class _Run:
         self.summary = {"stages": [], "relative_cost": self.cost, "workdir": str(ctx.workdir), "eval": None}
 
     def run(self) -> dict:
+        try:
+            return self._run()
+        except BaseException:  # close the metrics writer quietly; the original error is the one to report
+            self.progress.close()
+            try:
+                self.writer.close()
+            except OSError:
+                pass
+            raise
+
+    def _run(self) -> dict:
         ctx, cfg = self.ctx, self.ctx.cfg
         resume_step = self.ckpt.latest()
         pos, params = _Position(), None
