@@ -172,8 +172,11 @@ def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path):
                             stderr=subprocess.PIPE, text=True)
     _wait_for_step(workdir, 3, proc)
     proc.send_signal(signal.SIGTERM)
-    first = proc.stderr.readline()  # the first signal was handled (signals sent back to back may coalesce)
-    assert "SIGTERM: finishing this step" in first
+    first = ""  # wait until the first signal was handled (signals sent back to back may coalesce)
+    while "SIGTERM: finishing this step" not in first:
+        line = proc.stderr.readline()
+        assert line, "the run ended without handling SIGTERM"
+        first += line
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, first + err
