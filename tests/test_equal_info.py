@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from pcomp.compress import arith, plain_ac, windows
 from pcomp.compress.m1 import M1
 from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows
-from pcomp.config import Config
+from pcomp.config import Config, DataConfig
 from pcomp.data.embedded import embedded_documents
 from pcomp.data.tokenizers import ByteTokenizer
 from pcomp.errors import CompressedFormatError, ConfigError
@@ -48,7 +48,8 @@ def _trained(seed: int, scale: float) -> TrainedModel:
     cfg = dataclasses.replace(Config.preset("test-tiny").model, vocab_size=258, max_seq_len=MAX_SEQ_LEN)
     graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(seed)))
     params = jax.tree.map(lambda x: x * scale if x.ndim == 2 else x, params)
-    return TrainedModel(Config(model=cfg), ByteTokenizer(), graphdef, params, 0, Path("."))
+    return TrainedModel(Config(model=cfg, data=DataConfig(bos_first=True)), ByteTokenizer(), graphdef, params, 0,
+                        Path("."))
 
 
 @pytest.fixture(scope="module")

@@ -57,27 +57,24 @@ def encode_symbol(low, high, pending, c_lo, c_hi, precision, out_bits, n_out):
     low = low + ((rng * np.int64(c_lo)) >> precision)
     while True:
         if high < HALF:
-            out_bits[n_out] = 0
-            n_out += 1
-            for _ in range(pending):
-                out_bits[n_out] = 1
-                n_out += 1
-            pending = 0
+            bit = 0
         elif low >= HALF:
-            out_bits[n_out] = 1
-            n_out += 1
-            for _ in range(pending):
-                out_bits[n_out] = 0
-                n_out += 1
-            pending = 0
+            bit = 1
             low -= HALF
             high -= HALF
         elif low >= QUARTER and high < THREE_QUARTERS:
             pending += 1
-            low -= QUARTER
-            high -= QUARTER
+            low = 2 * (low - QUARTER)
+            high = 2 * (high - QUARTER) + 1
+            continue
         else:
             break
+        out_bits[n_out] = bit  # the settled bit, then the pending follow bits (its opposite)
+        n_out += 1
+        for _ in range(pending):
+            out_bits[n_out] = 1 - bit
+            n_out += 1
+        pending = 0
         low = 2 * low
         high = 2 * high + 1
     return low, high, pending, n_out

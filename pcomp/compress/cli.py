@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,13 +28,20 @@ def _progress(total: int, desc: str):
 
 @contextlib.contextmanager
 def _one_line_warnings():
-    """Library warnings (e.g. `M1Warning`) as one `pcomp: warning: ...` line each on stderr."""
-    old = warnings.formatwarning
-    warnings.formatwarning = lambda message, *args, **kw: f"pcomp: warning: {message}\n"
-    try:
-        yield
-    finally:
-        warnings.formatwarning = old
+    """An `M1Warning` raised inside as one `pcomp: warning: ...` line on stderr; others pass through."""
+    from pcomp.compress.m1 import M1Warning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", M1Warning)
+        try:
+            yield
+        finally:
+            others = [w for w in caught if not issubclass(w.category, M1Warning)]
+            for w in caught:
+                if issubclass(w.category, M1Warning):
+                    print(f"pcomp: warning: {w.message}", file=sys.stderr)
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _read_input(path: str) -> bytes:
