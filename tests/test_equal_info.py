@@ -60,7 +60,7 @@ def trained():
 @pytest.fixture(scope="module")
 def m1(trained):
     """Moderately peaky: windows of a few bytes and plain-codeword collisions on text."""
-    m = M1(trained, precision=PRECISION, batch=BATCH)
+    m = M1.for_windows(trained, None, precision=PRECISION, batch=BATCH)
     m.start()
     return m
 
@@ -68,7 +68,7 @@ def m1(trained):
 @pytest.fixture(scope="module")
 def peaky_m1():
     """Very peaky (weights x20): its own argmax continuation packs ~30 bytes into 64 bits."""
-    m = M1(_trained(1, 20.0), precision=PRECISION, batch=BATCH)
+    m = M1.for_windows(_trained(1, 20.0), None, precision=PRECISION, batch=BATCH)
     m.start()
     return m
 
@@ -480,9 +480,9 @@ def test_other_bad_settings(trained, m1):
     with pytest.raises(ConfigError, match="segment_bytes=0"):
         encode_windows(m1, [b"abc"], 16, segment_bytes=0)
     with pytest.raises(ConfigError, match="precision \\+ 2 = 22"):
-        encode_windows(M1(trained, precision=20, batch=BATCH), [b"abc"], 16)
+        encode_windows(M1.for_windows(trained, None, precision=20, batch=BATCH), [b"abc"], 16)
     with pytest.raises(ConfigError, match="bytes"):
-        encode_windows(M1(trained, batch=BATCH, symbols="bytes+eos"), [b"abc"], 16)
+        encode_windows(M1.for_windows(trained, None, batch=BATCH, symbols="bytes+eos"), [b"abc"], 16)
     with pytest.raises(ConfigError, match="bytes\\+eos"):
         plain_ac.encode_docs(m1, [b"abc"])
 
@@ -546,7 +546,7 @@ def test_m1_step_is_row_invariant(m1):
 # ----------------------------------------------------------------------------- plain AC
 @pytest.fixture(scope="module")
 def m1_eos(trained):
-    m = M1(trained, precision=PRECISION, batch=BATCH, symbols="bytes+eos")
+    m = M1.for_windows(trained, None, precision=PRECISION, batch=BATCH, symbols="bytes+eos")
     m.start()
     return m
 

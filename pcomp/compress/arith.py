@@ -23,7 +23,7 @@ from fractions import Fraction
 import numba
 import numpy as np
 
-from pcomp.compress.quantize import _check_precision, cumulative
+from pcomp.compress.quantize import DEFAULT_PRECISION, check_precision, cumulative
 
 STATE_BITS = 32
 TOP = (1 << STATE_BITS) - 1
@@ -369,19 +369,19 @@ def _encode_checked(c_lo, c_hi, precision, terminate):
     return out[:n_out].copy()
 
 
-def encode(symbols, freqs, precision=14, terminate=True):
+def encode(symbols, freqs, precision=DEFAULT_PRECISION, terminate=True):
     """Encode symbols [N] under freqs [n] (static) or [N, n] (per position) into bits (uint8 [k]).
 
     terminate=True appends the minimal termination; False returns only the settled bits (pending dropped).
     """
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     c_lo, c_hi = _symbol_intervals(symbols, freqs, precision)
     return _encode_checked(c_lo, c_hi, precision, terminate)
 
 
-def encode_intervals(c_lo, c_hi, precision=14, terminate=True):
+def encode_intervals(c_lo, c_hi, precision=DEFAULT_PRECISION, terminate=True):
     """Encode per-symbol intervals [c_lo[i], c_hi[i]) out of 2**precision (c_lo, c_hi: int [N]) into bits."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     c_lo = _as_int_array(c_lo, "c_lo", 1).astype(np.int64)
     c_hi = _as_int_array(c_hi, "c_hi", 1).astype(np.int64)
     if c_lo.shape != c_hi.shape:
@@ -394,9 +394,9 @@ def encode_intervals(c_lo, c_hi, precision=14, terminate=True):
     return _encode_checked(c_lo, c_hi, precision, terminate)
 
 
-def decode(bits, freqs, n_symbols, precision=14):
+def decode(bits, freqs, n_symbols, precision=DEFAULT_PRECISION):
     """Decode n_symbols (int64 [n_symbols]) from bits (0/1 [k]) under freqs [n] or [n_symbols, n]."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     if isinstance(n_symbols, bool) or not isinstance(n_symbols, (int, np.integer)) or n_symbols < 0:
         raise ValueError(f"n_symbols={n_symbols!r}: expected an int >= 0")
     bits = _as_int_array(bits, "bits", 1)
@@ -413,9 +413,9 @@ def decode(bits, freqs, n_symbols, precision=14):
     return symbols
 
 
-def ideal_code_length(symbols, freqs, precision=14):
+def ideal_code_length(symbols, freqs, precision=DEFAULT_PRECISION):
     """Ideal code length in bits (float64): sum over i of -log2(f[s_i] / 2**precision)."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     c_lo, c_hi = _symbol_intervals(symbols, freqs, precision)
     return float(np.sum(precision - np.log2((c_hi - c_lo).astype(np.float64))))
 

@@ -98,13 +98,16 @@ def _step(graphdef, params, cache, tokens_b, positions_b, precision, symbol_ids)
 
 @dataclasses.dataclass
 class M1:
-    """A trained byte-level model as a coder's probability model (see module docstring)."""
+    """A trained byte-level model as a coder's probability model (see module docstring).
+
+    Build it with `M1.for_windows`, which sizes the KV cache from the window bits.
+    """
 
     trained: TrainedModel
+    context: int  # KV-cache positions (BOS + window bytes); `for_windows` sizes it from the window bits
     precision: int = CompressConfig.precision
     batch: int = CompressConfig.m1_batch
     symbols: str = BYTES
-    context: int = 0  # KV-cache positions (BOS + window bytes); 0 = the model's max_seq_len
     timer: StepTimer | None = None  # set to time every step (benchmarks); None = no added sync
 
     def __post_init__(self):
@@ -115,7 +118,6 @@ class M1:
                 f"BOS/EOS (train one with: pcomp train --config m1-3m)"
             )
         max_len = self.trained.cfg.model.max_seq_len
-        self.context = self.context or max_len
         if not 2 <= self.context <= max_len:
             raise CheckpointError(f"M1 context {self.context} must be in [2, {max_len}] (the model's max_seq_len)")
         if self.batch < 1:
@@ -148,7 +150,7 @@ class M1:
         if not context:
             max_len = trained.cfg.model.max_seq_len
             context = max_len if window_bits is None else window_context(window_bits, max_len)
-        return cls(trained, precision=precision, batch=batch, symbols=symbols, context=context)
+        return cls(trained, context, precision=precision, batch=batch, symbols=symbols)
 
     @property
     def max_window_bytes(self) -> int:

@@ -318,7 +318,8 @@ def _segments(docs: Sequence[bytes], segment_bytes: int):
     return data, np.asarray(starts, np.int64), np.asarray(ends, np.int64), np.asarray(doc_seg, np.int64)
 
 
-def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_bytes: int = 2048,
+def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *,
+                   segment_bytes: int = CompressConfig.segment_bytes,
                    progress: Callable[[int], None] | None = None, unique: bool = True) -> EncodedDocs:
     """Equal-Info windows of every document (each a bytes object), batched over M1's rows.
 
