@@ -13,7 +13,8 @@ and the stream ends with the shortest codeword whose dyadic interval [m/2^k, (m+
 for the smallest j with a multiple m * 2^(32-j) >= low and (m+1) * 2^(32-j) <= high + 1
 (j <= 3 after renormalization). The decoder reads 0 bits past the end of the stream.
 
-Building blocks for other numba code (e.g. windowed coders): `encode_symbol`, `termination_length`,
+Building blocks for other numba code (e.g. windowed coders): `narrow`, `renorm`, `encode_symbol`,
+`termination_length`,
 `write_termination`, `decoder_init`, `decode_target`, `find_symbol`, `decode_step`; an output
 buffer for N symbols needs at most `max_encoded_bits(N, precision)` bits.
 """
@@ -46,37 +47,50 @@ def max_encoded_bits(n_symbols, precision):
 # ----------------------------------------------------------------------------- scalar numba steps
 
 
+FOLLOW = 2  # `renorm`: the shift is a pending follow bit (the interval straddles the middle)
+DONE = -1  # `renorm`: the interval is wide enough, no shift
+
+
+@numba.njit(cache=True)
+def narrow(low, high, c_lo, c_hi, precision):
+    """The interval [low, high] narrowed to the symbol's [c_lo, c_hi) out of 2**precision (int64)."""
+    low = np.int64(low)
+    rng = np.int64(high) - low + 1
+    return low + ((rng * np.int64(c_lo)) >> precision), low + ((rng * np.int64(c_hi)) >> precision) - 1
+
+
+@numba.njit(cache=True)
+def renorm(low, high):
+    """One renormalization step: (kind, low, high, offset), the interval doubled after subtracting
+    offset (the decoder's value shifts the same way). kind 0 / 1: that bit is settled; FOLLOW: one
+    more pending bit; DONE: the interval is wide enough, nothing changes."""
+    if high < HALF:
+        return 0, 2 * low, 2 * high + 1, 0
+    if low >= HALF:
+        return 1, 2 * (low - HALF), 2 * (high - HALF) + 1, HALF
+    if low >= QUARTER and high < THREE_QUARTERS:
+        return FOLLOW, 2 * (low - QUARTER), 2 * (high - QUARTER) + 1, QUARTER
+    return DONE, low, high, 0
+
+
 @numba.njit(cache=True)
 def encode_symbol(low, high, pending, c_lo, c_hi, precision, out_bits, n_out):
     """Narrow to [c_lo, c_hi) / 2**precision (c_lo < c_hi), renormalize, write settled bits at out_bits[n_out:]."""
-    low = np.int64(low)
-    high = np.int64(high)
     pending = np.int64(pending)
-    rng = high - low + 1
-    high = low + ((rng * np.int64(c_hi)) >> precision) - 1
-    low = low + ((rng * np.int64(c_lo)) >> precision)
+    low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        if high < HALF:
-            bit = 0
-        elif low >= HALF:
-            bit = 1
-            low -= HALF
-            high -= HALF
-        elif low >= QUARTER and high < THREE_QUARTERS:
-            pending += 1
-            low = 2 * (low - QUARTER)
-            high = 2 * (high - QUARTER) + 1
-            continue
-        else:
+        bit, low, high, _offset = renorm(low, high)
+        if bit == DONE:
             break
+        if bit == FOLLOW:
+            pending += 1
+            continue
         out_bits[n_out] = bit  # the settled bit, then the pending follow bits (its opposite)
         n_out += 1
         for _ in range(pending):
             out_bits[n_out] = 1 - bit
             n_out += 1
         pending = 0
-        low = 2 * low
-        high = 2 * high + 1
     return low, high, pending, n_out
 
 
@@ -159,30 +173,15 @@ def find_symbol(cum, target):
 @numba.njit(cache=True)
 def decode_step(low, high, value, c_lo, c_hi, precision, bits, pos):
     """Decoder mirror of `encode_symbol` for the decoded symbol's [c_lo, c_hi); returns (low, high, value, pos)."""
-    low = np.int64(low)
-    high = np.int64(high)
     value = np.int64(value)
     pos = np.int64(pos)
     n_bits = bits.shape[0]
-    rng = high - low + 1
-    high = low + ((rng * np.int64(c_hi)) >> precision) - 1
-    low = low + ((rng * np.int64(c_lo)) >> precision)
+    low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        if high < HALF:
-            pass
-        elif low >= HALF:
-            low -= HALF
-            high -= HALF
-            value -= HALF
-        elif low >= QUARTER and high < THREE_QUARTERS:
-            low -= QUARTER
-            high -= QUARTER
-            value -= QUARTER
-        else:
+        bit, low, high, offset = renorm(low, high)
+        if bit == DONE:
             break
-        low = 2 * low
-        high = 2 * high + 1
-        value = 2 * value + (np.int64(bits[pos]) if pos < n_bits else 0)
+        value = 2 * (value - offset) + (np.int64(bits[pos]) if pos < n_bits else 0)
         pos += 1
     return low, high, value, pos
 

@@ -31,9 +31,9 @@ import numpy as np
 from flax import nnx
 
 from pcomp.compress.quantize import quantize_probs_jax
-from pcomp.config import CompressConfig
+from pcomp.config import MAX_PRECISION, MIN_PRECISION, CompressConfig
 from pcomp.data.tokenizers import ByteTokenizer
-from pcomp.errors import CheckpointError
+from pcomp.errors import CheckpointError, ConfigError
 from pcomp.train.load import TrainedModel, load_trained
 
 # Bump when M1's step computes differently (layout, quantization, ...): it is part of the fingerprint,
@@ -122,6 +122,8 @@ class M1:
             raise CheckpointError(f"M1 context {self.context} must be in [2, {max_len}] (the model's max_seq_len)")
         if self.batch < 1:
             raise CheckpointError(f"M1 batch {self.batch} must be >= 1")
+        if not MIN_PRECISION <= self.precision <= MAX_PRECISION:
+            raise ConfigError(f"precision={self.precision}: expected an integer in [{MIN_PRECISION}, {MAX_PRECISION}]")
         _check_finite(self.trained)
         if not self.trained.cfg.data.bos_first:
             warnings.warn(f"M1 at {self.trained.workdir} was trained without data.bos_first, so never to predict a "

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
-from pcomp.compress.arith import (HALF, QUARTER, STATE_BITS, THREE_QUARTERS, TOP, decode_step, decode_target,
-                                  find_symbol, termination_jm)
+from pcomp.compress.arith import (DONE, FOLLOW, STATE_BITS, TOP, decode_step, decode_target, find_symbol, narrow,
+                                  renorm, termination_jm)
 from pcomp.compress.m1 import BYTES, M1, window_context  # noqa: F401  (window_context: re-exported)
 from pcomp.config import MAX_WINDOW_BITS, CompressConfig  # noqa: F401  (MAX_WINDOW_BITS: re-exported)
 from pcomp.errors import CompressedFormatError, ConfigError
@@ -70,31 +70,20 @@ NEEDS_SEGMENT = -2  # (SEGMENT) the row takes the next segment before coding
 def _add_symbol(low, high, pending, E, e, c_lo, c_hi, precision):
     """Encoder step that appends settled bits to the 64-bit register E (e bits so far; e > 64 means
     the window overflowed and E is no longer tracked)."""
-    rng = high - low + 1
-    high = low + ((rng * c_hi) >> precision) - 1
-    low = low + ((rng * c_lo) >> precision)
+    low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        if high < HALF:
-            bit = 0
-        elif low >= HALF:
-            bit = 1
-            low -= HALF
-            high -= HALF
-        elif low >= QUARTER and high < THREE_QUARTERS:
-            pending += 1
-            low = 2 * (low - QUARTER)
-            high = 2 * (high - QUARTER) + 1
-            continue
-        else:
+        bit, low, high, _offset = renorm(low, high)
+        if bit == DONE:
             break
+        if bit == FOLLOW:
+            pending += 1
+            continue
         shift = 1 + pending
         if e + shift <= 64:
             new = (np.int64(bit) << pending) | ((np.int64(1 - bit) << pending) - (1 - bit))
             E = new if shift >= 64 else ((E << shift) | new)
         e += shift
         pending = 0
-        low = 2 * low
-        high = 2 * high + 1
     return low, high, pending, E, e
 
 
