@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from pcomp.config import CompressConfig
-from pcomp.errors import DataError
+from pcomp.errors import ConfigError, DataError
 
 _DEFAULT = CompressConfig()
 
@@ -132,7 +132,7 @@ def _cmd_compress(args) -> None:
 
     cfg = _config(args)
     if args.max_window_bytes < 0:
-        raise DataError(f"--max-window-bytes {args.max_window_bytes}: expected >= 1, or 0 for the default")
+        raise ConfigError(f"--max-window-bytes {args.max_window_bytes}: expected >= 1, or 0 for the default")
     data = _read_input(args.input)
     out = _check_output(args.input, args.output, args.force)
     with _one_line_warnings():

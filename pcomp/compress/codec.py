@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import jax
@@ -37,7 +38,7 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
 
 def config_of(header: dict) -> CompressConfig:
     """The settings a file was made with (its header's `CompressConfig` fields)."""
-    names = CompressConfig.__dataclass_fields__
+    names = [f.name for f in dataclasses.fields(CompressConfig)]
     return CompressConfig(**{k: header[k] for k in names if k in header})
 
 
