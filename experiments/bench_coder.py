@@ -22,6 +22,7 @@ import numpy as np
 
 from pcomp.compress.arith import decode, encode, encode_intervals, ideal_code_length
 from pcomp.compress.quantize import cumulative, quantize_probs
+from pcomp.config import CompressConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -55,13 +56,13 @@ def run_case(name, n, enc, dec, ideal, repeats):
     return name, *mbs, len(bits) / n, 100 * (len(bits) - ideal) / ideal
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="text file to fit the models to")
     ap.add_argument("--n-tables", type=int, default=200_000, help="bytes for case (b) (N x 256 int32 tables)")
-    ap.add_argument("--precision", type=int, default=14)
+    ap.add_argument("--precision", type=int, default=CompressConfig.precision)
     ap.add_argument("--repeats", type=int, default=5)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     data, source = load_bytes(args.data)
     symbols = data.astype(np.int64)  # [N]
     print(f"data: {source}, {len(data)} bytes; precision {args.precision}; best of {args.repeats}")

@@ -5,14 +5,14 @@ For each window size b and M1 batch size B, `--bytes` of text are encoded with
 checked). Reported per direction: bytes/s, M1 steps, M1 FLOP/s (steps * M1.flops_per_step() /
 wall time) and that as a share of this device's measured dense-matmul rate
 (`pcomp.train.metrics.measured_matmul_flops`), and the share of wall time spent outside the M1
-step. The M1 step is timed by a subclass of `M1` whose `step` runs the very same jitted function
-(`pcomp.compress.m1._step`) with a `jax.block_until_ready` between the launch and the host copy,
-so it splits into launch (incl. host->device of tokens/positions), compute, and device->host copy;
-the numba row kernels (`windows._encode_rows` / `_decode_rows`) are timed by wrapping the module
-globals the drivers call. "active rows" is the mean share of the B rows that needed the step.
+step. Times come from the library's timing hook (`M1.timer`, a `pcomp.compress.m1.StepTimer`): each
+M1 step runs the same jitted function with a `jax.block_until_ready` added between the launch and
+the host copy, so it splits into launch (incl. host->device of tokens/positions), compute, and
+device->host copy; the drivers also time each numba row-kernel call. "active rows" is the mean
+share of the B rows that needed the step.
 
-M1 runs with the KV cache the library gives b-bit windows (`windows.window_context`: BOS + 2b
-byte positions, 33 at b=16). A `--profile` section then times the M1 step alone (min / median of
+M1 runs with the KV cache `M1.for_windows` gives b-bit windows (`window_context`: BOS + 2b byte
+positions, 33 at b=16). A `--profile` section then times the M1 step alone (min / median of
 repeated calls) at KV-cache lengths 128 (the model's whole context), 33 and 2, to split the step
 into attention over the cache versus the dense part.
 
@@ -34,87 +34,24 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_data_arg, markdown_table, min_median, write_json
 
 from pcomp.compress import windows
-from pcomp.compress.m1 import M1, _step
+from pcomp.compress.m1 import M1, StepTimer, window_context
+from pcomp.config import CompressConfig
 from pcomp.data.sources import load_documents
 from pcomp.train.metrics import measured_matmul_flops
 
 TARGET = 0.5  # M1 FLOP/s as a share of the matmul rate
 
 
-# --------------------------------------------------------------------------------- timing hooks
-class TimedM1(M1):
-    """M1 whose step records launch / compute / copy-back times. Same jitted function, same inputs,
-    same outputs as `M1.step`: only a block_until_ready is added before the host copy."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.reset()
-
-    def reset(self):
-        self.t_launch, self.t_compute, self.t_copy = [], [], []
-
-    def step(self, cache, tokens_b, positions_b):
-        t0 = time.perf_counter()
-        cum, cache = _step(self.trained.graphdef, self._params, cache, jnp.asarray(tokens_b, jnp.int32),
-                           jnp.asarray(positions_b, jnp.int32), self.precision, self._symbol_ids)
-        t1 = time.perf_counter()
-        jax.block_until_ready(cum)
-        t2 = time.perf_counter()
-        out = np.asarray(cum).astype(np.int64)
-        t3 = time.perf_counter()
-        self.t_launch.append(t1 - t0)
-        self.t_compute.append(t2 - t1)
-        self.t_copy.append(t3 - t2)
-        return out, cache
-
-    @property
-    def steps(self) -> int:
-        return len(self.t_compute)
-
-    def step_time(self) -> float:
-        return float(np.sum(self.t_launch) + np.sum(self.t_compute) + np.sum(self.t_copy))
-
-
-class KernelTimer:
-    """Wraps windows._encode_rows / _decode_rows (module globals the drivers look up at call time)."""
-
-    def __init__(self):
-        self.orig = {name: getattr(windows, name) for name in ("_encode_rows", "_decode_rows")}
-        self.reset()
-
-    def reset(self):
-        self.times, self.active = [], []
-
-    def __enter__(self):
-        for name, fn in self.orig.items():
-            setattr(windows, name, self._wrap(fn))
-        return self
-
-    def __exit__(self, *exc):
-        for name, fn in self.orig.items():
-            setattr(windows, name, fn)
-
-    def _wrap(self, fn):
-        def wrapped(*a):
-            t0 = time.perf_counter()
-            out = fn(*a)
-            self.times.append(time.perf_counter() - t0)
-            self.active.append(out[0] if isinstance(out, tuple) else out)
-            return out
-
-        return wrapped
-
-
 # --------------------------------------------------------------------------------- M1 and data
-def build_m1(args, batch: int, context: int) -> TimedM1:
-    """TimedM1 from --m1, or an untrained m1-3m in memory, with a KV cache of `context` positions."""
+def build_m1(args, batch: int, window_bits: int | None, context: int = 0) -> M1:
+    """M1 from --m1, or an untrained m1-3m in memory, set up for b-bit windows (or with a KV cache of
+    `context` positions), with a `StepTimer` as its timing hook."""
     from flax import nnx
 
     from pcomp.config import Config
@@ -128,10 +65,19 @@ def build_m1(args, batch: int, context: int) -> TimedM1:
         cfg = Config.preset("m1-3m")
         graphdef, params = _load_cached("untrained", lambda _: nnx.split(Transformer(cfg.model, nnx.Rngs(0))))
         trained = TrainedModel(cfg, ByteTokenizer(), graphdef, params, 0, Path("untrained-m1-3m"))
-    return TimedM1(trained, precision=args.precision, batch=batch, context=min(context, trained.cfg.model.max_seq_len))
+    m1 = M1.for_windows(trained, window_bits, precision=args.precision, batch=batch,
+                        context=min(context, trained.cfg.model.max_seq_len))
+    m1.timer = StepTimer()
+    return m1
 
 
 _CACHE: dict = {}
+
+
+def remeasured_matmul_flops() -> float:
+    """The matmul rate measured again now (other jobs share the CPU), not the cached first measurement."""
+    measured_matmul_flops.cache_clear()
+    return measured_matmul_flops()
 
 
 def _load_cached(key, fn):
@@ -156,13 +102,14 @@ def load_text(data: str, n_bytes: int) -> tuple[list[bytes], str]:
 
 
 # --------------------------------------------------------------------------------- one run
-def summarize(kind, total_s, m1: TimedM1, kt: KernelTimer, n_bytes, matmul) -> dict:
-    steps = m1.steps
-    step_s = m1.step_time()
+def summarize(kind, total_s, m1: M1, n_bytes, matmul) -> dict:
+    t = m1.timer
+    steps = t.steps
+    per_step = t.step_seconds()
+    step_s = float(per_step.sum())
     flops = steps * m1.flops_per_step()
-    kernel_s = float(np.sum(kt.times))
-    active = np.asarray([a for a in kt.active if a > 0], np.float64)  # one kernel call with active > 0 per step
-    per_step = np.asarray(m1.t_launch) + np.asarray(m1.t_compute) + np.asarray(m1.t_copy)
+    kernel_s = float(np.sum(t.kernel))
+    active = np.asarray([a for a in t.active if a > 0], np.float64)  # one kernel call with active > 0 per step
     return {
         "dir": kind, "seconds": total_s, "bytes_per_s": n_bytes / total_s, "steps": steps,
         "row_evals_per_byte": float(active.sum()) / n_bytes,  # M1 row evaluations that were needed, per byte
@@ -173,33 +120,30 @@ def summarize(kind, total_s, m1: TimedM1, kt: KernelTimer, n_bytes, matmul) -> d
         "step_frac_matmul": flops / step_s / matmul if step_s else None,
         "best_step_frac_matmul": m1.flops_per_step() / per_step.min() / matmul if steps else None,
         "outside_share": 1 - step_s / total_s,
-        "launch_share": float(np.sum(m1.t_launch)) / total_s, "compute_share": float(np.sum(m1.t_compute)) / total_s,
-        "copy_share": float(np.sum(m1.t_copy)) / total_s, "kernel_share": kernel_s / total_s,
+        "launch_share": float(np.sum(t.launch)) / total_s, "compute_share": float(np.sum(t.compute)) / total_s,
+        "copy_share": float(np.sum(t.copy)) / total_s, "kernel_share": kernel_s / total_s,
         "python_share": (total_s - step_s - kernel_s) / total_s,
         "active_rows": float(active.mean()) / m1.batch if active.size else None,
     }
 
 
 def run_one(args, b: int, batch: int, docs: list[bytes], matmul: float) -> list[dict]:
-    m1 = build_m1(args, batch, windows.window_context(b, 10**9))
+    m1 = build_m1(args, batch, b)
     n = sum(len(d) for d in docs)
-    seg = args.segment_bytes if args.segment_bytes > 0 else min(2048, math.ceil(n / batch))
+    seg = args.segment_bytes if args.segment_bytes > 0 else min(CompressConfig.segment_bytes, math.ceil(n / batch))
     # warm-up: compile M1's step for this batch, the BOS cache and the numba kernels
     windows.decode_windows(m1, windows.encode_windows(m1, [docs[0][:300]], b, segment_bytes=seg).codes, b)
     out = []
-    with KernelTimer() as kt:
-        m1.reset()
-        kt.reset()
-        t0 = time.perf_counter()
-        enc = windows.encode_windows(m1, docs, b, segment_bytes=seg)
-        t_enc = time.perf_counter() - t0
-        out.append(summarize("encode", t_enc, m1, kt, n, matmul))
-        m1.reset()
-        kt.reset()
-        t0 = time.perf_counter()
-        data, lens = windows.decode_windows(m1, enc.codes, b)
-        t_dec = time.perf_counter() - t0
-        out.append(summarize("decode", t_dec, m1, kt, n, matmul))
+    m1.timer.reset()
+    t0 = time.perf_counter()
+    enc = windows.encode_windows(m1, docs, b, segment_bytes=seg)
+    t_enc = time.perf_counter() - t0
+    out.append(summarize("encode", t_enc, m1, n, matmul))
+    m1.timer.reset()
+    t0 = time.perf_counter()
+    data, lens = windows.decode_windows(m1, enc.codes, b)
+    t_dec = time.perf_counter() - t0
+    out.append(summarize("decode", t_dec, m1, n, matmul))
     ok = data == b"".join(docs) and np.array_equal(lens, enc.window_bytes)
     if not ok:
         raise AssertionError(f"b={b} B={batch}: decode_windows did not return the encoded text")
@@ -219,15 +163,15 @@ def profile(args, batch: int, lengths=PROFILE_CACHES, repeats: int = 15) -> dict
     res = {"batch": batch}
     rng = np.random.default_rng(0)
     for L in lengths:
-        m1 = build_m1(args, batch, L)
+        m1 = build_m1(args, batch, None, context=L)
         cache = m1.start()
         tok = rng.integers(0, 256, batch)
         for i in range(3 + repeats):
             pos = rng.integers(1, L, batch) if L > 1 else np.zeros(batch, np.int64)
             _, cache = m1.step(cache, tok, pos)
-        comp = np.asarray(m1.t_launch[3:]) + np.asarray(m1.t_compute[3:])
+        comp = np.asarray(m1.timer.launch[3:]) + np.asarray(m1.timer.compute[3:])
         res[f"L{L}_ms_min"], res[f"L{L}_ms_med"] = (1e3 * x for x in min_median(list(comp)))
-        res[f"L{L}_copy_ms_med"] = 1e3 * float(np.median(m1.t_copy[3:]))
+        res[f"L{L}_copy_ms_med"] = 1e3 * float(np.median(m1.timer.copy[3:]))
         res[f"L{L}_gflops"] = m1.flops_per_step() / min(comp) / 1e9
         res[f"L{L}_flops_per_step"] = m1.flops_per_step()
     return res
@@ -242,7 +186,7 @@ def main(argv=None) -> None:
     p.add_argument("--batch", default="64,256,1024", help="M1 batch sizes (rows per step)")
     p.add_argument("--segment-bytes", type=int, default=0,
                    help="encoder segment size; 0 = min(2048, bytes / batch) so every row gets a segment")
-    p.add_argument("--precision", type=int, default=14)
+    p.add_argument("--precision", type=int, default=CompressConfig.precision)
     p.add_argument("--no-profile", action="store_true", help="skip the per-step M1 profile")
     p.add_argument("--profile-only", action="store_true", help="only the per-step M1 profile (no round trips)")
     p.add_argument("--out", default="results/bench_equal_info", help="directory for results.json")
@@ -262,7 +206,7 @@ def main(argv=None) -> None:
     for batch in [] if args.profile_only else batches:
         for b in bs:
             t0 = time.perf_counter()
-            local = measured_matmul_flops.__wrapped__()  # re-measured per run: other jobs share the CPU
+            local = remeasured_matmul_flops()  # re-measured per run: other jobs share the CPU
             rs = run_one(args, b, batch, docs, local)
             for r in rs:
                 r["matmul_flops"] = local
@@ -270,7 +214,7 @@ def main(argv=None) -> None:
             e, d = rs
             print(f"b={b} B={batch}: encode {e['bytes_per_s']:,.0f} B/s, decode {d['bytes_per_s']:,.0f} B/s, "
                   f"{e['bytes_per_window']:.2f} bytes/window ({time.perf_counter() - t0:.0f} s)", flush=True)
-    matmul_end = measured_matmul_flops.__wrapped__()
+    matmul_end = remeasured_matmul_flops()
     cols = [
         ("b", "b", "d"), ("batch", "B", "d"), ("segment_bytes", "seg", "d"), ("dir", "dir", "s"),
         ("bytes_per_s", "bytes/s", ",.0f"), ("steps", "M1 steps", ","), ("row_evals_per_byte", "row evals/byte", ".2f"),
@@ -287,7 +231,7 @@ def main(argv=None) -> None:
     prof_rows = []
     if not args.no_profile:
         for batch in batches:
-            prof_rows.append({**profile(args, batch), "matmul_gflops": measured_matmul_flops.__wrapped__() / 1e9})
+            prof_rows.append({**profile(args, batch), "matmul_gflops": remeasured_matmul_flops() / 1e9})
         pcols = [("batch", "B", "d")]
         for L in PROFILE_CACHES:
             pcols += [(f"L{L}_ms_min", f"step ms min (cache {L})", ".2f"),
@@ -327,7 +271,7 @@ def conclude(rows, prof_rows, matmul) -> str:
     for b in sorted({r["b"] for r in rows}):
         rb = [r for r in rows if r["b"] == b]
         lines.append(f"b={b}: {np.mean([r['bytes_per_window'] for r in rb]):.2f} bytes/window, longest window "
-                     f"{max(r['max_window_bytes'] for r in rb)} bytes (cap {windows.window_context(b, 10**9) - 1}).")
+                     f"{max(r['max_window_bytes'] for r in rb)} bytes (cap {window_context(b, 10**9) - 1}).")
     return "\n".join(lines)
 
 

@@ -38,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_data_arg, markdown_table, pyplot, save_png, write_json  # noqa: E402
 
 from pcomp.compress import arith, plain_ac  # noqa: E402
+from pcomp.compress.packing import bits_to_tokens, codes_to_tokens  # noqa: E402
 from pcomp.compress.tokenizers import (  # noqa: E402
-    ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer, StaticACTokenizer, bits_to_tokens,
-    codes_to_tokens)
+    ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer, StaticACTokenizer)
 from pcomp.compress.windows import decode_windows, encode_windows  # noqa: E402
+from pcomp.config import CompressConfig  # noqa: E402
 from pcomp.data.sources import load_documents  # noqa: E402
 from pcomp.data.tokenizers import ByteTokenizer, SentencePieceTokenizer  # noqa: E402
 from pcomp.train.load import evaluate, load_trained  # noqa: E402
@@ -153,7 +154,8 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=64,
                    help="M1 rows per step; 64 is the fastest per byte on CPU and, with 2 KB segments, keeps every "
                         "row busy on ~100 KB (compression does not depend on it)")
-    p.add_argument("--segment-bytes", type=int, default=2048, help="EqualInfo segments (the tokenizer's default)")
+    p.add_argument("--segment-bytes", type=int, default=CompressConfig.segment_bytes,
+                   help="EqualInfo segments (the tokenizer's default)")
     p.add_argument("--no-rule-stats", action="store_true",
                    help="skip the ambiguous (unique=False) packing that measures the unique-decoding cost")
     p.add_argument("--verify-bytes", type=int, default=4096,
@@ -277,7 +279,7 @@ def main(argv=None) -> None:
     notes = explain(rows, m1_info, n, len(docs), args, sp.vocab_size)
     header = (f"Held-out split of `{args.data}`: {len(docs)} docs, {n:,} bytes. M1: `{m1_path}` "
               f"({m1_info.get('m1_source')}, {m1_info.get('m1_steps')} steps on `{m1_info.get('m1_data')}`), "
-              f"precision 14, batch {args.batch}. EqualInfo segments {args.segment_bytes} bytes.")
+              f"precision {CompressConfig.precision}, batch {args.batch}. EqualInfo segments {args.segment_bytes} bytes.")
     md = "\n\n".join([header, table, notes]) + "\n"
     print("\n" + md)
     timings["total"] = time.perf_counter() - t_start

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -135,6 +136,75 @@ class MeshConfig:
     data: int = -1  # -1 = all devices not used by fsdp and tensor
     fsdp: int = 1
     tensor: int = 1
+
+
+# Unique-decoding rules of Equal-Info windows that this pcomp can write and read (`pcomp.compress.windows`).
+WINDOW_RULES = ("unique-prefix-codewords/1",)
+MAX_WINDOW_BITS = 64  # codewords are held in 64-bit registers
+MIN_PRECISION, MAX_PRECISION = 2, 24  # bits of the coder's frequency total (int32 tables, 64-bit products)
+
+
+@dataclasses.dataclass(frozen=True)
+class CompressConfig:
+    """Equal-Info compression settings (`pcomp compress`, `pcomp prepare`, the compressed tokenizers).
+
+    Every field is recorded in the compressed file's header: the decoder needs the same values.
+    """
+
+    window_bits: int = 16  # b: bits per window
+    token_bits: int = 16  # N: bits per M2 token (vocabulary 2**N)
+    precision: int = 14  # beta: the coder's frequency tables sum to 2**precision
+    m1_batch: int = 256  # M1 rows per step (M1's float results depend on it: recorded)
+    segment_bytes: int = 2048  # windows never cross a segment: long documents fill the M1 batch
+    window_rule: str = WINDOW_RULES[0]
+
+    def validate(self) -> CompressConfig:
+        """Each value in range, naming the setting and what was expected (ConfigError otherwise)."""
+        ints = {k: getattr(self, k) for k in ("window_bits", "token_bits", "precision", "m1_batch", "segment_bytes")}
+        for key, value in ints.items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{key}={value!r}: expected an integer")
+        if self.token_bits not in (8, 16):
+            raise ConfigError(f"token bits N={self.token_bits}: expected 8 or 16")
+        if not MIN_PRECISION <= self.precision <= MAX_PRECISION:
+            raise ConfigError(f"precision={self.precision}: expected an integer in [{MIN_PRECISION}, {MAX_PRECISION}]")
+        b, lo = self.window_bits, self.precision + 2
+        if b < 1:
+            raise ConfigError(f"window_bits b={b}: expected a multiple of the token bits N={self.token_bits} in "
+                              f"[precision + 2 = {lo}, {MAX_WINDOW_BITS}]")
+        if b % self.token_bits:
+            raise ConfigError(f"window bits b={b} is not a multiple of the token bits N={self.token_bits}")
+        if b < lo:
+            raise ConfigError(
+                f"window bits b={b} cannot hold every byte: a byte of frequency 1 / 2**{self.precision} may need "
+                f"{lo} bits; expected b >= precision + 2 = {lo}"
+            )
+        if b > MAX_WINDOW_BITS:
+            raise ConfigError(f"window bits b={b}: expected at most {MAX_WINDOW_BITS}")
+        if self.m1_batch < 1:
+            raise ConfigError(f"m1_batch={self.m1_batch}: expected >= 1 M1 rows per step")
+        if self.segment_bytes < 1:
+            raise ConfigError(f"segment_bytes={self.segment_bytes} must be >= 1")
+        if self.window_rule not in WINDOW_RULES:
+            raise ConfigError(f"window_rule={self.window_rule!r}; this pcomp codes {', '.join(WINDOW_RULES)}")
+        return self
+
+    def override(self, *assignments: str) -> CompressConfig:
+        """Apply `key=value` strings, e.g. `window_bits=32` (parsed like `Config.override`)."""
+        cfg = self
+        fields = {f.name for f in dataclasses.fields(CompressConfig)}
+        hints = typing.get_type_hints(CompressConfig)
+        for item in assignments:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            if key not in fields:
+                raise ConfigError(f"unknown compression setting {key!r}; expected one of {sorted(fields)}")
+            cfg = dataclasses.replace(cfg, **{key: _parse(value, hints[key], key)})
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,8 +6,10 @@ problem, and must never write (or leave behind) the output file.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
 import shutil
 import struct
@@ -362,3 +364,211 @@ def test_m2_trains_on_prepared_tokens(prepared, tmp_path):
     assert math.isfinite(bpb) and bpb > 0
     assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == 256
     assert load_tokenizer(run / "tokenizer").to_config() == load_tokenizer(prepared / "tokenizer").to_config()
+
+
+# ----------------------------------------------------------------------------- nothing lost (issue #9)
+def _compress_argv(m1_run, *paths, extra=()):
+    return ["compress", "--m1", str(m1_run), "--batch", M1_BATCH, "--segment-bytes", "256", *extra,
+            *map(str, paths)]
+
+
+def _files(d: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("how", ["same-path", "other-path", "hard-link", "symlink"])
+def test_output_that_is_the_input_is_refused(m1_run, payload, tmp_path, capsys, how):
+    src = tmp_path / "f.txt"
+    src.write_bytes(payload)
+    out = {"same-path": src, "other-path": tmp_path / "sub" / ".." / "f.txt",
+           "hard-link": tmp_path / "link.txt", "symlink": tmp_path / "sym.txt"}[how]
+    (tmp_path / "sub").mkdir()
+    if how == "hard-link":
+        out.hardlink_to(src)
+    if how == "symlink":
+        out.symlink_to(src)
+    before = _files(tmp_path)
+    for force in ((), ("--force",)):  # --force does not make it acceptable
+        assert main(_compress_argv(m1_run, src, out, extra=force)) == 2
+        assert "same file" in one_error_line(capsys, str(out))
+        assert _files(tmp_path) == before and src.read_bytes() == payload
+    comp = tmp_path / "f.pcomp"
+    assert main(_compress_argv(m1_run, src, comp)) == 0
+    capsys.readouterr()
+    assert main(["decompress", "--m1", str(m1_run), str(comp), str(comp)]) == 2
+    assert "same file" in one_error_line(capsys, str(comp))
+    assert fileformat.read(comp)[0]["original_length"] == len(payload)
+
+
+def test_existing_output_needs_force_and_temporary_names_are_unique(m1_run, payload, tmp_path, capsys):
+    """`compress doc.partial doc` (the old temporary name as input) keeps its input; an existing output is
+    kept unless --force, and replaced whole with it."""
+    src, out, back = tmp_path / "doc.partial", tmp_path / "doc", tmp_path / "back"
+    src.write_bytes(payload)
+    assert main(_compress_argv(m1_run, src, out)) == 0
+    assert src.read_bytes() == payload and fileformat.read(out)[0]["original_length"] == len(payload)
+    capsys.readouterr()
+    first = out.read_bytes()
+    src.write_bytes(payload[:100])
+    assert main(_compress_argv(m1_run, src, out)) == 2
+    one_error_line(capsys, str(out), "already exists", "--force")
+    assert out.read_bytes() == first
+    assert main(_compress_argv(m1_run, src, out, extra=["--force"])) == 0
+    assert fileformat.read(out)[0]["original_length"] == 100
+    back.write_bytes(b"keep me")
+    capsys.readouterr()
+    assert main(["decompress", "--m1", str(m1_run), str(out), str(back)]) == 2
+    one_error_line(capsys, str(back), "already exists")
+    assert back.read_bytes() == b"keep me"
+    assert main(["decompress", "--m1", str(m1_run), "--force", str(out), str(back)]) == 0
+    assert back.read_bytes() == payload[:100]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["back", "doc", "doc.partial"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert back.stat().st_mode & 0o777 == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_full_disk_leaves_no_partial_file(m1_run, compressed, tmp_path, capsys, monkeypatch, command):
+    """A write that fails with ENOSPC (simulated) is one line naming the output; the input is unchanged and
+    nothing is left in the output directory."""
+    src, comp = compressed
+    inp = src if command == "compress" else comp
+    before = inp.read_bytes()
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        if fd > 2 and len(data) > 10:  # after the first few bytes: a partial file exists when it fails
+            real_write(fd, bytes(data[:10]))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    argv = (_compress_argv(m1_run, inp, out_dir / "out") if command == "compress"
+            else ["decompress", "--m1", str(m1_run), str(inp), str(out_dir / "out")])
+    assert main(argv) == 2
+    monkeypatch.undo()
+    one_error_line(capsys, str(out_dir / "out"), "No space left on device")
+    assert list(out_dir.iterdir()) == []
+    assert inp.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, needles", [
+    (["--precision", "0"], ["precision=0", "[2, 24]"]),
+    (["--precision", "25"], ["precision=25", "[2, 24]"]),
+    (["--window-bits", "0"], ["window_bits", "b=0", "16, 64"]),
+    (["--window-bits", "-16"], ["window_bits", "b=-16"]),
+    (["--batch", "0"], ["m1_batch=0"]),
+    (["--segment-bytes", "0"], ["segment_bytes=0"]),
+    (["--max-window-bytes", "-1"], ["--max-window-bytes -1"]),
+], ids=["precision-0", "precision-25", "window-bits-0", "window-bits-negative", "batch-0", "segment-0",
+        "max-window-negative"])
+def test_bad_settings_are_one_line_errors(m1_run, payload, tmp_path, capsys, argv, needles):
+    src, out = tmp_path / "in.txt", tmp_path / "out.pcomp"
+    src.write_bytes(payload)
+    assert main(["compress", "--m1", str(m1_run), *argv, str(src), str(out)]) == 2
+    line = one_error_line(capsys, *needles)
+    assert "M1 context" not in line and "Traceback" not in capsys.readouterr().err
+    no_output(out)
+    assert src.read_bytes() == payload
+
+
+def test_directory_as_input_says_so(m1_run, tmp_path, capsys):
+    out = tmp_path / "out.pcomp"
+    for command in ("compress", "decompress"):
+        assert main([command, "--m1", str(m1_run), str(tmp_path), str(out)]) == 2
+        line = one_error_line(capsys, str(tmp_path), "is a directory")
+        assert "does not exist" not in line
+        no_output(out)
+
+
+def test_prepare_rejects_zero_seq_len_and_empty_corpus(m1_run, corpus, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(_prepare_argv(m1_run, corpus, out)[:-2] + ["--batch", M1_BATCH, "--seq-len", "0"]) == 2
+    one_error_line(capsys, "--seq-len 0")
+    assert not out.exists()
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert main(_prepare_argv(m1_run, empty, out)) == 2
+    one_error_line(capsys, str(empty), "no text")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _trained_in_memory(*, nan: bool = False, bos_first: bool = True):
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from pcomp.config import DataConfig
+    from pcomp.data.tokenizers import ByteTokenizer
+    from pcomp.models.transformer import Transformer
+    from pcomp.train.load import TrainedModel
+
+    cfg = dataclasses.replace(Config.preset("test-tiny").model, max_seq_len=40)
+    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    if nan:
+        params = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(np.nan) if x.ndim == 2 else x, params)
+    return TrainedModel(Config(model=cfg, data=DataConfig(bos_first=bos_first)), ByteTokenizer(), graphdef, params,
+                        0, Path("in-memory"))
+
+
+def test_m1_with_non_finite_parameters_is_refused():
+    from pcomp.compress.m1 import M1
+    from pcomp.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="non-finite parameters"):
+        M1.for_windows(_trained_in_memory(nan=True), 16, batch=4)
+    assert M1.for_windows(_trained_in_memory(), 16, batch=4).context == 33  # BOS + 2b
+
+
+def test_m1_trained_without_bos_first_warns_in_one_line(m1_run, payload, tmp_path, capsys):
+    """Such an M1 still codes exactly (the round trip works), so it is a one-line warning, not an error."""
+    import warnings
+
+    from pcomp.compress.m1 import M1, M1Warning
+
+    with pytest.warns(M1Warning, match="bos_first"):
+        M1.for_windows(_trained_in_memory(bos_first=False), 16, batch=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", M1Warning)
+        M1.for_windows(_trained_in_memory(bos_first=True), 16, batch=4)
+    run = tmp_path / "m1-no-bos"
+    shutil.copytree(m1_run, run)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["data"]["bos_first"] = False
+    (run / "config.json").write_text(json.dumps(cfg))
+    src, comp, back = tmp_path / "in.txt", tmp_path / "in.pcomp", tmp_path / "back.txt"
+    src.write_bytes(payload[:300])
+    assert main(_compress_argv(run, src, comp)) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcomp: warning:")]
+    assert len(warned) == 1 and "data.bos_first" in warned[0]
+    assert main(["decompress", "--m1", str(run), str(comp), str(back)]) == 0
+    assert back.read_bytes() == payload[:300]
+
+
+def test_compress_reports_tokens_and_the_real_header_size(m1_run, payload, tmp_path, capsys):
+    src, comp = tmp_path / "in.txt", tmp_path / "in.pcomp"
+    src.write_bytes(payload)
+    assert main(_compress_argv(m1_run, src, comp)) == 0
+    out = capsys.readouterr().out
+    header, codes = fileformat.read(comp)
+    blob = comp.read_bytes()
+    framing = len(blob) - len(codes) * 2  # b = 16: two payload bytes per window
+    tokens = len(codes)  # N = 16: one token per window
+    assert f"{tokens} tokens of 16 bits ({len(payload) / tokens:.2f} bytes/token)" in out
+    assert f"+ {framing} bytes of header and framing" in out
+    assert framing == 8 + 2 + 4 + struct.unpack(">I", blob[10:14])[0] + 4
+
+
+@pytest.mark.slow
+def test_readme_compression_example_runs(m1_run, monkeypatch):
+    """The README's Compression block, with its M1 (runs/m1) replaced by the test M1 and a small batch."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "M1.for_windows" in b)
+    block = block.replace('"runs/m1"', repr(str(m1_run))).replace("batch=cfg.m1_batch", "batch=8")
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    assert scope["tok"].decode(scope["ids"]) == b"hello world" and scope["data"] == b"some textmore text"

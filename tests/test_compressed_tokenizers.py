@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from pcomp.compress import plain_ac, windows
+from pcomp.compress.packing import bits_to_tokens, codes_to_tokens, tokens_to_bits, tokens_to_codes
 from pcomp.compress.tokenizers import (ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer,
-                                       StaticACTokenizer, bits_to_tokens, codes_to_tokens, tokens_to_bits,
-                                       tokens_to_codes)
+                                       StaticACTokenizer)
 from pcomp.compress.windows import decode_windows, encode_windows
 from pcomp.data.embedded import embedded_documents
 from pcomp.data.tokenizers import load_tokenizer

@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 from pcomp.compress import arith, plain_ac, windows
 from pcomp.compress.m1 import M1
 from pcomp.compress.windows import check_window_bits, decode_windows, encode_windows
-from pcomp.config import Config
+from pcomp.config import Config, DataConfig
 from pcomp.data.embedded import embedded_documents
 from pcomp.data.tokenizers import ByteTokenizer
 from pcomp.errors import CompressedFormatError, ConfigError
@@ -48,7 +48,8 @@ def _trained(seed: int, scale: float) -> TrainedModel:
     cfg = dataclasses.replace(Config.preset("test-tiny").model, vocab_size=258, max_seq_len=MAX_SEQ_LEN)
     graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(seed)))
     params = jax.tree.map(lambda x: x * scale if x.ndim == 2 else x, params)
-    return TrainedModel(Config(model=cfg), ByteTokenizer(), graphdef, params, 0, Path("."))
+    return TrainedModel(Config(model=cfg, data=DataConfig(bos_first=True)), ByteTokenizer(), graphdef, params, 0,
+                        Path("."))
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def trained():
 @pytest.fixture(scope="module")
 def m1(trained):
     """Moderately peaky: windows of a few bytes and plain-codeword collisions on text."""
-    m = M1(trained, precision=PRECISION, batch=BATCH)
+    m = M1.for_windows(trained, None, precision=PRECISION, batch=BATCH)
     m.start()
     return m
 
@@ -67,7 +68,7 @@ def m1(trained):
 @pytest.fixture(scope="module")
 def peaky_m1():
     """Very peaky (weights x20): its own argmax continuation packs ~30 bytes into 64 bits."""
-    m = M1(_trained(1, 20.0), precision=PRECISION, batch=BATCH)
+    m = M1.for_windows(_trained(1, 20.0), None, precision=PRECISION, batch=BATCH)
     m.start()
     return m
 
@@ -479,9 +480,9 @@ def test_other_bad_settings(trained, m1):
     with pytest.raises(ConfigError, match="segment_bytes=0"):
         encode_windows(m1, [b"abc"], 16, segment_bytes=0)
     with pytest.raises(ConfigError, match="precision \\+ 2 = 22"):
-        encode_windows(M1(trained, precision=20, batch=BATCH), [b"abc"], 16)
+        encode_windows(M1.for_windows(trained, None, precision=20, batch=BATCH), [b"abc"], 16)
     with pytest.raises(ConfigError, match="bytes"):
-        encode_windows(M1(trained, batch=BATCH, symbols="bytes+eos"), [b"abc"], 16)
+        encode_windows(M1.for_windows(trained, None, batch=BATCH, symbols="bytes+eos"), [b"abc"], 16)
     with pytest.raises(ConfigError, match="bytes\\+eos"):
         plain_ac.encode_docs(m1, [b"abc"])
 
@@ -545,7 +546,7 @@ def test_m1_step_is_row_invariant(m1):
 # ----------------------------------------------------------------------------- plain AC
 @pytest.fixture(scope="module")
 def m1_eos(trained):
-    m = M1(trained, precision=PRECISION, batch=BATCH, symbols="bytes+eos")
+    m = M1.for_windows(trained, None, precision=PRECISION, batch=BATCH, symbols="bytes+eos")
     m.start()
     return m
 

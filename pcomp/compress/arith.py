@@ -13,7 +13,8 @@ and the stream ends with the shortest codeword whose dyadic interval [m/2^k, (m+
 for the smallest j with a multiple m * 2^(32-j) >= low and (m+1) * 2^(32-j) <= high + 1
 (j <= 3 after renormalization). The decoder reads 0 bits past the end of the stream.
 
-Building blocks for other numba code (e.g. windowed coders): `encode_symbol`, `termination_length`,
+Building blocks for other numba code (e.g. windowed coders): `narrow`, `renorm`, `encode_symbol`,
+`termination_length`,
 `write_termination`, `decoder_init`, `decode_target`, `find_symbol`, `decode_step`; an output
 buffer for N symbols needs at most `max_encoded_bits(N, precision)` bits.
 """
@@ -23,7 +24,7 @@ from fractions import Fraction
 import numba
 import numpy as np
 
-from pcomp.compress.quantize import _check_precision, cumulative
+from pcomp.compress.quantize import DEFAULT_PRECISION, check_precision, cumulative
 
 STATE_BITS = 32
 TOP = (1 << STATE_BITS) - 1
@@ -46,40 +47,50 @@ def max_encoded_bits(n_symbols, precision):
 # ----------------------------------------------------------------------------- scalar numba steps
 
 
+FOLLOW = 2  # `renorm`: the shift is a pending follow bit (the interval straddles the middle)
+DONE = -1  # `renorm`: the interval is wide enough, no shift
+
+
+@numba.njit(cache=True)
+def narrow(low, high, c_lo, c_hi, precision):
+    """The interval [low, high] narrowed to the symbol's [c_lo, c_hi) out of 2**precision (int64)."""
+    low = np.int64(low)
+    rng = np.int64(high) - low + 1
+    return low + ((rng * np.int64(c_lo)) >> precision), low + ((rng * np.int64(c_hi)) >> precision) - 1
+
+
+@numba.njit(cache=True)
+def renorm(low, high):
+    """One renormalization step: (kind, low, high, offset), the interval doubled after subtracting
+    offset (the decoder's value shifts the same way). kind 0 / 1: that bit is settled; FOLLOW: one
+    more pending bit; DONE: the interval is wide enough, nothing changes."""
+    if high < HALF:
+        return 0, 2 * low, 2 * high + 1, 0
+    if low >= HALF:
+        return 1, 2 * (low - HALF), 2 * (high - HALF) + 1, HALF
+    if low >= QUARTER and high < THREE_QUARTERS:
+        return FOLLOW, 2 * (low - QUARTER), 2 * (high - QUARTER) + 1, QUARTER
+    return DONE, low, high, 0
+
+
 @numba.njit(cache=True)
 def encode_symbol(low, high, pending, c_lo, c_hi, precision, out_bits, n_out):
     """Narrow to [c_lo, c_hi) / 2**precision (c_lo < c_hi), renormalize, write settled bits at out_bits[n_out:]."""
-    low = np.int64(low)
-    high = np.int64(high)
     pending = np.int64(pending)
-    rng = high - low + 1
-    high = low + ((rng * np.int64(c_hi)) >> precision) - 1
-    low = low + ((rng * np.int64(c_lo)) >> precision)
+    low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        if high < HALF:
-            out_bits[n_out] = 0
-            n_out += 1
-            for _ in range(pending):
-                out_bits[n_out] = 1
-                n_out += 1
-            pending = 0
-        elif low >= HALF:
-            out_bits[n_out] = 1
-            n_out += 1
-            for _ in range(pending):
-                out_bits[n_out] = 0
-                n_out += 1
-            pending = 0
-            low -= HALF
-            high -= HALF
-        elif low >= QUARTER and high < THREE_QUARTERS:
-            pending += 1
-            low -= QUARTER
-            high -= QUARTER
-        else:
+        bit, low, high, _offset = renorm(low, high)
+        if bit == DONE:
             break
-        low = 2 * low
-        high = 2 * high + 1
+        if bit == FOLLOW:
+            pending += 1
+            continue
+        out_bits[n_out] = bit  # the settled bit, then the pending follow bits (its opposite)
+        n_out += 1
+        for _ in range(pending):
+            out_bits[n_out] = 1 - bit
+            n_out += 1
+        pending = 0
     return low, high, pending, n_out
 
 
@@ -162,30 +173,15 @@ def find_symbol(cum, target):
 @numba.njit(cache=True)
 def decode_step(low, high, value, c_lo, c_hi, precision, bits, pos):
     """Decoder mirror of `encode_symbol` for the decoded symbol's [c_lo, c_hi); returns (low, high, value, pos)."""
-    low = np.int64(low)
-    high = np.int64(high)
     value = np.int64(value)
     pos = np.int64(pos)
     n_bits = bits.shape[0]
-    rng = high - low + 1
-    high = low + ((rng * np.int64(c_hi)) >> precision) - 1
-    low = low + ((rng * np.int64(c_lo)) >> precision)
+    low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        if high < HALF:
-            pass
-        elif low >= HALF:
-            low -= HALF
-            high -= HALF
-            value -= HALF
-        elif low >= QUARTER and high < THREE_QUARTERS:
-            low -= QUARTER
-            high -= QUARTER
-            value -= QUARTER
-        else:
+        bit, low, high, offset = renorm(low, high)
+        if bit == DONE:
             break
-        low = 2 * low
-        high = 2 * high + 1
-        value = 2 * value + (np.int64(bits[pos]) if pos < n_bits else 0)
+        value = 2 * (value - offset) + (np.int64(bits[pos]) if pos < n_bits else 0)
         pos += 1
     return low, high, value, pos
 
@@ -372,19 +368,19 @@ def _encode_checked(c_lo, c_hi, precision, terminate):
     return out[:n_out].copy()
 
 
-def encode(symbols, freqs, precision=14, terminate=True):
+def encode(symbols, freqs, precision=DEFAULT_PRECISION, terminate=True):
     """Encode symbols [N] under freqs [n] (static) or [N, n] (per position) into bits (uint8 [k]).
 
     terminate=True appends the minimal termination; False returns only the settled bits (pending dropped).
     """
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     c_lo, c_hi = _symbol_intervals(symbols, freqs, precision)
     return _encode_checked(c_lo, c_hi, precision, terminate)
 
 
-def encode_intervals(c_lo, c_hi, precision=14, terminate=True):
+def encode_intervals(c_lo, c_hi, precision=DEFAULT_PRECISION, terminate=True):
     """Encode per-symbol intervals [c_lo[i], c_hi[i]) out of 2**precision (c_lo, c_hi: int [N]) into bits."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     c_lo = _as_int_array(c_lo, "c_lo", 1).astype(np.int64)
     c_hi = _as_int_array(c_hi, "c_hi", 1).astype(np.int64)
     if c_lo.shape != c_hi.shape:
@@ -397,9 +393,9 @@ def encode_intervals(c_lo, c_hi, precision=14, terminate=True):
     return _encode_checked(c_lo, c_hi, precision, terminate)
 
 
-def decode(bits, freqs, n_symbols, precision=14):
+def decode(bits, freqs, n_symbols, precision=DEFAULT_PRECISION):
     """Decode n_symbols (int64 [n_symbols]) from bits (0/1 [k]) under freqs [n] or [n_symbols, n]."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     if isinstance(n_symbols, bool) or not isinstance(n_symbols, (int, np.integer)) or n_symbols < 0:
         raise ValueError(f"n_symbols={n_symbols!r}: expected an int >= 0")
     bits = _as_int_array(bits, "bits", 1)
@@ -416,9 +412,9 @@ def decode(bits, freqs, n_symbols, precision=14):
     return symbols
 
 
-def ideal_code_length(symbols, freqs, precision=14):
+def ideal_code_length(symbols, freqs, precision=DEFAULT_PRECISION):
     """Ideal code length in bits (float64): sum over i of -log2(f[s_i] / 2**precision)."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     c_lo, c_hi = _symbol_intervals(symbols, freqs, precision)
     return float(np.sum(precision - np.log2((c_hi - c_lo).astype(np.float64))))
 

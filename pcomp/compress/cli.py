@@ -1,11 +1,23 @@
-"""`pcomp compress`, `pcomp decompress` and `pcomp prepare` subcommands."""
+"""`pcomp compress`, `pcomp decompress` and `pcomp prepare` subcommands.
+
+Nothing is lost: an output that is the input (same file, by any path or hard link) is refused; an
+existing output is kept unless --force; the output is written to a unique temporary file in its
+directory and renamed into place, so an error (disk full included) leaves no partial file.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 
-from pcomp.errors import DataError
+from pcomp.config import CompressConfig
+from pcomp.errors import ConfigError, DataError
+
+_DEFAULT = CompressConfig()
 
 
 def _progress(total: int, desc: str):
@@ -14,39 +26,126 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, dynamic_ncols=True)
 
 
-def _check_output(path: str) -> Path:
-    out = Path(path)
-    if not out.parent.is_dir():
-        raise DataError(f"output directory {out.parent} does not exist")
-    return out
+@contextlib.contextmanager
+def _one_line_warnings():
+    """An `M1Warning` raised inside as one `pcomp: warning: ...` line on stderr; others pass through."""
+    from pcomp.compress.m1 import M1Warning
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", M1Warning)
+        try:
+            yield
+        finally:
+            others = [w for w in caught if not issubclass(w.category, M1Warning)]
+            for w in caught:
+                if issubclass(w.category, M1Warning):
+                    print(f"pcomp: warning: {w.message}", file=sys.stderr)
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _read_input(path: str) -> bytes:
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise DataError(f"input {path} is a directory; expected a file")
+    if not p.exists():
         raise DataError(f"input file {path} does not exist")
-    return p.read_bytes()
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read input {path}: {e.strerror or e}") from None
+
+
+def _check_output(input_path: str, path: str, force: bool) -> Path:
+    """The output path, if writing it loses nothing (checked before any work is done)."""
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise DataError(f"output directory {out.parent} does not exist")
+    if out.is_dir():
+        raise DataError(f"output {out} is a directory; expected a file name")
+    if out.exists():
+        if os.path.samefile(input_path, out):
+            raise DataError(f"output {out} is the input {input_path} (the same file): choose another output")
+        if not force:
+            raise DataError(f"output {out} already exists; pass --force to overwrite it")
+    return out
+
+
+def _write_new(path: Path, data: bytes, force: bool) -> None:
+    """`data` into `path` via a unique temporary file in the same directory, renamed atomically.
+
+    Without `force` an output that appeared in the meantime is not replaced. On any error the
+    temporary file is removed and nothing at `path` changes.
+    """
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise DataError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; an output gets the usual permissions
+        if force:
+            os.replace(tmp, path)
+        else:
+            _link_new(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, FileExistsError):
+            raise DataError(f"output {path} already exists; pass --force to overwrite it") from None
+        if isinstance(e, OSError):
+            raise DataError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Rename tmp to path unless path exists (FileExistsError), without a window where it is overwritten."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links on this file system: check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
+    else:
+        os.unlink(tmp)
+
+
+def _config(args) -> CompressConfig:
+    return CompressConfig(window_bits=args.window_bits, token_bits=args.token_bits, precision=args.precision,
+                          m1_batch=args.batch, segment_bytes=args.segment_bytes).validate()
 
 
 def _cmd_compress(args) -> None:
-    from pcomp.compress.codec import compress, m1_for_windows
+    from pcomp.compress import fileformat
+    from pcomp.compress.codec import compress
+    from pcomp.compress.m1 import M1
 
+    cfg = _config(args)
+    if args.max_window_bytes < 0:
+        raise ConfigError(f"--max-window-bytes {args.max_window_bytes}: expected >= 1, or 0 for the default")
     data = _read_input(args.input)
-    out = _check_output(args.output)
-    m1 = m1_for_windows(args.m1, args.window_bits, precision=args.precision, batch=args.batch,
-                        context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
+    out = _check_output(args.input, args.output, args.force)
+    with _one_line_warnings():
+        m1 = M1.for_windows(args.m1, cfg.window_bits, precision=cfg.precision, batch=cfg.m1_batch,
+                            context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
     with _progress(len(data), "compress") as bar:
-        blob = compress(m1, data, window_bits=args.window_bits, token_bits=args.token_bits,
-                        segment_bytes=args.segment_bytes, progress=bar.update)
-    _write_atomic(out, blob)
-    print(f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(len(data), 1):.3f} bits/byte, "
-          f"{len(data) / max(len(blob) - 64, 1) * args.token_bits / 8:.2f} bytes/token incl. header)")
+        blob = compress(m1, data, cfg, progress=bar.update)
+    _write_new(out, blob, args.force)
+    header, _ = fileformat.unpack(blob)
+    tokens = fileformat.payload_size(header) * 8 // cfg.token_bits
+    print(f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(len(data), 1):.3f} bits/byte); "
+          f"{tokens} tokens of {cfg.token_bits} bits ({len(data) / max(tokens, 1):.2f} bytes/token) "
+          f"+ {len(blob) - fileformat.payload_size(header)} bytes of header and framing")
 
 
 def _cmd_decompress(args) -> None:
@@ -54,41 +153,55 @@ def _cmd_decompress(args) -> None:
     from pcomp.compress.codec import check_m1, decompress, load_m1_for
 
     blob = _read_input(args.input)
-    out = _check_output(args.output)
+    out = _check_output(args.input, args.output, args.force)
     header, _ = fileformat.unpack(blob, args.input)
-    m1 = load_m1_for(args.m1, header)
+    with _one_line_warnings():
+        m1 = load_m1_for(args.m1, header)
     check_m1(m1, header, args.input)
     with _progress(header["original_length"], "decompress") as bar:
         data = decompress(m1, blob, args.input, progress=bar.update)
-    _write_atomic(out, data)
+    _write_new(out, data, args.force)
     print(f"{args.input}: {len(blob)} -> {len(data)} bytes (checksum ok)")
 
 
 def _cmd_prepare(args) -> None:
     from pcomp.compress.prepare import prepare
 
-    prepare(m1_path=args.m1, source=args.data, out=args.out, window_bits=args.window_bits,
-            token_bits=args.token_bits, seq_len=args.seq_len, shard_docs=args.shard_docs,
-            eval_fraction=args.eval_fraction, text_field=args.text_field, data_dir=args.data_dir or None,
-            batch=args.batch)
+    with _one_line_warnings():
+        prepare(m1_path=args.m1, source=args.data, out=args.out, cfg=_config(args), seq_len=args.seq_len,
+                shard_docs=args.shard_docs, eval_fraction=args.eval_fraction, text_field=args.text_field,
+                data_dir=args.data_dir or None)
+
+
+def _add_settings(p, *, max_window_bytes: bool) -> None:
+    """The `CompressConfig` flags, their defaults taken from it."""
+    p.add_argument("--window-bits", type=int, default=_DEFAULT.window_bits,
+                   help=f"bits per window b (default {_DEFAULT.window_bits})")
+    p.add_argument("--token-bits", type=int, default=_DEFAULT.token_bits, choices=[8, 16],
+                   help=f"bits per M2 token N (default {_DEFAULT.token_bits})")
+    p.add_argument("--segment-bytes", type=int, default=_DEFAULT.segment_bytes,
+                   help="windows never cross a segment (parallelism)")
+    p.add_argument("--precision", type=int, default=_DEFAULT.precision,
+                   help=f"coder frequency precision in bits (default {_DEFAULT.precision})")
+    p.add_argument("--batch", type=int, default=_DEFAULT.m1_batch,
+                   help="M1 rows per step (recorded; decoding uses the same)")
+    if max_window_bytes:
+        p.add_argument("--max-window-bytes", type=int, default=0,
+                       help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1)")
 
 
 def add_commands(sub) -> None:
     c = sub.add_parser("compress", help="compress a file with M1 into Equal-Info windows")
     c.add_argument("--m1", required=True, help="M1 run directory (a byte-level model, e.g. --config m1-3m)")
-    c.add_argument("--window-bits", type=int, default=16, help="bits per window b (default 16)")
-    c.add_argument("--token-bits", type=int, default=16, choices=[8, 16], help="bits per M2 token N")
-    c.add_argument("--segment-bytes", type=int, default=2048, help="windows never cross a segment (parallelism)")
-    c.add_argument("--precision", type=int, default=14, help="coder frequency precision (bits)")
-    c.add_argument("--batch", type=int, default=256, help="M1 rows per step (recorded; decoding uses the same)")
-    c.add_argument("--max-window-bytes", type=int, default=0,
-                   help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1)")
+    _add_settings(c, max_window_bytes=True)
+    c.add_argument("--force", action="store_true", help="overwrite an existing output")
     c.add_argument("input")
     c.add_argument("output")
     c.set_defaults(fn=_cmd_compress)
 
     d = sub.add_parser("decompress", help="decompress a file made by pcomp compress (same M1)")
     d.add_argument("--m1", required=True, help="the M1 run directory the file was made with")
+    d.add_argument("--force", action="store_true", help="overwrite an existing output")
     d.add_argument("input")
     d.add_argument("output")
     d.set_defaults(fn=_cmd_decompress)
@@ -97,12 +210,10 @@ def add_commands(sub) -> None:
     p.add_argument("--m1", required=True)
     p.add_argument("--data", default="embedded", help="embedded | PATH | tfds:NAME")
     p.add_argument("--out", required=True, help="output directory (resumable)")
-    p.add_argument("--window-bits", type=int, default=16)
-    p.add_argument("--token-bits", type=int, default=16, choices=[8, 16])
+    _add_settings(p, max_window_bytes=False)
     p.add_argument("--seq-len", type=int, default=256, help="tokens per record (= M2's data.seq_len)")
     p.add_argument("--shard-docs", type=int, default=512, help="documents per output shard")
     p.add_argument("--eval-fraction", type=float, default=0.1)
     p.add_argument("--text-field", default="text")
     p.add_argument("--data-dir", default="")
-    p.add_argument("--batch", type=int, default=256)
     p.set_defaults(fn=_cmd_prepare)

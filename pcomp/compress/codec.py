@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 
 import jax
 
 from pcomp.compress import fileformat
 from pcomp.compress.m1 import M1
-from pcomp.compress.windows import WINDOW_RULE, check_window_bits, decode_windows, encode_windows, window_context
-from pcomp.train.load import load_trained
-from pcomp.errors import CompressedFormatError
+from pcomp.compress.windows import WINDOW_RULE, decode_windows, encode_windows
+from pcomp.config import CompressConfig
+from pcomp.errors import CompressedFormatError, ConfigError
 
 
-def compress(m1: M1, data: bytes, *, window_bits: int = 16, token_bits: int = 16, segment_bytes: int = 2048,
-             progress=None) -> bytes:
-    """`data` as a pcomp file: Equal-Info windows of `window_bits` under `m1` (see fileformat)."""
-    check_window_bits(window_bits, token_bits, m1.precision)
-    enc = encode_windows(m1, [data], window_bits, segment_bytes=segment_bytes, progress=progress)
+def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progress=None) -> bytes:
+    """`data` as a pcomp file: Equal-Info windows of `cfg.window_bits` under `m1` (see fileformat).
+
+    The header is `cfg` plus what identifies M1 and the original; m1 must be set up as cfg says.
+    """
+    cfg.validate()
+    if (cfg.precision, cfg.m1_batch) != (m1.precision, m1.batch):
+        raise ConfigError(f"M1 is set up with precision {m1.precision} and batch {m1.batch}, the settings say "
+                          f"{cfg.precision} and {cfg.m1_batch}: build it with M1.for_windows from the same settings")
+    enc = encode_windows(m1, [data], cfg.window_bits, segment_bytes=cfg.segment_bytes, progress=progress)
     header = {
-        "window_bits": window_bits,
-        "window_rule": WINDOW_RULE,
-        "token_bits": token_bits,
-        "precision": m1.precision,
-        "segment_bytes": segment_bytes,
+        **cfg.to_dict(),
         "m1_fingerprint": m1.fingerprint,
-        "m1_batch": m1.batch,
         "m1_context": m1.context,
         "m1_name": m1.trained.cfg.model.name,
         "platform": jax.default_backend(),
@@ -35,16 +36,16 @@ def compress(m1: M1, data: bytes, *, window_bits: int = 16, token_bits: int = 16
     return fileformat.pack(header, enc.codes)
 
 
-def m1_for_windows(path, window_bits: int, *, precision: int = 14, batch: int = 256, context: int = 0) -> M1:
-    """The M1 at `path` set up for b-bit windows (KV cache sized by `window_context` unless given)."""
-    trained = load_trained(path)
-    context = context or window_context(window_bits, trained.cfg.model.max_seq_len)
-    return M1(trained, precision=precision, batch=batch, context=context)
+def config_of(header: dict) -> CompressConfig:
+    """The settings a file was made with (its header's `CompressConfig` fields)."""
+    names = [f.name for f in dataclasses.fields(CompressConfig)]
+    return CompressConfig(**{k: header[k] for k in names if k in header})
 
 
 def load_m1_for(path, header: dict) -> M1:
     """The M1 at `path`, set up as the file's header requires (precision, batch, KV-cache length)."""
-    return m1_for_windows(path, header["window_bits"], precision=header["precision"], batch=header["m1_batch"],
+    cfg = config_of(header)
+    return M1.for_windows(path, cfg.window_bits, precision=cfg.precision, batch=cfg.m1_batch,
                           context=header["m1_context"])
 
 

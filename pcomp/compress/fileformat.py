@@ -2,10 +2,9 @@
 
     magic     8 bytes  b"PCOMPEIW"
     version   u16 big-endian (1)
-    hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header:
-              window_bits, window_rule, token_bits, precision, segment_bytes, m1_fingerprint, m1_batch,
-              m1_context, m1_name,
-              platform, n_windows, original_length, original_crc32
+    hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: the `CompressConfig` fields
+              (window_bits, token_bits, precision, m1_batch, segment_bytes, window_rule), then
+              m1_fingerprint, m1_context, m1_name, platform, n_windows, original_length, original_crc32
     payload   n_windows * window_bits / 8 bytes: each window's b bits, big-endian
     trailer   u32 big-endian CRC32 of everything before it
 
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pcomp.compress.packing import codes_to_tokens, tokens_to_codes
 from pcomp.errors import CompressedFormatError
 
 MAGIC = b"PCOMPEIW"
@@ -34,10 +34,8 @@ REQUIRED = ("window_bits", "window_rule", "token_bits", "precision", "m1_fingerp
 
 def pack(header: dict, codes: np.ndarray) -> bytes:
     """Serialize windows `codes` (uint64 [n], header['window_bits'] bits each) with `header`."""
-    b = header["window_bits"]
     codes = np.asarray(codes, np.uint64)
-    shifts = np.arange(b - 8, -8, -8, dtype=np.uint64)
-    payload = ((codes[:, None] >> shifts) & np.uint64(0xFF)).astype(np.uint8).tobytes()
+    payload = codes_to_tokens(codes, header["window_bits"], 8).astype(np.uint8).tobytes()
     head = json.dumps({**header, "n_windows": int(len(codes))}, sort_keys=True).encode()
     blob = MAGIC + struct.pack(">HI", VERSION, len(head)) + head + payload
     return blob + struct.pack(">I", zlib.crc32(blob))
@@ -67,11 +65,12 @@ def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray]:
     (crc,) = struct.unpack(">I", blob[-4:])
     if crc != zlib.crc32(blob[:-4]):
         raise CompressedFormatError(f"{name} is corrupted (CRC32 mismatch)")
-    payload = np.frombuffer(blob[_FIXED + hlen : -4], np.uint8).reshape(n, b // 8).astype(np.uint64)
-    codes = np.zeros(n, np.uint64)
-    for i in range(b // 8):
-        codes = (codes << np.uint64(8)) | payload[:, i]
-    return header, codes
+    return header, tokens_to_codes(np.frombuffer(blob[_FIXED + hlen : -4], np.uint8), b, 8)
+
+
+def payload_size(header: dict) -> int:
+    """Bytes of the window payload; the rest of a file (magic, version, header, CRC32) is framing."""
+    return header["n_windows"] * header["window_bits"] // 8
 
 
 def _check_header(header, name: str) -> None:

@@ -21,6 +21,9 @@ import dataclasses
 import functools
 import hashlib
 import json
+import time
+import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +31,9 @@ import numpy as np
 from flax import nnx
 
 from pcomp.compress.quantize import quantize_probs_jax
+from pcomp.config import MAX_PRECISION, MIN_PRECISION, CompressConfig
 from pcomp.data.tokenizers import ByteTokenizer
-from pcomp.errors import CheckpointError
+from pcomp.errors import CheckpointError, ConfigError
 from pcomp.train.load import TrainedModel, load_trained
 
 # Bump when M1's step computes differently (layout, quantization, ...): it is part of the fingerprint,
@@ -37,6 +41,49 @@ from pcomp.train.load import TrainedModel, load_trained
 NUMERICS_VERSION = 3  # 3: projections as 2-D matmuls (pcomp.models.transformer.dense)
 BYTES = "bytes"  # 256 symbols: the byte values
 BYTES_EOS = "bytes+eos"  # 257 symbols: bytes, then end-of-document (M1's EOS token)
+
+
+class M1Warning(UserWarning):
+    """An M1 that codes exactly but was not trained for the job (e.g. never predicted from BOS alone)."""
+
+
+def window_context(window_bits: int, max_seq_len: int) -> int:
+    """M1's KV-cache length for b-bit windows: BOS + at most 2b bytes (a byte coded in under half a
+    bit is rare even for a strong M1), capped by the model's context. Attention reads the whole cache
+    every step, so this is what makes the M1 step fast (~3x at b=16 against a 128 cache)."""
+    return min(max_seq_len, 2 * window_bits + 1)
+
+
+@dataclasses.dataclass
+class StepTimer:
+    """Wall-clock split of an M1-driven coder run, filled when set as `M1.timer` (benchmarks).
+
+    Per M1 step: launch (incl. host->device of tokens/positions), compute (a block_until_ready is
+    added, which the untimed step does not do), copy (device->host). Per numba row-kernel call
+    (`pcomp.compress.windows`): its seconds and the rows it left needing the next M1 step.
+    """
+
+    launch: list = dataclasses.field(default_factory=list)
+    compute: list = dataclasses.field(default_factory=list)
+    copy: list = dataclasses.field(default_factory=list)
+    kernel: list = dataclasses.field(default_factory=list)
+    active: list = dataclasses.field(default_factory=list)
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).clear()
+
+    def record_kernel(self, seconds: float, active: int) -> None:
+        self.kernel.append(seconds)
+        self.active.append(int(active))
+
+    @property
+    def steps(self) -> int:
+        return len(self.compute)
+
+    def step_seconds(self) -> np.ndarray:
+        """Seconds of each M1 step (launch + compute + copy), float64 [steps]."""
+        return np.asarray(self.launch) + np.asarray(self.compute) + np.asarray(self.copy)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(2,))
@@ -51,13 +98,17 @@ def _step(graphdef, params, cache, tokens_b, positions_b, precision, symbol_ids)
 
 @dataclasses.dataclass
 class M1:
-    """A trained byte-level model as a coder's probability model (see module docstring)."""
+    """A trained byte-level model as a coder's probability model (see module docstring).
+
+    Build it with `M1.for_windows`, which sizes the KV cache from the window bits.
+    """
 
     trained: TrainedModel
-    precision: int = 14
-    batch: int = 256
+    context: int  # KV-cache positions (BOS + window bytes); `for_windows` sizes it from the window bits
+    precision: int = CompressConfig.precision
+    batch: int = CompressConfig.m1_batch
     symbols: str = BYTES
-    context: int = 0  # KV-cache positions (BOS + window bytes); 0 = the model's max_seq_len
+    timer: StepTimer | None = None  # set to time every step (benchmarks); None = no added sync
 
     def __post_init__(self):
         tok = self.trained.tokenizer
@@ -67,11 +118,17 @@ class M1:
                 f"BOS/EOS (train one with: pcomp train --config m1-3m)"
             )
         max_len = self.trained.cfg.model.max_seq_len
-        self.context = self.context or max_len
         if not 2 <= self.context <= max_len:
             raise CheckpointError(f"M1 context {self.context} must be in [2, {max_len}] (the model's max_seq_len)")
         if self.batch < 1:
             raise CheckpointError(f"M1 batch {self.batch} must be >= 1")
+        if not MIN_PRECISION <= self.precision <= MAX_PRECISION:
+            raise ConfigError(f"precision={self.precision}: expected an integer in [{MIN_PRECISION}, {MAX_PRECISION}]")
+        _check_finite(self.trained)
+        if not self.trained.cfg.data.bos_first:
+            warnings.warn(f"M1 at {self.trained.workdir} was trained without data.bos_first, so never to predict a "
+                          "window's first bytes from BOS alone: it codes exactly but compresses poorly "
+                          "(train M1 with --config m1-3m)", M1Warning, stacklevel=3)
         ids = list(range(256)) + ([tok.eos_id] if self.symbols == BYTES_EOS else [])
         self._symbol_ids = jnp.asarray(ids, jnp.int32)
         self.n_symbols = len(ids)
@@ -82,8 +139,20 @@ class M1:
         self.first_cum = None
 
     @classmethod
-    def load(cls, path, **kw) -> M1:
-        return cls(load_trained(path), **kw)
+    def for_windows(cls, source: str | Path | TrainedModel, window_bits: int | None, *,
+                    precision: int = CompressConfig.precision, batch: int = CompressConfig.m1_batch,
+                    symbols: str = BYTES, context: int = 0) -> M1:
+        """THE way to set up M1 from a run directory (or an already loaded `TrainedModel`).
+
+        The KV cache holds `window_context(window_bits, max_seq_len)` positions: BOS + 2b bytes for
+        b-bit windows, or the model's whole context when window_bits is None (plain arithmetic coding,
+        no windows). `context` > 0 overrides it (a file's header records the length it was made with).
+        """
+        trained = source if isinstance(source, TrainedModel) else load_trained(source)
+        if not context:
+            max_len = trained.cfg.model.max_seq_len
+            context = max_len if window_bits is None else window_context(window_bits, max_len)
+        return cls(trained, context, precision=precision, batch=batch, symbols=symbols)
 
     @property
     def max_window_bytes(self) -> int:
@@ -118,9 +187,26 @@ class M1:
 
     def step(self, cache, tokens_b: np.ndarray, positions_b: np.ndarray):
         """Feed tokens_b [batch] at positions_b [batch] (>= 1); returns (cum_bn int64 [batch, n+1], cache)."""
+        if self.timer is not None:
+            return self._timed_step(cache, tokens_b, positions_b)
         cum, cache = _step(self.trained.graphdef, self._params, cache, jnp.asarray(tokens_b, jnp.int32),
                            jnp.asarray(positions_b, jnp.int32), self.precision, self._symbol_ids)
         return np.asarray(cum).astype(np.int64), cache
+
+    def _timed_step(self, cache, tokens_b, positions_b):
+        """`step` with a block_until_ready between launch and copy, recorded in `self.timer`."""
+        t0 = time.perf_counter()
+        cum, cache = _step(self.trained.graphdef, self._params, cache, jnp.asarray(tokens_b, jnp.int32),
+                           jnp.asarray(positions_b, jnp.int32), self.precision, self._symbol_ids)
+        t1 = time.perf_counter()
+        jax.block_until_ready(cum)
+        t2 = time.perf_counter()
+        out = np.asarray(cum).astype(np.int64)
+        t3 = time.perf_counter()
+        self.timer.launch.append(t1 - t0)
+        self.timer.compute.append(t2 - t1)
+        self.timer.copy.append(t3 - t2)
+        return out, cache
 
     def flops_per_step(self) -> float:
         """Forward model FLOPs of one step (all rows), attention over the full cache counted."""
@@ -128,3 +214,12 @@ class M1:
 
         return self.batch * flops_per_position(self.trained.cfg.model, self.context,
                                                training=False)
+
+
+def _check_finite(trained: TrainedModel) -> None:
+    """A NaN or inf parameter makes every table degenerate (the coder would expand the text): refuse it."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(trained.params):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.isfinite(leaf).all()):
+            bad = int((~jnp.isfinite(leaf)).sum())
+            raise CheckpointError(f"M1 at {trained.workdir} has non-finite parameters ({jax.tree_util.keystr(path)}: "
+                                  f"{bad} NaN/inf values); it cannot drive a coder")

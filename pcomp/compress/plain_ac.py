@@ -20,6 +20,13 @@ from pcomp.errors import CompressedFormatError, ConfigError
 
 EOF = 256  # coder symbol after the bytes
 
+# Decoder row state (`_decode_rows`): one int64 row of ROW_SLOTS per M1 batch row.
+LOW, HIGH, VALUE = 0, 1, 2  # the decoder's registers and 32-bit code value
+BIT_POS = 3  # next bit of the row's stream (relative to its start)
+ACTIVE = 4  # 1 while the row's stream has not reached EOF
+CONTEXT_POS = 5  # the next symbol's offset in M1's current context block (0: use first_cum)
+ROW_SLOTS = 6
+
 
 def _check(m1: M1) -> None:
     if m1.symbols != BYTES_EOS:
@@ -72,33 +79,33 @@ def ideal_bits(m1: M1, docs: Sequence[bytes]) -> float:
 
 @numba.njit(cache=True)
 def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos, precision, lb):
-    """One symbol per active row (st columns: 0 low, 1 high, 2 value, 3 bit pos (relative), 4 active,
-    5 offset in context block). Returns the number of rows needing an M1 step, or -1 - row on error."""
+    """One symbol per active row (row state: the slots above). Returns the number of rows needing an
+    M1 step, or -1 - row for a row whose stream runs past out's capacity without EOF."""
     active = 0
     for r in range(st.shape[0]):
-        if st[r, 4] == 0:
+        if st[r, ACTIVE] == 0:
             continue
         while True:
-            table = cum_bn[r] if st[r, 5] > 0 else first_cum
+            table = cum_bn[r] if st[r, CONTEXT_POS] > 0 else first_cum
             stream = bits[bit_start[r] : bit_end[r]]
-            target = arith.decode_target(st[r, 0], st[r, 1], st[r, 2], precision)
+            target = arith.decode_target(st[r, LOW], st[r, HIGH], st[r, VALUE], precision)
             s = arith.find_symbol(table, target)
-            low, high, value, bp = arith.decode_step(st[r, 0], st[r, 1], st[r, 2], table[s], table[s + 1],
-                                                     precision, stream, st[r, 3])
-            st[r, 0], st[r, 1], st[r, 2], st[r, 3] = low, high, value, bp
-            if s == 256:
-                st[r, 4] = 0
+            low, high, value, bp = arith.decode_step(st[r, LOW], st[r, HIGH], st[r, VALUE], table[s], table[s + 1],
+                                                     precision, stream, st[r, BIT_POS])
+            st[r, LOW], st[r, HIGH], st[r, VALUE], st[r, BIT_POS] = low, high, value, bp
+            if s == EOF:
+                st[r, ACTIVE] = 0
                 break
             if out_n[r] >= out.shape[1]:
                 return -1 - r
             out[r, out_n[r]] = s
             out_n[r] += 1
-            st[r, 5] += 1
-            if st[r, 5] == lb:  # M1's context restarts: the next symbol uses first_cum
-                st[r, 5] = 0
+            st[r, CONTEXT_POS] += 1
+            if st[r, CONTEXT_POS] == lb:  # M1's context restarts: the next symbol uses first_cum
+                st[r, CONTEXT_POS] = 0
                 continue
             tok[r] = s
-            pos[r] = st[r, 5]
+            pos[r] = st[r, CONTEXT_POS]
             active += 1
             break
     return active
@@ -122,10 +129,10 @@ def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int) -> list[b
         lens = np.asarray([len(s) for s in group] + [0] * (B - len(group)), np.int64)
         bit_start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         bit_end = bit_start + lens
-        st = np.zeros((B, 6), np.int64)
+        st = np.zeros((B, ROW_SLOTS), np.int64)
         for r, s in enumerate(group):
-            low, high, value, bp = arith.decoder_init(s)
-            st[r, :5] = (low, high, value, bp, 1)
+            st[r, LOW], st[r, HIGH], st[r, VALUE], st[r, BIT_POS] = arith.decoder_init(s)
+            st[r, ACTIVE] = 1
         out = np.zeros((len(group), max_bytes), np.uint8)
         out_n = np.zeros(B, np.int64)
         tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)

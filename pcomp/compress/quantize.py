@@ -11,11 +11,12 @@ may differ by rounding; each is deterministic on its own, so encoder and decoder
 
 import numpy as np
 
-MIN_PRECISION = 2
-MAX_PRECISION = 24
+from pcomp.config import MAX_PRECISION, MIN_PRECISION, CompressConfig
+
+DEFAULT_PRECISION = CompressConfig.precision
 
 
-def _check_precision(precision):
+def check_precision(precision):
     """Validate `precision` (bits of the frequency total) and return it as an int."""
     if isinstance(precision, bool) or not isinstance(precision, (int, np.integer)):
         raise ValueError(f"precision={precision!r}: expected an int in [{MIN_PRECISION}, {MAX_PRECISION}]")
@@ -49,9 +50,9 @@ def _check_values(p):
     return total
 
 
-def quantize_probs(probs, precision=14):
+def quantize_probs(probs, precision=DEFAULT_PRECISION):
     """Quantize probs [..., n] (>= 0, finite, positive sum) to int32 frequencies [..., n] summing to 2**precision."""
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     p = np.asarray(probs, dtype=np.float64)
     n = _check_alphabet(p.shape, precision)
     total = _check_values(p)  # [..., 1]
@@ -66,7 +67,7 @@ def quantize_probs(probs, precision=14):
     return f
 
 
-def quantize_probs_jax(probs, precision=14):
+def quantize_probs_jax(probs, precision=DEFAULT_PRECISION):
     """jax.numpy version of `quantize_probs` in float32 (jit-able; may differ from numpy by rounding).
 
     Values (as float32) are checked only when called eagerly; under jit only shapes and precision are.
@@ -75,7 +76,7 @@ def quantize_probs_jax(probs, precision=14):
     import jax
     import jax.numpy as jnp
 
-    precision = _check_precision(precision)
+    precision = check_precision(precision)
     n = _check_alphabet(jnp.shape(probs), precision)
     if not isinstance(probs, jax.core.Tracer):
         with np.errstate(over="ignore"):  # float32 overflow shows up as inf, rejected below

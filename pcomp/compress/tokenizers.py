@@ -1,7 +1,8 @@
 """Compressed-text tokenizers: text -> compressed bits -> N-bit tokens (vocab 2**N), and back.
 
-Same interface as the plain tokenizers (`pcomp.data.tokenizers.Tokenizer`), registered so
-`load_tokenizer` restores them:
+Same interface as the plain tokenizers (`pcomp.data.tokenizers.Tokenizer`). Importing this module
+registers them; `load_tokenizer` finds them without naming this package through the `pcomp.tokenizers`
+entry points (setup.cfg) or the module recorded in a saved tokenizer.json:
   gzip        raw DEFLATE (zlib level 9, no header) of each document, chunked into N-bit tokens
   static_ac   arithmetic coding under a unigram byte model fitted on training text
   arith       arithmetic coding under M1, no windows (the paper's "ArithmeticCoding")
@@ -21,56 +22,12 @@ import numpy as np
 
 from pcomp.compress import arith, plain_ac
 from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
+from pcomp.compress.packing import bits_to_tokens, codes_to_tokens, tokens_to_bits, tokens_to_codes
 from pcomp.compress.quantize import cumulative, quantize_probs
-from pcomp.compress.windows import (WINDOW_RULE, check_window_bits, decode_windows, encode_windows,
-                                    window_context)
+from pcomp.compress.windows import WINDOW_RULE, check_window_bits, decode_windows, encode_windows
+from pcomp.config import CompressConfig
 from pcomp.data.tokenizers import Tokenizer, register_tokenizer
 from pcomp.errors import CheckpointError, ConfigError, DataError
-from pcomp.train.load import load_trained
-
-
-# --------------------------------------------------------------------------------- bits <-> tokens
-def bits_to_tokens(bits: np.ndarray, token_bits: int) -> np.ndarray:
-    """0/1 bits [k] -> int32 tokens [ceil(k / N)], big-endian, the last one zero-padded."""
-    bits = np.asarray(bits, np.uint8)
-    pad = (-len(bits)) % token_bits
-    padded = np.concatenate([bits, np.zeros(pad, np.uint8)]).reshape(-1, token_bits)
-    weights = (1 << np.arange(token_bits - 1, -1, -1)).astype(np.int64)
-    return (padded.astype(np.int64) @ weights).astype(np.int32)
-
-
-def tokens_to_bits(tokens, token_bits: int) -> np.ndarray:
-    tokens = _check_tokens(tokens, token_bits)
-    shifts = np.arange(token_bits - 1, -1, -1)
-    return ((tokens[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)
-
-
-def codes_to_tokens(codes: np.ndarray, window_bits: int, token_bits: int) -> np.ndarray:
-    """b-bit window codes (uint64 [n]) -> int32 tokens [n * b / N], most significant first."""
-    per = window_bits // token_bits
-    codes = np.asarray(codes, np.uint64)
-    shifts = np.asarray([(per - 1 - i) * token_bits for i in range(per)], np.uint64)
-    mask = np.uint64((1 << token_bits) - 1)
-    return ((codes[:, None] >> shifts) & mask).astype(np.int32).reshape(-1)
-
-
-def tokens_to_codes(tokens, window_bits: int, token_bits: int) -> np.ndarray:
-    tokens = _check_tokens(tokens, token_bits)
-    per = window_bits // token_bits
-    if len(tokens) % per:
-        raise DataError(f"{len(tokens)} tokens do not form whole windows of {per} tokens (b={window_bits}, "
-                        f"N={token_bits})")
-    codes = np.zeros(len(tokens) // per, np.uint64)
-    for i in range(per):
-        codes = (codes << np.uint64(token_bits)) | tokens[i::per].astype(np.uint64)
-    return codes
-
-
-def _check_tokens(tokens, token_bits: int) -> np.ndarray:
-    t = np.asarray(tokens, np.int64).reshape(-1)
-    if t.size and (t.min() < 0 or t.max() >= 1 << token_bits):
-        raise DataError(f"token {int(t[(t < 0) | (t >= 1 << token_bits)][0])} is outside [0, {1 << token_bits})")
-    return t
 
 
 class _CompressedTokenizer(Tokenizer):
@@ -135,7 +92,7 @@ class StaticACTokenizer(_CompressedTokenizer):
 
     name = "static_ac"
 
-    def __init__(self, freqs: np.ndarray, token_bits: int, precision: int = 14):
+    def __init__(self, freqs: np.ndarray, token_bits: int, precision: int = CompressConfig.precision):
         super().__init__(token_bits)
         self.freqs = np.asarray(freqs, np.int32)
         self.precision = precision
@@ -144,7 +101,7 @@ class StaticACTokenizer(_CompressedTokenizer):
         self._cum = cumulative(self.freqs)
 
     @classmethod
-    def fit(cls, docs: Sequence[bytes], token_bits: int, precision: int = 14) -> StaticACTokenizer:
+    def fit(cls, docs: Sequence[bytes], token_bits: int, precision: int = CompressConfig.precision) -> StaticACTokenizer:
         """Unigram byte counts of `docs` (+1 smoothing) and one end-of-document per document."""
         counts = np.ones(257, np.float64)
         for d in docs:
@@ -171,24 +128,20 @@ class StaticACTokenizer(_CompressedTokenizer):
 
     @classmethod
     def from_config(cls, config, directory=None):
-        return cls(np.asarray(config["freqs"]), config["token_bits"], config.get("precision", 14))
+        return cls(np.asarray(config["freqs"]), config["token_bits"], config.get("precision", CompressConfig.precision))
 
 
 # --------------------------------------------------------------------------------- M1-driven
-@functools.lru_cache(maxsize=4)
-def _m1(path: str, precision: int, batch: int, symbols: str, context: int, window_bits: int) -> M1:
-    trained = load_trained(path)
-    if window_bits and not context:
-        context = window_context(window_bits, trained.cfg.model.max_seq_len)
-    return M1(trained, precision=precision, batch=batch, symbols=symbols, context=context)
+# Tokenizers over the same M1 with the same setup share one (loading it and compiling its step is slow).
+_shared_m1 = functools.lru_cache(maxsize=4)(M1.for_windows)
 
 
 class _M1Tokenizer(_CompressedTokenizer):
     symbols = BYTES
-    window_bits = 0  # Equal-Info: sizes M1's KV cache to the windows (`windows.window_context`)
+    window_bits = None  # Equal-Info: sizes M1's KV cache to the windows (`M1.for_windows`); None: no windows
 
-    def __init__(self, m1_path: str | Path, token_bits: int, *, precision: int = 14, batch: int = 256,
-                 fingerprint: str | None = None, context: int = 0):
+    def __init__(self, m1_path: str | Path, token_bits: int, *, precision: int = CompressConfig.precision,
+                 batch: int = CompressConfig.m1_batch, fingerprint: str | None = None, context: int = 0):
         super().__init__(token_bits)
         self.m1_path = str(Path(m1_path).absolute())
         self.precision, self.batch, self._fingerprint, self._context = precision, batch, fingerprint, context
@@ -196,7 +149,8 @@ class _M1Tokenizer(_CompressedTokenizer):
     @functools.cached_property
     def m1(self) -> M1:
         """Loaded on first use: training M2 on prepared tokens needs only the vocabulary."""
-        m1 = _m1(self.m1_path, self.precision, self.batch, self.symbols, self._context, self.window_bits)
+        m1 = _shared_m1(self.m1_path, self.window_bits, precision=self.precision, batch=self.batch,
+                        symbols=self.symbols, context=self._context)
         if self._fingerprint is not None and self._fingerprint != m1.fingerprint:
             raise CheckpointError(
                 f"the M1 at {self.m1_path} (fingerprint {m1.fingerprint[:16]}) is not the M1 this tokenizer "
@@ -242,7 +196,8 @@ class EqualInfoTokenizer(_M1Tokenizer):
 
     name = "equal_info"
 
-    def __init__(self, m1_path, window_bits: int, token_bits: int, *, segment_bytes: int = 2048, **kw):
+    def __init__(self, m1_path, window_bits: int, token_bits: int, *,
+                 segment_bytes: int = CompressConfig.segment_bytes, **kw):
         super().__init__(m1_path, token_bits, **kw)
         check_window_bits(window_bits, token_bits, self.precision)
         self.window_bits = window_bits  # (before the lazy M1 loads: it sizes the cache)
@@ -266,5 +221,5 @@ class EqualInfoTokenizer(_M1Tokenizer):
             raise DataError(f"tokenizer at {directory} made its windows with rule {config.get('window_rule')!r}; "
                             f"this pcomp decodes {WINDOW_RULE!r}")
         return cls(config["m1_path"], config["window_bits"], config["token_bits"],
-                   segment_bytes=config.get("segment_bytes", 2048), precision=config["precision"],
+                   segment_bytes=config.get("segment_bytes", CompressConfig.segment_bytes), precision=config["precision"],
                    batch=config["batch"], fingerprint=config["fingerprint"], context=config.get("context", 0))

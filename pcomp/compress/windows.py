@@ -28,40 +28,41 @@ All per-row coder work runs in numba kernels between batched M1 steps.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import numba
 import numpy as np
 
-from pcomp.compress.arith import (HALF, QUARTER, STATE_BITS, THREE_QUARTERS, TOP, decode_step, decode_target,
-                                  find_symbol, termination_jm)
-from pcomp.compress.m1 import BYTES, M1
+from pcomp.compress.arith import (DONE, FOLLOW, STATE_BITS, TOP, decode_step, decode_target, find_symbol, narrow,
+                                  renorm, termination_jm)
+from pcomp.compress.m1 import BYTES, M1, window_context  # noqa: F401  (window_context: re-exported)
+from pcomp.config import MAX_WINDOW_BITS, CompressConfig  # noqa: F401  (MAX_WINDOW_BITS: re-exported)
 from pcomp.errors import CompressedFormatError, ConfigError
 
-MAX_WINDOW_BITS = 64  # codewords are held in 64-bit registers
 # Which unique-decoding rule made the windows; recorded in files and tokenizers, checked on decoding.
-WINDOW_RULE = "unique-prefix-codewords/1"
-
-
-def window_context(window_bits: int, max_seq_len: int) -> int:
-    """Default M1 KV-cache length for b-bit windows: BOS + at most 2b bytes (a byte coded in under
-    half a bit is rare even for a strong M1), capped by the model's context. Attention reads the whole
-    cache every step, so this is what makes the M1 step fast (~3x at b=16 against a 128 cache)."""
-    return min(max_seq_len, 2 * window_bits + 1)
+WINDOW_RULE = CompressConfig.window_rule
 
 
 def check_window_bits(window_bits: int, token_bits: int, precision: int) -> None:
-    if token_bits not in (8, 16):
-        raise ConfigError(f"token bits N={token_bits}: expected 8 or 16")
-    if window_bits % token_bits:
-        raise ConfigError(f"window bits b={window_bits} is not a multiple of the token bits N={token_bits}")
-    if window_bits < precision + 2:
-        raise ConfigError(
-            f"window bits b={window_bits} cannot hold every byte: a byte of frequency 1 / 2**{precision} may need "
-            f"{precision + 2} bits; expected b >= precision + 2 = {precision + 2}"
-        )
-    if window_bits > MAX_WINDOW_BITS:
-        raise ConfigError(f"window bits b={window_bits}: expected at most {MAX_WINDOW_BITS}")
+    """b, N and beta fit together (`CompressConfig.validate`); a ConfigError naming the value otherwise."""
+    CompressConfig(window_bits=window_bits, token_bits=token_bits, precision=precision).validate()
+
+
+# Row state of the numba kernels: one int64 row of ROW_SLOTS per M1 batch row. The coder slots are
+# shared by encoder and decoder; the others are each side's own.
+LOW, HIGH, PENDING = 0, 1, 2  # the coder's registers and pending follow bits
+E_BITS, E_LEN = 3, 4  # E: the window's emitted bits (right-aligned); e: how many (> 64: overflowed)
+N_BYTES = 5  # bytes in the current window so far
+SEGMENT = 6  # encoder: the row's segment, or IDLE / NEEDS_SEGMENT
+CUR = 7  # encoder: next byte to code (absolute offset into the data)
+WSTART = 8  # encoder: the current window's first byte
+WINDOW = 6  # decoder: the window the row decodes, or IDLE
+VALUE = 7  # decoder: the 32-bit code value
+BIT_POS = 8  # decoder: next bit of the window to read into VALUE
+ROW_SLOTS = 9
+IDLE = -1  # (SEGMENT / WINDOW) nothing left for this row
+NEEDS_SEGMENT = -2  # (SEGMENT) the row takes the next segment before coding
 
 
 # --------------------------------------------------------------------------------- numba helpers
@@ -69,31 +70,20 @@ def check_window_bits(window_bits: int, token_bits: int, precision: int) -> None
 def _add_symbol(low, high, pending, E, e, c_lo, c_hi, precision):
     """Encoder step that appends settled bits to the 64-bit register E (e bits so far; e > 64 means
     the window overflowed and E is no longer tracked)."""
-    rng = high - low + 1
-    high = low + ((rng * c_hi) >> precision) - 1
-    low = low + ((rng * c_lo) >> precision)
+    low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        if high < HALF:
-            bit = 0
-        elif low >= HALF:
-            bit = 1
-            low -= HALF
-            high -= HALF
-        elif low >= QUARTER and high < THREE_QUARTERS:
-            pending += 1
-            low = 2 * (low - QUARTER)
-            high = 2 * (high - QUARTER) + 1
-            continue
-        else:
+        bit, low, high, _offset = renorm(low, high)
+        if bit == DONE:
             break
+        if bit == FOLLOW:
+            pending += 1
+            continue
         shift = 1 + pending
         if e + shift <= 64:
             new = (np.int64(bit) << pending) | ((np.int64(1 - bit) << pending) - (1 - bit))
             E = new if shift >= 64 else ((E << shift) | new)
         e += shift
         pending = 0
-        low = 2 * low
-        high = 2 * high + 1
     return low, high, pending, E, e
 
 
@@ -147,21 +137,19 @@ def _padded_codeword(low, high, pending, E, e, b, prev, n_prev):
 
 @numba.njit(cache=True)
 def _fresh_window(st, r):
-    st[r, 0] = 0  # low
-    st[r, 1] = TOP  # high
-    st[r, 2] = 0  # pending
-    st[r, 3] = 0  # E
-    st[r, 4] = 0  # e
-    st[r, 5] = 0  # bytes in window
+    st[r, LOW] = 0
+    st[r, HIGH] = TOP
+    st[r, PENDING] = 0
+    st[r, E_BITS] = 0
+    st[r, E_LEN] = 0
+    st[r, N_BYTES] = 0
 
 
-# encoder row state columns: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n (bytes in window),
-# 6 segment (-1 idle, -2 needs one), 7 cur (next byte, absolute), 8 wstart (window's first byte)
 @numba.njit(cache=True)
 def _close_window(st, r, codes, seg_nwin, seg_base, out_code, out_len, counter):
     """Emit the window's n bytes as its last prefix codeword; the next window starts after them."""
-    n = st[r, 5]
-    s = st[r, 6]
+    n = st[r, N_BYTES]
+    s = st[r, SEGMENT]
     w = seg_base[s] + seg_nwin[s]
     out_code[w] = codes[r, n - 1]
     out_len[w] = n
@@ -180,45 +168,45 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
     """
     active = 0
     for r in range(st.shape[0]):
-        if st[r, 6] == -1:
+        if st[r, SEGMENT] == IDLE:
             continue
-        if st[r, 5] > 0:
-            x = data[st[r, 7]]
-            low, high, pending, E, e = _add_symbol(st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4],
-                                                   cum_bn[r, x], cum_bn[r, x + 1], precision)
-            n = st[r, 5]
+        if st[r, N_BYTES] > 0:
+            x = data[st[r, CUR]]
+            low, high, pending, E, e = _add_symbol(st[r, LOW], st[r, HIGH], st[r, PENDING], st[r, E_BITS],
+                                                   st[r, E_LEN], cum_bn[r, x], cum_bn[r, x + 1], precision)
+            n = st[r, N_BYTES]
             k, word = _padded_codeword(low, high, pending, E, e, b, codes[r], n if unique else 0)
             if k <= b:
-                st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4] = low, high, pending, E, e
+                st[r, LOW], st[r, HIGH], st[r, PENDING], st[r, E_BITS], st[r, E_LEN] = low, high, pending, E, e
                 codes[r, n] = word
-                st[r, 5] = n + 1
-                st[r, 7] += 1
-                if st[r, 7] < seg_end[st[r, 6]] and n + 1 < max_n:
+                st[r, N_BYTES] = n + 1
+                st[r, CUR] += 1
+                if st[r, CUR] < seg_end[st[r, SEGMENT]] and n + 1 < max_n:
                     tok[r] = x
                     pos[r] = n + 1
                     active += 1
                     continue
             _close_window(st, r, codes, seg_nwin, seg_start, out_code, out_len, counter)
         while True:  # start windows until one needs M1, or the row runs out of segments
-            if st[r, 6] < 0 or st[r, 7] >= seg_end[st[r, 6]]:
+            if st[r, SEGMENT] == NEEDS_SEGMENT or st[r, CUR] >= seg_end[st[r, SEGMENT]]:
                 s = next_seg[0]
                 if s >= seg_start.shape[0]:
-                    st[r, 6] = -1
+                    st[r, SEGMENT] = IDLE
                     break
                 next_seg[0] = s + 1
-                st[r, 6] = s
-                st[r, 7] = seg_start[s]
+                st[r, SEGMENT] = s
+                st[r, CUR] = seg_start[s]
                 continue
-            x = data[st[r, 7]]
+            x = data[st[r, CUR]]
             low, high, pending, E, e = _add_symbol(np.int64(0), np.int64(TOP), np.int64(0), np.int64(0),
                                                    np.int64(0), first_cum[x], first_cum[x + 1], precision)
             k, word = _padded_codeword(low, high, pending, E, e, b, codes[r], 0)
-            st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4] = low, high, pending, E, e
-            st[r, 5] = 1
-            st[r, 8] = st[r, 7]
-            st[r, 7] += 1
+            st[r, LOW], st[r, HIGH], st[r, PENDING], st[r, E_BITS], st[r, E_LEN] = low, high, pending, E, e
+            st[r, N_BYTES] = 1
+            st[r, WSTART] = st[r, CUR]
+            st[r, CUR] += 1
             codes[r, 0] = word
-            if st[r, 7] < seg_end[st[r, 6]] and max_n > 1:
+            if st[r, CUR] < seg_end[st[r, SEGMENT]] and max_n > 1:
                 tok[r] = x
                 pos[r] = 1
                 active += 1
@@ -227,19 +215,19 @@ def _encode_rows(cum_bn, first_cum, data, seg_start, seg_end, next_seg, st, code
     return active
 
 
-# decoder row state: 0 low, 1 high, 2 pending, 3 E, 4 e, 5 n, 6 window (-1 idle), 7 value, 8 bit position
 @numba.njit(cache=True)
 def _decode_symbol(cum_row, st, r, winbits, precision, b, codes):
     """Decode one byte of row r's window with table cum_row [n + 1]; update the decoder and the
     mirrored encoder state; return (symbol, k, padded codeword of the prefix decoded so far), the
     codeword made unique against the shorter prefixes' (codes[r, :n]) exactly as the encoder does."""
-    low, high, value, bpos = st[r, 0], st[r, 1], st[r, 7], st[r, 8]
+    low, high, value, bpos = st[r, LOW], st[r, HIGH], st[r, VALUE], st[r, BIT_POS]
     lo = find_symbol(cum_row, decode_target(low, high, value, precision))
     c_lo, c_hi = cum_row[lo], cum_row[lo + 1]
     nlow, nhigh, value, bpos = decode_step(low, high, value, c_lo, c_hi, precision, winbits[r], bpos)
-    _, _, pending, E, e = _add_symbol(low, high, st[r, 2], st[r, 3], st[r, 4], c_lo, c_hi, precision)
-    st[r, 0], st[r, 1], st[r, 2], st[r, 3], st[r, 4], st[r, 7], st[r, 8] = nlow, nhigh, pending, E, e, value, bpos
-    n = st[r, 5]
+    _, _, pending, E, e = _add_symbol(low, high, st[r, PENDING], st[r, E_BITS], st[r, E_LEN], c_lo, c_hi, precision)
+    st[r, LOW], st[r, HIGH], st[r, PENDING], st[r, E_BITS], st[r, E_LEN] = nlow, nhigh, pending, E, e
+    st[r, VALUE], st[r, BIT_POS] = value, bpos
+    n = st[r, N_BYTES]
     k, word = _padded_codeword(nlow, nhigh, pending, E, e, b, codes[r], n)
     codes[r, n] = word
     return lo, k, word
@@ -248,37 +236,37 @@ def _decode_symbol(cum_row, st, r, winbits, precision, b, codes):
 @numba.njit(cache=True)
 def _start_decode(st, r, w, window_codes, winbits, b):
     _fresh_window(st, r)
-    st[r, 6] = w
+    st[r, WINDOW] = w
     code = window_codes[w]
     for i in range(b):
         winbits[r, i] = (code >> (b - 1 - i)) & 1
     value = np.int64(0)
-    for i in range(32):
+    for i in range(STATE_BITS):
         value = 2 * value + (np.int64(winbits[r, i]) if i < b else 0)
-    st[r, 7] = value
-    st[r, 8] = 32
+    st[r, VALUE] = value
+    st[r, BIT_POS] = STATE_BITS
 
 
 @numba.njit(cache=True)
 def _decode_rows(cum_bn, first_cum, window_codes, next_win, st, winbits, codes, tok, pos, b, precision, max_n, out,
                  out_len):
     """Advance every row by one M1 step. Returns (rows that need the next step, first window that
-    failed to decode within max_n bytes or -1)."""
+    failed to decode within max_n bytes or IDLE)."""
     active = 0
     for r in range(st.shape[0]):
-        w = st[r, 6]
-        if w < 0:
+        w = st[r, WINDOW]
+        if w == IDLE:
             continue
         while True:
-            n = st[r, 5]
+            n = st[r, N_BYTES]
             s, k, word = _decode_symbol(cum_bn[r] if n > 0 else first_cum, st, r, winbits, precision, b, codes)
             out[w, n] = s
-            st[r, 5] = n + 1
+            st[r, N_BYTES] = n + 1
             if k <= b and word == window_codes[w]:  # the first matching prefix is the window
                 out_len[w] = n + 1
                 w = next_win[0]
                 if w >= window_codes.shape[0]:
-                    st[r, 6] = -1
+                    st[r, WINDOW] = IDLE
                     break
                 next_win[0] = w + 1
                 _start_decode(st, r, w, window_codes, winbits, b)
@@ -289,7 +277,7 @@ def _decode_rows(cum_bn, first_cum, window_codes, next_win, st, winbits, codes, 
             pos[r] = n + 1
             active += 1
             break
-    return active, -1
+    return active, IDLE
 
 
 # --------------------------------------------------------------------------------- drivers
@@ -319,7 +307,8 @@ def _segments(docs: Sequence[bytes], segment_bytes: int):
     return data, np.asarray(starts, np.int64), np.asarray(ends, np.int64), np.asarray(doc_seg, np.int64)
 
 
-def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_bytes: int = 2048,
+def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *,
+                   segment_bytes: int = CompressConfig.segment_bytes,
                    progress: Callable[[int], None] | None = None, unique: bool = True) -> EncodedDocs:
     """Equal-Info windows of every document (each a bytes object), batched over M1's rows.
 
@@ -334,8 +323,8 @@ def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_b
     data, seg_start, seg_end, doc_seg = _segments(docs, segment_bytes)
     B = m1.batch
     cache = m1.start()
-    st = np.zeros((B, 9), np.int64)
-    st[:, 6] = -2  # every row first takes a segment
+    st = np.zeros((B, ROW_SLOTS), np.int64)
+    st[:, SEGMENT] = NEEDS_SEGMENT
     codes = np.zeros((B, m1.max_window_bytes), np.int64)
     tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
     seg_nwin = np.zeros(len(seg_start), np.int64)
@@ -344,9 +333,12 @@ def encode_windows(m1: M1, docs: Sequence[bytes], window_bits: int, *, segment_b
     cum = np.zeros((B, m1.n_symbols + 1), np.int64)
     reported = 0
     while True:
+        t0 = time.perf_counter()
         active = _encode_rows(cum, m1.first_cum, data, seg_start, seg_end, next_seg, st, codes, tok, pos,
                               window_bits, m1.precision, m1.max_window_bytes, seg_nwin, out_code, out_len, counter,
                               unique)
+        if m1.timer is not None:
+            m1.timer.record_kernel(time.perf_counter() - t0, active)
         if progress is not None and counter[0] > reported:
             progress(int(counter[0]) - reported)
             reported = int(counter[0])
@@ -386,8 +378,8 @@ def decode_windows(m1: M1, codes: np.ndarray, window_bits: int, *, chunk: int = 
 def _decode_chunk(m1: M1, codes: np.ndarray, b: int, offset: int) -> tuple[bytes, np.ndarray]:
     B, max_n, n = m1.batch, m1.max_window_bytes, len(codes)
     cache = m1.start()
-    st = np.zeros((B, 9), np.int64)
-    st[:, 6] = -1
+    st = np.zeros((B, ROW_SLOTS), np.int64)
+    st[:, WINDOW] = IDLE
     winbits = np.zeros((B, b), np.uint8)
     codes_rn = np.zeros((B, max_n), np.int64)  # padded codewords of each row's decoded prefixes
     for r in range(min(B, n)):  # rows start with n == 0: their first byte comes from first_cum
@@ -398,9 +390,12 @@ def _decode_chunk(m1: M1, codes: np.ndarray, b: int, offset: int) -> tuple[bytes
     tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
     cum = np.zeros((B, m1.n_symbols + 1), np.int64)
     while True:
+        t0 = time.perf_counter()
         active, bad = _decode_rows(cum, m1.first_cum, codes, next_win, st, winbits, codes_rn, tok, pos, b, m1.precision,
                                    max_n, out, out_len)
-        if bad >= 0:
+        if m1.timer is not None:
+            m1.timer.record_kernel(time.perf_counter() - t0, active)
+        if bad != IDLE:
             raise CompressedFormatError(
                 f"window {offset + bad} does not decode within {max_n} bytes: the data is corrupt or was made "
                 f"by another M1"

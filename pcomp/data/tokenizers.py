@@ -3,14 +3,19 @@
 Every tokenizer maps raw bytes to ids and back with `decode(encode(x)) == x`
 (for SentencePiece: for any valid UTF-8 `x`), so that losses in bits per byte are
 comparable across tokenizers. A saved tokenizer is a directory holding
-`tokenizer.json` (the `to_config()` dict, with a "kind") plus any model files;
-`load_tokenizer` dispatches on "kind" through a registry that other modules
-extend with `@register_tokenizer("kind")`.
+`tokenizer.json` (the `to_config()` dict, with a "kind", and the defining "module")
+plus any model files; `load_tokenizer` dispatches on "kind" through a registry that
+other modules extend with `@register_tokenizer("kind")`. Kinds defined in higher
+layers (the compressed-text tokenizers of `pcomp.compress`) are found without this
+module naming them: through the `pcomp.tokenizers` entry-point group (setup.cfg),
+else by importing the pcomp module recorded in tokenizer.json.
 """
 
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.metadata
 import io
 import json
 import os
@@ -21,6 +26,7 @@ import numpy as np
 from pcomp.errors import ConfigError, DataError
 
 CONFIG_FILENAME = "tokenizer.json"
+ENTRY_POINT_GROUP = "pcomp.tokenizers"  # name = kind, value = module:Class of a Tokenizer
 
 _T = TypeVar("_T", bound=type)
 _REGISTRY: dict[str, type] = {}  # kind -> class with classmethod from_config(config, directory)
@@ -73,7 +79,7 @@ class Tokenizer(abc.ABC):
         self._save_files(directory)
         path = os.path.join(directory, CONFIG_FILENAME)
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_config(), f, indent=2, sort_keys=True)
+            json.dump({**self.to_config(), "module": type(self).__module__}, f, indent=2, sort_keys=True)
             f.write("\n")
 
     def _save_files(self, directory) -> None:
@@ -335,11 +341,29 @@ def load_tokenizer(directory) -> Tokenizer:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path} is not valid JSON: {e}") from None
     kind = config.get("kind") if isinstance(config, dict) else None
-    if kind not in _REGISTRY:
-        import pcomp.compress.tokenizers  # noqa: F401  (registers the compressed-text kinds)
+    if kind not in _REGISTRY and isinstance(kind, str):
+        _register_plugin(kind, config.get("module"), path)
     if kind not in _REGISTRY:
         raise DataError(f"{path} has tokenizer kind {kind!r}; known kinds: {', '.join(registered_kinds())}")
     return _REGISTRY[kind].from_config(config, directory)
+
+
+def _register_plugin(kind: str, module, path) -> None:
+    """Registers `kind` from the `pcomp.tokenizers` entry points, else by importing `module` (a pcomp
+    module recorded in tokenizer.json: importing it runs its @register_tokenizer decorators)."""
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=kind):
+        try:
+            cls = entry.load()
+        except ImportError as e:
+            raise DataError(f"{path}: cannot load tokenizer kind {kind!r} from {entry.value}: {e}") from None
+        if kind not in _REGISTRY:
+            register_tokenizer(kind)(cls)
+        return
+    if isinstance(module, str) and (module == "pcomp" or module.startswith("pcomp.")):
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise DataError(f"{path}: cannot import {module} for tokenizer kind {kind!r}: {e}") from None
 
 
 BUILD_KINDS = ("bytes", "sentencepiece")
