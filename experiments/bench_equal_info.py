@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_arg, markdown_table, min_median, write_json
+from pcomp.report import add_data_arg, markdown_table, min_median, write_json
 
 from pcomp.compress import windows
 from pcomp.compress.m1 import M1, StepTimer, window_context

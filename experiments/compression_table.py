@@ -27,25 +27,23 @@ import bz2
 import json
 import lzma
 import math
-import sys
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_data_arg, markdown_table, pyplot, save_png, write_json  # noqa: E402
+from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, write_json
 
-from pcomp.compress import arith, plain_ac  # noqa: E402
-from pcomp.compress.packing import bits_to_tokens, codes_to_tokens  # noqa: E402
-from pcomp.compress.tokenizers import (  # noqa: E402
+from pcomp.compress import arith, plain_ac
+from pcomp.compress.packing import bits_to_tokens, codes_to_tokens
+from pcomp.compress.tokenizers import (
     ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer, StaticACTokenizer)
-from pcomp.compress.windows import decode_windows, encode_windows  # noqa: E402
-from pcomp.config import CompressConfig  # noqa: E402
-from pcomp.data.sources import load_documents  # noqa: E402
-from pcomp.data.tokenizers import ByteTokenizer, SentencePieceTokenizer  # noqa: E402
-from pcomp.train.load import evaluate, load_trained  # noqa: E402
+from pcomp.compress.windows import decode_windows, encode_windows
+from pcomp.config import CompressConfig
+from pcomp.data.sources import load_documents
+from pcomp.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from pcomp.train.load import evaluate, load_trained
 
 # (key, paper bytes/token) -- Lester et al. 2024, C4, M1 = 3-layer byte LM trained on C4
 PAPER_BYTES_PER_TOKEN = {

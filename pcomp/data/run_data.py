@@ -62,10 +62,10 @@ class RunData:
             prepared = PreparedDataset(dc.source)
             train_tokens, _ = prepared.stream("train")
             eval_tokens, eval_bytes = prepared.stream("eval")
-            bos = prepared.params.get("bos_id")
+            bos = prepared.bos_id
             _check_bos(dc, bos, f"the prepared dataset {dc.source}")
             eval_set = pipeline.eval_windows(eval_tokens, dc.seq_len, eval_bytes, bos=bos if dc.bos_first else None)
-            return cls(vocab_size=int(prepared.params["vocab_size"]), bos_id=bos, eval_set=eval_set, tokenizer=None,
+            return cls(vocab_size=prepared.vocab_size, bos_id=bos, eval_set=eval_set, tokenizer=None,
                        tokens=train_tokens, prepared=prepared, **common)
         kw = dict(eval_fraction=dc.eval_fraction, text_field=dc.text_field, data_dir=dc.data_dir or None)
         train_docs = load_documents(dc.source, "train", **kw)
@@ -89,7 +89,7 @@ class RunData:
     def save_tokenizer(self, directory: Path) -> None:
         """Write the run's tokenizer to `directory` (a copy of a prepared dataset's)."""
         if self.prepared is not None:
-            shutil.copytree(self.prepared.path / "tokenizer", directory, dirs_exist_ok=True)
+            shutil.copytree(self.prepared.tokenizer_dir, directory, dirs_exist_ok=True)
         else:
             self.tokenizer.save(directory)
 
