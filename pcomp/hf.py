@@ -300,7 +300,8 @@ def _byte_level_tokenizer(tokenizer):
         assert tok.token_to_id("<s>") == tokenizer.bos_id and tok.token_to_id("</s>") == tokenizer.eos_id
         tok.post_processor = processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.bos_id)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=10**9, **specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=10**9,
+                                   model_input_names=["input_ids", "attention_mask"], **specials)
 
 
 def _gpt2_bytes_to_unicode() -> dict[int, str]:
