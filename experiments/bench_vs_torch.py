@@ -12,7 +12,9 @@ Threads: `--threads N` pins this process to N cores (sched_setaffinity, which XL
 torch both respect) and sets torch.set_num_threads(N). Steps are warmed up (compilation excluded),
 then timed in interleaved rounds; the median seconds per step is reported. Idle XLA/OpenMP pools
 can spin between another framework's steps; `--frameworks pcomp` and `--frameworks torch,torch.compile`
-in two processes measure each alone.
+in two processes measure each alone. Time only on an otherwise idle machine: torch's OpenMP pool
+busy-waits, and on oversubscribed cores (another job running) its eager step slows by more than an
+order of magnitude at 2 threads, while a 1-thread run does not.
 
     python experiments/bench_vs_torch.py                                   # demo .. 125m, K = 1 and 4
     python experiments/bench_vs_torch.py --sizes demo --steps 2 --repeats 1 --warmup 1 --batch 2 --seq-len 64

@@ -15,7 +15,8 @@ The two models are the same function, so no weight is permuted:
 pcomp pads the embedding table (and an untied LM head) to a multiple of 128 rows and masks the
 padded logits; only the `vocab_size` real rows are exported, and import pads with zeros.
 Weights are saved in `model.param_dtype`; `config.json`'s dtype is the compute dtype
-(`model.dtype`), so bf16 runs load in bf16 with `dtype="auto"`.
+(`model.dtype`), so bf16 runs load in bf16 with `dtype="auto"`. Import keeps the stored precision
+(bf16 weights stay bf16, others become float32 params; float16 is widened exactly to float32).
 
 Tokenizers: a SentencePiece run ships its model as `tokenizer.model` (loaded as a LlamaTokenizer;
 ids equal pcomp's on any text without a literal U+2581, which pcomp encodes as byte pieces); the
@@ -123,8 +124,9 @@ def model_config_from_hf(raw: dict, *, name: str = "hf-import") -> ModelConfig:
         raise ConfigError(f"config.json head_dim={raw.get('head_dim')} with hidden_size={d}, num_attention_heads={n}: "
                           "pcomp needs head_dim = hidden_size / num_attention_heads")
     dtype = raw.get("dtype") or raw.get("torch_dtype") or "float32"
-    if dtype not in ("float32", "bfloat16"):
+    if dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"config.json dtype={dtype!r}; pcomp computes in 'float32' or 'bfloat16'")
+    dtype = "float32" if dtype == "float16" else dtype  # float16 has no pcomp compute dtype; float32 holds it exactly
     cfg = ModelConfig(
         name=name,
         vocab_size=raw["vocab_size"],
@@ -241,8 +243,10 @@ def _from_torch(t) -> np.ndarray:
 
     if t.dtype == torch.bfloat16:
         return t.float().numpy().astype(ml_dtypes.bfloat16)
-    if t.dtype not in (torch.float32,):
-        raise CheckpointError(f"tensor dtype {t.dtype}; pcomp imports float32 or bfloat16 weights")
+    if t.dtype == torch.float16:
+        return t.float().numpy()  # exact
+    if t.dtype != torch.float32:
+        raise CheckpointError(f"tensor dtype {t.dtype}; pcomp imports float32, bfloat16 or float16 weights")
     return t.numpy()
 
 
@@ -379,11 +383,15 @@ def export_hf(run, out, *, max_shard_size=DEFAULT_MAX_SHARD_SIZE) -> dict:
         raise ConfigError(f"output directory {out} exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     cfg = run.cfg.model
-    files = save_safetensors(to_hf_state_dict(cfg, run.params), out, max_shard_size)
-    LlamaConfig(**hf_config_dict(cfg, run.tokenizer)).save_pretrained(str(out))
-    GenerationConfig(bos_token_id=run.tokenizer.bos_id, eos_token_id=run.tokenizer.eos_id,
-                     max_length=cfg.max_seq_len).save_pretrained(str(out))
-    what = export_tokenizer(run.tokenizer, out)
+    try:
+        files = save_safetensors(to_hf_state_dict(cfg, run.params), out, max_shard_size)
+        LlamaConfig(**hf_config_dict(cfg, run.tokenizer)).save_pretrained(str(out))
+        GenerationConfig(bos_token_id=run.tokenizer.bos_id, eos_token_id=run.tokenizer.eos_id,
+                         max_length=cfg.max_seq_len).save_pretrained(str(out))
+        what = export_tokenizer(run.tokenizer, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # no half-written folder that transformers would half-load
+        raise
     return {"out": str(out), "files": files, "tokenizer": what, "step": run.step}
 
 
@@ -403,7 +411,11 @@ def import_hf(src, out, overrides: tuple[str, ...] = ()) -> Config:
     if tokenizer.vocab_size != model_cfg.vocab_size:
         raise ConfigError(f"config.json vocab_size={model_cfg.vocab_size} but the tokenizer has "
                           f"{tokenizer.vocab_size} ids; pcomp needs them equal")
-    params = from_hf_state_dict(model_cfg, load_safetensors(src))
+    tensors = load_safetensors(src)
+    stored = {x.dtype.name for x in tensors.values()}  # keep the weights' own precision (bf16 compute may
+    param_dtype = "bfloat16" if stored == {"bfloat16"} else "float32"  # run on float32 weights)
+    model_cfg = dataclasses.replace(model_cfg, param_dtype=param_dtype)
+    params = from_hf_state_dict(model_cfg, tensors)
     kind = tokenizer.name if tokenizer.name in _TEXT_TOKENIZERS else str(out / "tokenizer")
     cfg = Config(model=model_cfg,
                  data=DataConfig(tokenizer=kind, seq_len=min(DataConfig.seq_len, model_cfg.max_seq_len)),

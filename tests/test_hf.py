@@ -168,7 +168,7 @@ def random_hf_llama(folder: Path, tokenizer, *, tie: bool) -> "transformers.Llam
 
 
 @pytest.mark.parametrize("tie", [True, False])
-def test_export_of_import_gives_the_hf_logits(tmp_path, sp_tokenizer, tie):
+def test_export_of_import_gives_the_hf_logits(tmp_path, capsys, sp_tokenizer, tie):
     src = tmp_path / "src"
     model = random_hf_llama(src, sp_tokenizer, tie=tie)
     tokens = np.random.default_rng(2).integers(0, sp_tokenizer.vocab_size, (2, 40))
@@ -179,6 +179,17 @@ def test_export_of_import_gives_the_hf_logits(tmp_path, sp_tokenizer, tie):
     assert run.cfg.model.rope_theta == 5000.0 and run.cfg.model.norm_eps == 1e-6 and run.cfg.model.n_kv_heads == 2
     assert run.tokenizer.name == "sentencepiece" and run.tokenizer.model_proto == sp_tokenizer.model_proto
     np.testing.assert_allclose(pcomp_logits(run, tokens), reference, atol=TOL, rtol=0)
+    # `pcomp generate` (greedy) continues the prompt exactly as transformers' generate does
+    capsys.readouterr()
+    assert main(["generate", "--checkpoint", str(tmp_path / "run"), "--prompt", "The ", "--max-tokens", "32",
+                 "--temperature", "0"]) == 0
+    prompt = [1, *sp_tokenizer.encode(b"The ").tolist()]
+    with torch.no_grad():
+        ids = model.generate(torch.as_tensor([prompt]), max_new_tokens=32, do_sample=False, eos_token_id=2,
+                             pad_token_id=0)[0, len(prompt):].tolist()
+    assert len(set(ids)) > 1
+    expected = "The " + sp_tokenizer.decode(ids).decode("utf-8", errors="replace") + "\n"
+    assert capsys.readouterr().out == expected
     assert main(["export-hf", "--checkpoint", str(tmp_path / "run"), str(tmp_path / "hf")]) == 0
     np.testing.assert_array_equal(hf_logits(tmp_path / "hf", tokens), reference)  # the very same weights
 
@@ -274,3 +285,12 @@ def test_imported_run_continues_training(tmp_path, sp_tokenizer):
     moved = [not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(pure(before.params)),
                                                      jax.tree.leaves(pure(after.params)))]
     assert all(moved)  # it trained from the imported weights
+
+
+def test_pcomp_imports_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, pcomp, pcomp.cli, pcomp.hf; pcomp.cli.build_parser(); "
+            "bad = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
