@@ -422,7 +422,8 @@ def import_hf(src, out, overrides: tuple[str, ...] = ()) -> Config:
                  training=TrainingConfig(workdir=str(out)))
     bad = [o for o in overrides if o.split("=", 1)[0].split(".")[0] not in ("data", "training", "mesh")]
     if bad:
-        raise ConfigError(f"override {bad[0]!r}: import-hf takes data.*, training.* and mesh.* (the model is the import)")
+        raise ConfigError(f"override {bad[0]!r}: import-hf takes data.*, training.* and mesh.* "
+                          "(the model is the import)")
     cfg = cfg.override(*overrides)
     cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, workdir=str(out))).validate()
     out.mkdir(parents=True, exist_ok=True)
@@ -480,7 +481,8 @@ def add_commands(sub) -> None:
     i = sub.add_parser("import-hf", help="turn a local Hugging Face Llama folder into a pcomp run directory")
     i.add_argument("src", help="local folder with config.json, model.safetensors and tokenizer.model")
     i.add_argument("--out", required=True, help="the new run directory")
-    i.add_argument("overrides", nargs="*", help="data.key=value / training.key=value for continuing the run (after SRC, before --out)")
+    i.add_argument("overrides", nargs="*",
+                   help="data.key=value / training.key=value for continuing the run (after SRC, before --out)")
     i.set_defaults(fn=_cmd_import)
 
 
