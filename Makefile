@@ -10,7 +10,7 @@ TEST_FLAGS ?= -n 2
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,hf]'
 	touch $@
 
 setup: $(BIN)/.installed

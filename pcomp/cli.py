@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_demo)
 
     _add_compress_commands(sub)
+    from pcomp.hf import add_commands as add_hf_commands
+
+    add_hf_commands(sub)
     return p
 
 

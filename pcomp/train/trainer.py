@@ -122,6 +122,24 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
             lock.__exit__(None, None, None)
 
 
+def save_initial_checkpoint(cfg: Config, params) -> None:
+    """Set up the run in cfg.training.workdir and write a step-0 checkpoint holding `params` (e.g.
+    imported weights) exactly as the first stage starts: fresh optimizer state, the data iterator at
+    its start. `train(cfg)` then continues from those parameters."""
+    cfg.validate()
+    with WorkdirLock(cfg.training.workdir):
+        ctx = setup(cfg)
+        stage = ctx.stages[0]
+        program = build_program(ctx.cfg.model, cfg.training, ctx.mesh, steps=stage.steps,
+                                patch_size=stage.patch_size)
+        with jax.set_mesh(ctx.mesh):
+            state = program.init(params)
+        ckpt = Checkpointer(checkpoint_dir(ctx.cfg), cfg.training.keep_checkpoints)
+        ckpt.save(0, state, ctx.data.batches(stage.seq_tokens, 0), _meta(_Position(), 0, []))
+        ckpt.wait()
+        ckpt.close()
+
+
 @dataclasses.dataclass
 class _Position:
     """Where a run is inside a stage; saved in every checkpoint's metadata."""
@@ -286,8 +304,7 @@ class _Run:
             stopping = gstep == self.stop_at or self.stop.received is not None
             if end or pos.stage_step % tc.checkpoint_every == 0 or stopping:
                 self._check_finite(gstep, metrics)  # a non-finite state is never written
-                meta = {**dataclasses.asdict(pos), "global_step": gstep, "summaries": self.summary["stages"]}
-                self.ckpt.save(gstep, state, iterator, meta)
+                self.ckpt.save(gstep, state, iterator, _meta(pos, gstep, self.summary["stages"]))
             if stopping:
                 break
         return state
@@ -303,6 +320,11 @@ class _Run:
                 + (f"the last good checkpoint is step {last} in {self.ckpt.directory}" if last is not None
                    else "no checkpoint was written")
                 + "; lower training.lr or raise training.warmup_steps")
+
+
+def _meta(pos: _Position, gstep: int, summaries: list) -> dict:
+    """A checkpoint's run position: where in which stage, and the finished stages' summaries."""
+    return {**dataclasses.asdict(pos), "global_step": gstep, "summaries": summaries}
 
 
 def _progress(total: int, enabled: bool):
