@@ -9,6 +9,8 @@
 set -euo pipefail
 
 PROG=device_check.sh
+# shellcheck source-path=SCRIPTDIR source=../tpu_scripts/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../tpu_scripts/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -34,23 +36,6 @@ Sizes (environment): TRAIN_ARGS (default "--models 125m --dtype bfloat16 --batch
 The test suite runs on 8 simulated CPU devices (JAX_PLATFORMS=cpu), as in CI; the benchmarks run on
 the GPU.
 EOF
-}
-
-die() {
-  echo "$PROG: error: $*" >&2
-  exit 2
-}
-
-q() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-need_value() {
-  [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"
 }
 
 PYTHON="${PYTHON:-python3}"

@@ -484,9 +484,10 @@ def test_help_exits_zero(script):
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
-@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("script", SCRIPTS + [ROOT / "tpu_scripts" / "common.sh"], ids=lambda p: p.name)
 def test_shellcheck_clean(script):
-    proc = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True, text=True)
+    proc = subprocess.run(["shellcheck", "-x", "--shell=bash", str(script)], cwd=script.parent, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -13,6 +13,8 @@
 set -euo pipefail
 
 PROG=gpu_launch.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -32,31 +34,6 @@ Options
 
 Without any of the first five options pcomp runs as one process that uses every visible GPU.
 EOF
-}
-
-die() {
-  echo "$PROG: error: $*" >&2
-  exit 2
-}
-
-q() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-qargs() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(q "$a")"
-  done
-  printf '%s' "$out"
-}
-
-need_value() {
-  [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"
 }
 
 COORDINATOR="" NUM="" PID="" DEVICES="" LOCAL="" PORT=12355 DRY_RUN=0

@@ -7,6 +7,8 @@
 set -euo pipefail
 
 PROG=tpu_scripts/tpu.sh
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 usage() {
   cat <<'EOF'
@@ -61,29 +63,6 @@ Example (a v4-32 pod slice from a queued Spot request, checkpoints on GCS):
 EOF
 }
 
-die() {
-  echo "$PROG: error: $*" >&2
-  exit 2
-}
-
-# Quote one word for a POSIX shell: plain words stay as they are, others go in single quotes.
-q() {
-  if [[ -n "$1" && "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf "'%s'" "${1//\'/\'\\\'\'}"
-  fi
-}
-
-# Quote a whole argv as one shell line.
-qargs() {
-  local out="" a
-  for a in "$@"; do
-    out+="${out:+ }$(q "$a")"
-  done
-  printf '%s' "$out"
-}
-
 # Print (dry run) or run one command.
 run() {
   if [[ "$DRY_RUN" == 1 ]]; then
@@ -110,10 +89,6 @@ PCOMP_BRANCH="${PCOMP_BRANCH:-main}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
 DRY_RUN="${DRY_RUN:-0}"
 read -r -a JOB_ENV_LIST <<<"${JOB_ENV:-}"
-
-need_value() {
-  [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value"
-}
 
 COMMAND=""
 PCOMP_ARGS=()
