@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from pcomp.config import MeshConfig
+from pcomp.config import MeshConfig, ModelConfig, check_mesh_fits_model
 from pcomp.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -50,13 +50,16 @@ def logical_to_spec(axes: Sequence[str | None], rules: dict = RULES) -> P:
     return P(*out)
 
 
-def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over all (or the given) devices; data=-1 takes the rest."""
+def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None,
+              model: ModelConfig | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all (or the given) devices; data=-1 takes the rest.
+
+    A mesh that does not fit the device count, or (with `model`) that does not divide the
+    dimensions it shards, is a one-line ConfigError here, before anything is compiled."""
+    cfg.validate()
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     sizes = [cfg.data, cfg.fsdp, cfg.tensor]
-    if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-        raise ConfigError(f"bad mesh {cfg}: sizes must be positive, and at most one may be -1 (= the rest)")
     if -1 in sizes:
         i = sizes.index(-1)
         rest = math.prod(s for j, s in enumerate(sizes) if j != i)
@@ -69,6 +72,8 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = {math.prod(sizes)} "
             f"does not match the {n} available devices"
         )
+    if model is not None:
+        check_mesh_fits_model(dict(zip(MESH_AXES, sizes)), model)
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
