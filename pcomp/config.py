@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import functools
 import json
 import math
 import numbers
@@ -275,7 +276,7 @@ class Config:
             fields = {f.name: f for f in dataclasses.fields(sub)}
             if field not in fields:
                 raise ConfigError(f"unknown override key {key!r}; {section} has {sorted(fields)}")
-            typ = typing.get_type_hints(type(sub))[field]
+            typ = _hints(type(sub))[field]
             sub = dataclasses.replace(sub, **{field: parse_value(value, typ, key, text=True)})
             cfg = dataclasses.replace(cfg, **{section: sub})
         return cfg
@@ -320,7 +321,7 @@ def from_dict(raw: Any, *, origin: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {name!r} in {origin} is a JSON {_json_kind(values)} "
                               f"({_short(values)}); expected an object of {name}.key values")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         unknown = set(values) - set(hints)
         if unknown:
             raise ConfigError(f"unknown keys {sorted(unknown)} in config section {name!r}; {name} has {sorted(hints)}")
@@ -384,6 +385,12 @@ def _from_text(value: str, typ: type) -> Any:
         return None
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a config dataclass (cached: resolving them parses annotations)."""
+    return typing.get_type_hints(cls)
+
+
 def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
@@ -407,7 +414,7 @@ def _short(value: Any, limit: int = 60, *, text: bool = False) -> str:
 def _check_types(cfg: Any, section: str) -> None:
     """Every field of a config dataclass holds its annotated type (configs built in Python bypass the
     parser): int fields a non-bool int, float fields a non-bool number, str a str, bool a bool."""
-    for key, typ in typing.get_type_hints(type(cfg)).items():
+    for key, typ in _hints(type(cfg)).items():
         value = getattr(cfg, key)
         abstract = {int: numbers.Integral, float: numbers.Real}.get(typ, typ)  # numpy scalars are fine
         ok = isinstance(value, abstract) and (typ is bool or not isinstance(value, bool))
