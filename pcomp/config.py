@@ -7,7 +7,7 @@ previous run (`runs/x/config.json`), then apply CLI overrides such as `training.
 
 Every value is type-checked against the dataclass field's type by one parser (`parse_value`), for
 override strings and JSON values alike, and `Config.validate` checks every range (finite positive
-learning rate, betas in [0, 1), a mesh that divides the model, ...). Bad input of any shape is a
+learning rate, betas in [0, 1), mesh axes that divide the model, ...). Bad input of any shape is a
 `ConfigError` naming the key, the bad value and what was expected; never another exception.
 """
 
@@ -197,7 +197,8 @@ class MeshConfig:
 def check_mesh_fits_model(sizes: dict[str, int], model: ModelConfig) -> None:
     """Sharding splits dimensions evenly: `tensor` must divide the attention heads, the KV heads, d_ff
     and the padded vocabulary, and `fsdp` must divide d_model (see pcomp.models.sharding.RULES).
-    `sizes` maps mesh axis names to sizes; axes absent or -1 are not checked."""
+    `sizes` maps mesh axis names to sizes; axes absent or -1 are not checked (`Config.validate`), so
+    `make_mesh(..., model=...)` checks again once the device count has resolved every axis."""
     needs = {
         "tensor": [("model.n_heads", model.n_heads), ("model.n_kv_heads", model.kv_heads),
                    ("model.d_ff", model.d_ff), ("the padded vocabulary", model.padded_vocab)],
@@ -295,7 +296,7 @@ class Config:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
             )
-        check_mesh_fits_model(dataclasses.asdict(self.mesh), self.model)
+        check_mesh_fits_model(dataclasses.asdict(self.mesh), self.model)  # -1 axes: make_mesh(model=...)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -193,7 +193,8 @@ def test_ints_are_accepted_for_float_fields_and_kept_as_float(tmp_path):
         ("data.tokenizer=", "data.tokenizer is empty"),
         ("mesh.fsdp=0", "mesh.fsdp=0 must be >= 1, or -1"),
         ("mesh.tensor=-2", "mesh.tensor=-2 must be >= 1, or -1"),
-        ("mesh.tensor=8", "mesh.tensor=8 does not divide model.n_heads=4"),
+        ("mesh.tensor=8", "mesh.tensor=8 does not divide model.n_heads=4; mesh.tensor must divide model.n_heads=4, "
+                          "model.n_kv_heads=4, model.d_ff=128, the padded vocabulary=384"),
         ("mesh.fsdp=128", "mesh.fsdp=128 does not divide model.d_model=64"),
     ],
 )
@@ -230,6 +231,31 @@ def test_mesh_fits_model():
         "mesh.tensor=4 does not divide model.d_ff=102")
     model = dataclasses.replace(model, d_ff=128, vocab_size=4000)  # padded vocabulary 4096
     check_mesh_fits_model({"tensor": 4, "data": -1, "fsdp": -1}, model)  # -1 axes are checked by make_mesh
+
+
+@pytest.mark.parametrize(
+    "model, mesh_cfg, message",
+    [
+        (TINY.model, MeshConfig(data=1, fsdp=1, tensor=8), "mesh.tensor=8 does not divide model.n_heads=4 (parameter"),
+        (dataclasses.replace(TINY.model, n_kv_heads=2), MeshConfig(data=2, fsdp=1, tensor=4),
+         "mesh.tensor=4 does not divide the KV heads (model.n_kv_heads, 0 = n_heads)=2"),
+        (dataclasses.replace(TINY.model, d_ff=102), MeshConfig(data=2, fsdp=1, tensor=4),
+         "mesh.tensor=4 does not divide model.d_ff=102"),
+        (dataclasses.replace(TINY.model, d_model=36, n_heads=2), MeshConfig(data=1, fsdp=8, tensor=1),
+         "mesh.fsdp=8 does not divide model.d_model=36"),
+    ],
+)
+def test_param_shardings_refuse_a_mesh_that_does_not_divide_the_model(model, mesh_cfg, message):
+    """The training path (state shardings from an abstract state, before any compile)."""
+    from pcomp.models.sharding import make_mesh, param_shardings
+    from pcomp.train.step import abstract_model
+
+    _, abstract = abstract_model(model)
+    mesh = make_mesh(mesh_cfg)
+    assert _one_line_error(lambda: param_shardings(abstract, mesh)).startswith(message)
+    msg = _one_line_error(lambda: make_mesh(mesh_cfg, model=model))  # the same check, from the config
+    assert msg.startswith(message.split(" (parameter")[0].replace("the KV heads (model.n_kv_heads, 0 = n_heads)",
+                                                                   "model.n_kv_heads")), msg
 
 
 def test_make_mesh_checks_the_model_after_resolving_the_rest_axis():
