@@ -51,7 +51,9 @@ def os_error(path, e: OSError, doing: str = "") -> PathError:
         errno.ENAMETOOLONG: "the path is too long",
     }.get(e.errno)
     if e.errno == errno.EEXIST:
-        reason = "it is a file; expected a directory" if names and os.path.isfile(names[0]) else "it already exists"
+        existing = e.filename if e.filename not in (None, "") else path
+        reason = ("it is a file; expected a directory" if existing is not None and os.path.isfile(existing)
+                  else "it already exists")
     reason = reason or e.strerror or str(e) or type(e).__name__
     message = f"cannot {doing} {where}: {reason}" if doing else f"{where}: {reason}"
     return PathError(" ".join(message.splitlines()))

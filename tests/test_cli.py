@@ -134,15 +134,18 @@ def test_os_error_is_one_line_naming_the_path(tmp_path):
     f = tmp_path / "f"
     f.write_text("x")
     cases = [
-        (FileExistsError(errno.EEXIST, "File exists", str(f)), f"{f}: it is a file; expected a directory"),
-        (FileExistsError(errno.EEXIST, "File exists", str(tmp_path)), f"{tmp_path}: it already exists"),
-        (OSError(errno.ENOSPC, "No space left on device"), f"{f}: no space left on device"),
-        (PermissionError(errno.EACCES, "Permission denied", "/x"), f"{f} -> /x: permission denied"),
-        (OSError(errno.ENOTDIR, "Not a directory", str(f / "sub")), f"{f} -> {f / 'sub'}: a part of the path is a file, not a directory"),
-        (OSError(errno.EIO, "Input/output\nerror"), f"{f}: Input/output error"),
+        (None, FileExistsError(errno.EEXIST, "File exists", str(f)), f"{f}: it is a file; expected a directory"),
+        (f, FileExistsError(errno.EEXIST, "File exists"), f"{f}: it is a file; expected a directory"),
+        (None, FileExistsError(errno.EEXIST, "File exists", str(tmp_path)), f"{tmp_path}: it already exists"),
+        (f, OSError(errno.ENOSPC, "No space left on device"), f"{f}: no space left on device"),
+        (f, PermissionError(errno.EACCES, "Permission denied", "/x"), f"{f} -> /x: permission denied"),
+        (None, OSError(errno.ENOTDIR, "Not a directory", str(f / "sub")),
+         f"{f / 'sub'}: a part of the path is a file, not a directory"),
+        (f, OSError(errno.EIO, "Input/output\nerror"), f"{f}: Input/output error"),
+        (None, OSError("no errno at all"), "(unknown path): no errno at all"),
     ]
-    for e, expected in cases:
-        err = os_error(f, e)
+    for path, e, expected in cases:
+        err = os_error(path, e)
         assert isinstance(err, PathError) and str(err) == expected
     err = os_error(None, OSError(errno.ENOENT, "No such file", "/a/b"), "create the work directory")
     assert str(err) == "cannot create the work directory /a/b: no such file or directory"
@@ -201,16 +204,21 @@ def _greedy_reference(graphdef, params, prompt, n_new, max_len, bos):
     """Naive greedy decoding: a full forward pass over the current window for every token; the window
     is the whole sequence until it would pass max_len, then BOS (if the prompt starts with it) and the
     last max_len // 2 - 1 (with BOS) or max_len // 2 (without) tokens."""
+    import jax
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    model = nnx.merge(graphdef, params)
+    # causal: the logits at position i do not depend on the padding after it (one compile for all lengths)
+    forward = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
+    vocab = nnx.merge(graphdef, params).cfg.vocab_size
     seq, window = list(prompt), list(prompt)
     head = [prompt[0]] if bos is not None and prompt[0] == bos else []
     keep = max_len // 2
     while len(seq) - len(prompt) < n_new:
-        logits = np.asarray(model(jnp.asarray([window], jnp.int32)))[0, -1, :model.cfg.vocab_size]
+        padded = np.zeros((1, max_len), np.int32)
+        padded[0, : len(window)] = window
+        logits = np.asarray(forward(params, jnp.asarray(padded)))[0, len(window) - 1, :vocab]
         token = int(np.argmax(logits))
         seq.append(token)
         window.append(token)
