@@ -17,7 +17,7 @@ class _Parser(argparse.ArgumentParser):
     `pcomp: error: ...` and exit status 2, like every other bad input."""
 
     def error(self, message: str):
-        self.exit(2, f"pcomp: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"pcomp: error: {message} (see {self.prog} --help)\n")
 
 
 def _cmd_train(args) -> None:
@@ -61,7 +61,8 @@ def _cmd_generate(args) -> None:
         raise ConfigError(f"--seed {args.seed} must be in [0, 2**32)")
     run = load_trained(args.checkpoint)
     tok = run.tokenizer
-    ids = tok.encode(args.prompt.encode("utf-8"))
+    prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes given, even if not UTF-8
+    ids = tok.encode(prompt)
     if tok.bos_id is not None:
         ids = [tok.bos_id, *ids]
     context = run.cfg.model.max_seq_len
@@ -74,7 +75,7 @@ def _cmd_generate(args) -> None:
     out = generate(run.graphdef, run.params, ids, max_new_tokens=args.max_tokens, max_len=context,
                    temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop_id=tok.eos_id,
                    bos_id=tok.bos_id)
-    sys.stdout.write(args.prompt + tok.decode(out).decode("utf-8", errors="replace") + "\n")
+    sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
 
 
 def _at_least(flag: str, value: int, low: int, note: str = "") -> None:
