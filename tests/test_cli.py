@@ -104,14 +104,16 @@ def _one_line(capsys) -> str:
 def test_empty_data_file_says_so(tmp_path, capsys):
     data = tmp_path / "empty.txt"
     data.write_bytes(b"")
-    assert main(["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]) == 2
+    argv = ["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]
+    assert main(argv) == 2
     assert _one_line(capsys) == f"pcomp: error: data file {data} is empty; expected text"
 
 
 def test_data_file_too_small_for_the_held_out_split_gives_the_sizes(tmp_path, capsys):
     data = tmp_path / "tiny.txt"
     data.write_bytes(b"abc\n")  # 10% of 4 bytes rounds to 0 held-out bytes
-    assert main(["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]) == 2
+    argv = ["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]
+    assert main(argv) == 2
     err = _one_line(capsys)
     assert f"data source {data} (4 bytes) is too small to hold out eval_fraction=0.1" in err
     assert "4 bytes to train on and 0 held out" in err
