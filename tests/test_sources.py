@@ -156,6 +156,8 @@ def test_bad_arguments(tmp_path):
         load_documents("embedded", "eval", eval_fraction=-0.1)
     with pytest.raises(ConfigError, match="'test'"):
         load_documents("embedded", "test")
+    with pytest.raises(ConfigError, match="the data source is empty"):  # not the current directory
+        load_documents("", "train")
 
 
 def test_empty_sources_say_so(tmp_path):

@@ -41,6 +41,10 @@ def load_documents(
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if not source:  # "" would otherwise read the current directory
+        raise ConfigError(
+            f"the data source is empty; expected {EMBEDDED!r}, a file or directory path or {TFDS_PREFIX}NAME"
+        )
     if source.startswith(TFDS_PREFIX):
         return _tfds_documents(source[len(TFDS_PREFIX):], split, text_field=text_field, data_dir=data_dir)
     if not (isinstance(eval_fraction, (int, float)) and 0.0 <= eval_fraction < 1.0):
