@@ -115,8 +115,8 @@ def param_shardings(state, mesh: Mesh):
         return v.replace(NamedSharding(mesh, spec))
 
     out = jax.tree_util.tree_map_with_path(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    if bad:
-        raise ConfigError(min(bad)[1])
+    if bad:  # the most telling axis, on the parameter with the shortest path (params before optimizer state)
+        raise ConfigError(min(bad, key=lambda b: (b[0], len(b[1]), b[1]))[1])
     return out
 
 
