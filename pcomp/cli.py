@@ -6,9 +6,18 @@ Every subcommand reports bad input as one line `pcomp: error: ...` and exits wit
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
-from pcomp.errors import PcompError
+from pcomp.errors import ConfigError, PcompError, os_error
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (a missing argument, `--batch-size abc`) are one line
+    `pcomp: error: ...` and exit status 2, like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"pcomp: error: {message} (see {self.prog} --help)\n")
 
 
 def _cmd_train(args) -> None:
@@ -29,8 +38,13 @@ def _cmd_eval(args) -> None:
     from pcomp.data.sources import load_documents
     from pcomp.train.load import evaluate, load_trained
 
+    _at_least("--batch-size", args.batch_size, 1)
+    _at_least("--max-bytes", args.max_bytes, 0, " (0 = all)")
+    # data.key=value or key=value, both meaning a key of the data section
+    overrides = [o if o.startswith("data.") else f"data.{o}" for o in args.overrides]
+    dc = Config().override(*overrides).data if overrides else None
     run = load_trained(args.checkpoint)
-    dc = Config().override(*[f"data.{o}" for o in args.overrides]).data if args.overrides else run.cfg.data
+    dc = dc or run.cfg.data
     source = args.data or run.cfg.data.source
     docs = load_documents(source, args.split, eval_fraction=run.cfg.data.eval_fraction, text_field=dc.text_field,
                           data_dir=dc.data_dir or None)
@@ -43,15 +57,34 @@ def _cmd_generate(args) -> None:
     from pcomp.models.generate import generate
     from pcomp.train.load import load_trained
 
+    _at_least("--max-tokens", args.max_tokens, 1)
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise ConfigError(f"--temperature {args.temperature} must be a finite number >= 0 (0 = greedy)")
+    _at_least("--top-k", args.top_k, 0, " (0 = the whole vocabulary)")
+    if not 0 <= args.seed < 2**32:
+        raise ConfigError(f"--seed {args.seed} must be in [0, 2**32)")
     run = load_trained(args.checkpoint)
     tok = run.tokenizer
-    ids = tok.encode(args.prompt.encode("utf-8"))
+    prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes given, even if not UTF-8
+    ids = tok.encode(prompt)
     if tok.bos_id is not None:
         ids = [tok.bos_id, *ids]
-    out = generate(run.graphdef, run.params, ids, max_new_tokens=args.max_tokens,
-                   max_len=run.cfg.model.max_seq_len, temperature=args.temperature, top_k=args.top_k,
-                   seed=args.seed, stop_id=tok.eos_id)
-    sys.stdout.write(args.prompt + tok.decode(out).decode("utf-8", errors="replace") + "\n")
+    context = run.cfg.model.max_seq_len
+    if not ids:
+        raise ConfigError(f"--prompt is empty and tokenizer {tok.name} has no BOS to start from; give a prompt")
+    if len(ids) > context:
+        bos = " including BOS" if tok.bos_id is not None else ""
+        raise ConfigError(f"--prompt is {len(ids)} tokens{bos} but the model's context is {context} tokens "
+                          f"(model.max_seq_len); shorten the prompt")
+    out = generate(run.graphdef, run.params, ids, max_new_tokens=args.max_tokens, max_len=context,
+                   temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop_id=tok.eos_id,
+                   bos_id=tok.bos_id)
+    sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
+
+
+def _at_least(flag: str, value: int, low: int, note: str = "") -> None:
+    if value < low:
+        raise ConfigError(f"{flag} {value} must be >= {low}{note}")
 
 
 def _cmd_demo(args) -> None:
@@ -61,7 +94,7 @@ def _cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pcomp", description=__doc__.splitlines()[0])
+    p = _Parser(prog="pcomp", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train (or resume) a model: pcomp train --config PRESET key=value ...")
@@ -81,9 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample a continuation of a prompt")
     g.add_argument("--checkpoint", required=True, help="the run's work directory")
     g.add_argument("--prompt", required=True)
-    g.add_argument("--max-tokens", type=int, default=200)
+    g.add_argument("--max-tokens", type=int, default=200,
+                   help="tokens to generate; past the model's context the window slides by half a context")
     g.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens (0 = all)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(fn=_cmd_generate)
 
@@ -116,7 +150,10 @@ def _quiet_shutdown() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (already printed as one line) or --help
+        return e.code if isinstance(e.code, int) else 2
     try:
         rc = args.fn(args)
     except PcompError as e:
@@ -124,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_shutdown()
         return 2
     except OSError as e:  # unreadable / unwritable paths are the user's to fix, not a crash
-        print(f"pcomp: error: {e}", file=sys.stderr)
+        print(f"pcomp: error: {os_error(None, e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pcomp: interrupted", file=sys.stderr)

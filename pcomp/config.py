@@ -4,19 +4,28 @@ A run is described by one `Config` made of `ModelConfig`, `DataConfig`, `Trainin
 `MeshConfig`. Start from a preset (`Config.preset("m1-3m")`) or a JSON file written by a
 previous run (`runs/x/config.json`), then apply CLI overrides such as `training.lr=1e-3`,
 `mesh.fsdp=2` or `model=25m` (swap the whole model preset).
+
+Every value is type-checked against the dataclass field's type by one parser (`parse_value`), for
+override strings and JSON values alike, and `Config.validate` checks every range (finite positive
+learning rate, betas in [0, 1), mesh axes that divide the model, ...). Bad input of any shape is a
+`ConfigError` naming the key, the bad value and what was expected; never another exception.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
+import functools
 import json
+import math
 import numbers
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from pcomp.errors import ConfigError
+
+SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what every RNG (numpy, grain, jax) accepts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +62,13 @@ class ModelConfig:
         return -(-self.vocab_size // 128) * 128
 
     def validate(self) -> None:
+        _check_types(self, "model")
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+            _at_least(self, "model", key, 1)
+        _at_least(self, "model", "n_kv_heads", 0, " (0 = n_heads)")
+        for key in ("rope_theta", "norm_eps", "init_std"):
+            _finite_positive(self, "model", key)
+        # ranges first: a negative d_model is "must be >= 1", not "not divisible"
         if self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -64,9 +80,6 @@ class ModelConfig:
                 raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected 'float32' or 'bfloat16'")
         if self.attention not in ("auto", "blocked", "fused"):
             raise ConfigError(f"model.attention={self.attention!r}; expected 'auto', 'blocked' or 'fused'")
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +97,26 @@ class DataConfig:
     seed: int = 0  # shuffle seed
     bos_first: bool = False  # every training sequence starts with BOS (M1: learns to predict from an empty context)
     read_threads: int = 2  # grain prefetch threads
+
+    def validate(self) -> None:
+        _check_types(self, "data")
+        for key in ("source", "tokenizer", "text_field"):
+            if not getattr(self, key):
+                raise ConfigError(f"data.{key} is empty; expected {_DATA_EXPECTED[key]}")
+        _at_least(self, "data", "vocab_size", 1)
+        _at_least(self, "data", "seq_len", 2)
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"data.eval_fraction={self.eval_fraction} must be in [0, 1)")
+        _at_least(self, "data", "eval_max_bytes", 0, " (0 = all)")
+        _seed(self, "data")
+        _at_least(self, "data", "read_threads", 0)
+
+
+_DATA_EXPECTED = {
+    "source": "'embedded', a file or directory path, or tfds:NAME",
+    "tokenizer": "'bytes', 'sentencepiece' or a directory holding tokenizer.json",
+    "text_field": "the name of the JSONL / TFDS field holding the text",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,19 +147,32 @@ class TrainingConfig:
     progress: bool = True  # tqdm progress bar on process 0
 
     def validate(self) -> None:
-        if self.patch_size < 1:
-            raise ConfigError(f"training.patch_size={self.patch_size} must be >= 1")
-        if not 0.0 <= self.patch_fraction <= 1.0:
-            raise ConfigError(f"training.patch_fraction={self.patch_fraction} must be in [0, 1]")
-        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+        _check_types(self, "training")
+        for key in ("batch_size", "grad_accum", "patch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+            _at_least(self, "training", key, 1)
+        for key in ("steps", "tokens", "warmup_steps", "eval_every"):
+            _at_least(self, "training", key, 0)
+        _finite_positive(self, "training", "lr")
+        _finite_positive(self, "training", "grad_clip")
+        for key in ("weight_decay", "z_loss"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"training.{key}={value} must be a finite number >= 0")
+        for key in ("min_lr_ratio", "patch_fraction"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"training.{key}={getattr(self, key)} must be in [0, 1]")
+        for key in ("b1", "b2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"training.{key}={getattr(self, key)} must be in [0, 1)")
+        _seed(self, "training")
+        if self.batch_size % self.grad_accum:
             raise ConfigError(
                 f"training.batch_size={self.batch_size} must be divisible by training.grad_accum={self.grad_accum}"
             )
-        for key in ("batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"training.{key}={getattr(self, key)} must be >= 1")
         if self.steps < 1 and self.tokens < 1:
             raise ConfigError("set training.steps or training.tokens to a positive number")
+        if not self.workdir:
+            raise ConfigError("training.workdir is empty; expected a directory path for the run")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +182,38 @@ class MeshConfig:
     data: int = -1  # -1 = all devices not used by fsdp and tensor
     fsdp: int = 1
     tensor: int = 1
+
+    def validate(self) -> None:
+        _check_types(self, "mesh")
+        sizes = dataclasses.asdict(self)
+        for key, size in sizes.items():
+            if size < 1 and size != -1:
+                raise ConfigError(f"mesh.{key}={size} must be >= 1, or -1 for the devices the other axes leave")
+        if list(sizes.values()).count(-1) > 1:
+            rest = " and ".join(f"mesh.{k}=-1" for k, s in sizes.items() if s == -1)
+            raise ConfigError(f"{rest}: at most one mesh axis may be -1 (= the rest of the devices)")
+
+
+def check_mesh_fits_model(sizes: dict[str, int], model: ModelConfig) -> None:
+    """Sharding splits dimensions evenly: `tensor` must divide the attention heads, the KV heads, d_ff
+    and the padded vocabulary, and `fsdp` must divide d_model (see pcomp.models.sharding.RULES).
+    `sizes` maps mesh axis names to sizes; axes absent or -1 are not checked (`Config.validate`), so
+    `make_mesh(..., model=...)` checks again once the device count has resolved every axis."""
+    needs = {
+        "tensor": [("model.n_heads", model.n_heads), ("model.n_kv_heads", model.kv_heads),
+                   ("model.d_ff", model.d_ff), ("the padded vocabulary", model.padded_vocab)],
+        "fsdp": [("model.d_model", model.d_model)],
+    }
+    for axis, dims in needs.items():
+        size = sizes.get(axis, 1)
+        if size < 1:
+            continue
+        for name, dim in dims:
+            if dim % size:
+                raise ConfigError(
+                    f"mesh.{axis}={size} does not divide {name}={dim}; mesh.{axis} must divide "
+                    + ", ".join(f"{n}={d}" for n, d in dims)
+                )
 
 
 # Unique-decoding rules of Equal-Info windows that this pcomp can write and read (`pcomp.compress.windows`).
@@ -200,7 +278,7 @@ class CompressConfig:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
             if key not in fields:
                 raise ConfigError(f"unknown compression setting {key!r}; expected one of {sorted(fields)}")
-            cfg = dataclasses.replace(cfg, **{key: _parse(value, hints[key], key)})
+            cfg = dataclasses.replace(cfg, **{key: parse_value(value, hints[key], key, text=True)})
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,13 +304,26 @@ class Config:
         """A preset name, or a JSON file (e.g. a run's config.json)."""
         path = Path(preset_or_file)
         if preset_or_file.endswith(".json") or path.is_file():
+            if path.is_dir():
+                raise ConfigError(f"config file {preset_or_file!r} is a directory; expected a JSON file")
             if not path.is_file():
                 raise ConfigError(f"config file {preset_or_file!r} does not exist")
             try:
-                raw = json.loads(path.read_text())
+                text = path.read_bytes().decode("utf-8")
+            except OSError as e:
+                raise ConfigError(f"cannot read config file {preset_or_file!r}: {e.strerror or e}") from None
+            except UnicodeDecodeError as e:
+                raise ConfigError(
+                    f"config file {preset_or_file!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+                    f"offset {e.start}); expected a JSON object such as a run's config.json"
+                ) from None
+            try:
+                raw = json.loads(text)
             except json.JSONDecodeError as e:
                 raise ConfigError(f"config file {preset_or_file!r} is not valid JSON: {e}") from None
-            return from_dict(raw)
+            except RecursionError:
+                raise ConfigError(f"config file {preset_or_file!r} is nested too deeply to be a config") from None
+            return from_dict(raw, origin=f"config file {preset_or_file!r}")
         return Config.preset(preset_or_file)
 
     def override(self, *assignments: str) -> Config:
@@ -255,22 +346,26 @@ class Config:
             fields = {f.name: f for f in dataclasses.fields(sub)}
             if field not in fields:
                 raise ConfigError(f"unknown override key {key!r}; {section} has {sorted(fields)}")
-            typ = typing.get_type_hints(type(sub))[field]
-            sub = dataclasses.replace(sub, **{field: _parse(value, typ, key)})
+            typ = _hints(type(sub))[field]
+            sub = dataclasses.replace(sub, **{field: parse_value(value, typ, key, text=True)})
             cfg = dataclasses.replace(cfg, **{section: sub})
         return cfg
 
     def validate(self) -> Config:
+        for f in dataclasses.fields(Config):
+            section = getattr(self, f.name)
+            if type(section) is not type(f.default):
+                raise ConfigError(f"config section {f.name!r} is a {type(section).__name__}; "
+                                  f"expected a {type(f.default).__name__}")
         self.model.validate()
+        self.data.validate()
         self.training.validate()
-        if self.data.seq_len < 2:
-            raise ConfigError(f"data.seq_len={self.data.seq_len} must be >= 2")
+        self.mesh.validate()
         if self.data.seq_len > self.model.max_seq_len:
             raise ConfigError(
                 f"data.seq_len={self.data.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"
             )
-        if not 0.0 <= self.data.eval_fraction < 1.0:
-            raise ConfigError(f"data.eval_fraction={self.data.eval_fraction} must be in [0, 1)")
+        check_mesh_fits_model(dataclasses.asdict(self.mesh), self.model)  # -1 axes: make_mesh(model=...)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,43 +375,138 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
-    """Inverse of `Config.to_dict`, rejecting unknown keys by name."""
-    parts = {}
-    for f in dataclasses.fields(Config):
-        cls = f.default.__class__
-        values = raw.get(f.name, {})
-        known = {g.name for g in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown keys {sorted(unknown)} in config section {f.name!r}")
-        parts[f.name] = cls(**values)
-    unknown = set(raw) - set(parts)
+def from_dict(raw: Any, *, origin: str = "config") -> Config:
+    """Inverse of `Config.to_dict`: every section a JSON object, every value of its field's type;
+    unknown sections and keys are rejected by name. Ranges are checked by `Config.validate`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin} holds a JSON {_json_kind(raw)}; expected an object with sections "
+                          f"{[f.name for f in dataclasses.fields(Config)]}")
+    sections = {f.name: f.default.__class__ for f in dataclasses.fields(Config)}
+    unknown = set(raw) - set(sections)
     if unknown:
-        raise ConfigError(f"unknown config sections {sorted(unknown)}")
+        raise ConfigError(f"unknown config sections {sorted(unknown)} in {origin}; expected {sorted(sections)}")
+    parts = {}
+    for name, cls in sections.items():
+        values = raw.get(name, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {name!r} in {origin} is a JSON {_json_kind(values)} "
+                              f"({_short(values)}); expected an object of {name}.key values")
+        hints = _hints(cls)
+        unknown = set(values) - set(hints)
+        if unknown:
+            raise ConfigError(f"unknown keys {sorted(unknown)} in config section {name!r}; {name} has {sorted(hints)}")
+        parts[name] = cls(**{k: parse_value(v, hints[k], f"{name}.{k}") for k, v in values.items()})
     return Config(**parts)
 
 
-def _parse(value: str, typ: Any, key: str) -> Any:
-    if typing.get_origin(typ) in (typing.Union, types.UnionType):
-        typ = next(t for t in typing.get_args(typ) if t is not type(None))
-    try:
-        if typ is bool:
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if typ is int:
-            return int(float(value)) if ("e" in value.lower() and "." not in value) else int(value)
-        if typ is float:
-            if "/" in value:  # allow fractions such as patch_fraction=2/3
-                num, den = value.split("/")
-                return float(num) / float(den)
+def parse_value(value: Any, typ: Any, key: str, *, text: bool = False) -> Any:
+    """`value` as a `typ` (bool, int, float or str) for config key `key`, else a ConfigError.
+
+    text=True: `value` is an override string ("1e-3", "true", "2/3", "1e4" for an int). Otherwise it is a
+    JSON value and must already have the type: an int for an int (not a bool, not 3.0), a bool for a
+    bool, a number for a float, a string for a string."""
+    name = getattr(typ, "__name__", str(typ))
+    expected = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(typ, name)
+    if typ not in (bool, int, float, str):
+        raise ConfigError(f"config key {key} has unsupported type {name}")
+    if text:
+        if not isinstance(value, str):
+            raise ConfigError(f"bad value {_short(value)} for {key}: expected {expected} as a string")
+        parsed = _from_text(value, typ)
+        if parsed is None:
+            raise ConfigError(f"bad value {_short(value, text=True)} for {key}: expected {expected}")
+        return parsed
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        try:
             return float(value)
-        return str(value)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(f"bad value {value!r} for {key}: expected {typ.__name__}") from None
+        except OverflowError:
+            raise ConfigError(f"bad value {_short(value)} for {key}: too large for a float") from None
+    if isinstance(value, typ) and not (typ is not bool and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"bad value {_short(value)} for {key}: expected {expected}")
+
+
+def _from_text(value: str, typ: type) -> Any:
+    """An override string parsed as `typ`, or None when it is not one."""
+    s = value.strip()
+    if typ is str:
+        return value
+    if typ is bool:
+        return {"1": True, "true": True, "yes": True, "on": True,
+                "0": False, "false": False, "no": False, "off": False}.get(s.lower())
+    if typ is int:
+        try:
+            return int(s)
+        except ValueError:
+            pass
+        try:  # scientific notation such as 1e4 or 2.5e3, if it is a whole number
+            d = decimal.Decimal(s)
+        except (decimal.InvalidOperation, ValueError):
+            return None
+        if not d.is_finite() or d.adjusted() > 100 or d != d.to_integral_value():
+            return None
+        return int(d)
+    try:  # float
+        if "/" in s:  # a fraction such as patch_fraction=2/3
+            num, den = s.split("/")
+            return float(num) / float(den)
+        return float(s)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a config dataclass (cached: resolving them parses annotations)."""
+    return typing.get_type_hints(cls)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _short(value: Any, limit: int = 60, *, text: bool = False) -> str:
+    """A one-line, bounded repr of a value for an error message (JSON spelling for JSON values,
+    Python's repr for override strings)."""
+    try:
+        s = repr(value) if text else json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        s = repr(value)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def _check_types(cfg: Any, section: str) -> None:
+    """Every field of a config dataclass holds its annotated type (configs built in Python bypass the
+    parser): int fields a non-bool int, float fields a non-bool number, str a str, bool a bool."""
+    for key, typ in _hints(type(cfg)).items():
+        value = getattr(cfg, key)
+        abstract = {int: numbers.Integral, float: numbers.Real}.get(typ, typ)  # numpy scalars are fine
+        ok = isinstance(value, abstract) and (typ is bool or not isinstance(value, bool))
+        if not ok:
+            raise ConfigError(f"{section}.{key}={_short(value)} is a {type(value).__name__}; expected {typ.__name__}")
+
+
+def _at_least(cfg: Any, section: str, key: str, low: int, note: str = "") -> None:
+    value = getattr(cfg, key)
+    if value < low:
+        raise ConfigError(f"{section}.{key}={value} must be >= {low}{note}")
+
+
+def _finite_positive(cfg: Any, section: str, key: str) -> None:
+    value = getattr(cfg, key)
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{section}.{key}={value} must be a finite number > 0")
+
+
+def _seed(cfg: Any, section: str) -> None:
+    if not 0 <= cfg.seed < SEED_LIMIT:
+        raise ConfigError(f"{section}.seed={cfg.seed} must be in [0, 2**32)")
 
 
 # --- presets ------------------------------------------------------------------------------------

@@ -24,12 +24,32 @@ FAST = ["training.progress=false", "data.seq_len=32", "training.steps=3", "train
         (["train", "--config", "missing.json"], "missing.json"),
         (["train", "--config", "test-tiny", "data.source=/no/such/corpus.txt"], "/no/such/corpus.txt"),
         (["train", "--config", "test-tiny", "data.source=tfds:no_such_dataset_xyz"], "no_such_dataset_xyz"),
-        (["train", "--config", "test-tiny", "mesh.fsdp=3"], "does not divide the 8 available devices"),
+        (["train", "--config", "test-tiny", "mesh.fsdp=16"], "does not divide the 8 available devices"),
+        (["train", "--config", "test-tiny", "mesh.fsdp=3"], "mesh.fsdp=3 does not divide model.d_model=64"),
         (["train", "--config", "test-tiny", "mesh.data=3"], "does not match the 8 available devices"),
         (["train", "--config", "test-tiny", "training.patch_size=0"], "training.patch_size=0"),
         (["train", "--config", "test-tiny", "data.seq_len=4096"], "exceeds model.max_seq_len"),
         (["eval", "--checkpoint", "/no/such/run"], "/no/such/run"),
         (["generate", "--checkpoint", "/no/such/run", "--prompt", "x"], "/no/such/run"),
+        # ranges and types, checked before anything is loaded or compiled
+        (["train", "--config", "test-tiny", "model.d_model=-3"], "model.d_model=-3 must be >= 1"),
+        (["train", "--config", "test-tiny", "mesh.tensor=8"], "mesh.tensor=8 does not divide model.n_heads=4"),
+        (["train", "--config", "test-tiny", "training.lr=nan"], "training.lr=nan must be a finite number > 0"),
+        (["train", "--config", "test-tiny", "training.lr=-1"], "training.lr=-1.0 must be a finite number > 0"),
+        (["train", "--config", "test-tiny", "training.lr=0"], "training.lr=0.0 must be a finite number > 0"),
+        (["train", "--config", "test-tiny", "training.steps=1.5"], "bad value '1.5' for training.steps: expected an"),
+        (["eval", "--checkpoint", "/no/such/run", "--batch-size", "0"], "--batch-size 0 must be >= 1"),
+        (["eval", "--checkpoint", "/no/such/run", "--batch-size", "-4"], "--batch-size -4 must be >= 1"),
+        (["eval", "--checkpoint", "/no/such/run", "--max-bytes", "-1"], "--max-bytes -1 must be >= 0"),
+        (["eval", "--checkpoint", "/no/such/run", "--batch-size", "abc"], "--batch-size: invalid int value: 'abc'"),
+        (["generate", "--checkpoint", "/no/such/run"], "required: --prompt"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--max-tokens", "0"], "--max-tokens 0 must be >= 1"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--max-tokens", "-2"], "--max-tokens -2 must be >= 1"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--temperature", "-1"], "--temperature -1.0 must be a"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--temperature", "nan"], "--temperature nan must be a"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--temperature", "inf"], "--temperature inf must be a"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--top-k", "-1"], "--top-k -1 must be >= 0"),
+        (["generate", "--checkpoint", "/r", "--prompt", "x", "--seed", "-1"], "--seed -1 must be in [0, 2**32)"),
     ],
 )
 def test_bad_input_is_a_clear_error(argv, needle, capsys, tmp_path):
@@ -60,5 +80,167 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     assert 0 < bpb < 9  # barely trained byte model: between perfect and log2(258) * tokens/byte
     assert main(["generate", "--checkpoint", str(run), "--prompt", "Hello", "--max-tokens", "12"]) == 0
     assert capsys.readouterr().out.startswith("Hello")
+    # more tokens than the context (128) holds: the window slides instead of stopping silently at 128
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "Hi", "--max-tokens", "300"]) == 0
+    assert capsys.readouterr().out.startswith("Hi")
+    # a prompt longer than the context is an error naming both lengths (200 bytes + BOS)
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "x" * 200]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pcomp: error: --prompt is 201 tokens including BOS but the model's context is 128 tokens")
+    assert len(err.strip().splitlines()) == 1
     # config.json of a run is itself a valid --config
     assert Config.load(str(run / "config.json")).model.vocab_size == 258
+
+
+# --- data and work-directory problems: one line naming the path ------------------------------------
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("pcomp: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_empty_data_file_says_so(tmp_path, capsys):
+    data = tmp_path / "empty.txt"
+    data.write_bytes(b"")
+    argv = ["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]
+    assert main(argv) == 2
+    assert _one_line(capsys) == f"pcomp: error: data file {data} is empty; expected text"
+
+
+def test_data_file_too_small_for_the_held_out_split_gives_the_sizes(tmp_path, capsys):
+    data = tmp_path / "tiny.txt"
+    data.write_bytes(b"abc\n")  # 10% of 4 bytes rounds to 0 held-out bytes
+    argv = ["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]
+    assert main(argv) == 2
+    err = _one_line(capsys)
+    assert f"data source {data} (4 bytes) is too small to hold out eval_fraction=0.1" in err
+    assert "4 bytes to train on and 0 held out" in err
+    assert data.read_bytes() == b"abc\n"
+
+
+def test_work_directory_that_is_a_file(tmp_path, capsys):
+    work = tmp_path / "work"
+    work.write_bytes(b"precious")
+    assert main(["train", "--config", "test-tiny", *FAST, f"training.workdir={work}"]) == 2
+    assert _one_line(capsys) == f"pcomp: error: {work}: it is a file; expected a directory"
+    assert work.read_bytes() == b"precious"
+
+
+def test_os_error_is_one_line_naming_the_path(tmp_path):
+    import errno
+
+    from pcomp.errors import PathError, os_error
+
+    f = tmp_path / "f"
+    f.write_text("x")
+    cases = [
+        (None, FileExistsError(errno.EEXIST, "File exists", str(f)), f"{f}: it is a file; expected a directory"),
+        (f, FileExistsError(errno.EEXIST, "File exists"), f"{f}: it is a file; expected a directory"),
+        (None, FileExistsError(errno.EEXIST, "File exists", str(tmp_path)), f"{tmp_path}: it already exists"),
+        (f, OSError(errno.ENOSPC, "No space left on device"), f"{f}: no space left on device"),
+        (f, PermissionError(errno.EACCES, "Permission denied", "/x"), f"{f} -> /x: permission denied"),
+        (None, OSError(errno.ENOTDIR, "Not a directory", str(f / "sub")),
+         f"{f / 'sub'}: a part of the path is a file, not a directory"),
+        (f, OSError(errno.EIO, "Input/output\nerror"), f"{f}: Input/output error"),
+        (None, OSError("no errno at all"), "(unknown path): no errno at all"),
+    ]
+    for path, e, expected in cases:
+        err = os_error(path, e)
+        assert isinstance(err, PathError) and str(err) == expected
+    err = os_error(None, OSError(errno.ENOENT, "No such file", "/a/b"), "create the work directory")
+    assert str(err) == "cannot create the work directory /a/b: no such file or directory"
+    # the CLI formats any OSError that reaches it the same way
+    real = None
+    try:
+        (f / "sub").mkdir(parents=True)
+    except OSError as e:
+        real = os_error(None, e)
+    assert real is not None and str(real).startswith(str(f)) and "\n" not in str(real)
+
+
+# --- generate: validation and the sliding context window ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(max_new_tokens=0), "max_new_tokens=0 must be >= 1"),
+        (dict(temperature=-0.5), "temperature=-0.5 must be a finite number >= 0"),
+        (dict(temperature=float("nan")), "temperature=nan"),
+        (dict(top_k=-1), "top_k=-1 must be >= 0"),
+        (dict(seed=2**32), "seed=4294967296 must be in [0, 2**32)"),
+        (dict(prompt_ids=[]), "the prompt is empty"),
+        (dict(prompt_ids=list(range(9))), "the prompt is 9 tokens but the model's context is 8 tokens"),
+    ],
+)
+def test_generate_rejects_bad_arguments(kw, needle):
+    from pcomp.models.generate import generate
+
+    args = dict(prompt_ids=[1, 2], max_new_tokens=4, max_len=8, temperature=0.0, top_k=0, seed=0) | kw
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        generate(None, None, args.pop("prompt_ids"), **args)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A 1-layer model with random (sharp) weights and an 8-token context, on one device."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from pcomp.config import ModelConfig
+    from pcomp.train.step import abstract_model
+
+    cfg = ModelConfig(vocab_size=23, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=8, attention="blocked")
+    graphdef, abstract = abstract_model(dataclasses.replace(cfg))
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(0.0, 0.5, a.shape).astype(np.float32)), abstract)
+    return graphdef, params
+
+
+def _greedy_reference(graphdef, params, prompt, n_new, max_len, bos):
+    """Naive greedy decoding: a full forward pass over the current window for every token; the window
+    is the whole sequence until it would pass max_len, then BOS (if the prompt starts with it) and the
+    last max_len // 2 - 1 (with BOS) or max_len // 2 (without) tokens."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    # causal: the logits at position i do not depend on the padding after it (one compile for all lengths)
+    forward = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
+    vocab = nnx.merge(graphdef, params).cfg.vocab_size
+    seq, window = list(prompt), list(prompt)
+    head = [prompt[0]] if bos is not None and prompt[0] == bos else []
+    keep = max_len // 2
+    while len(seq) - len(prompt) < n_new:
+        padded = np.zeros((1, max_len), np.int32)
+        padded[0, : len(window)] = window
+        logits = np.asarray(forward(params, jnp.asarray(padded)))[0, len(window) - 1, :vocab]
+        token = int(np.argmax(logits))
+        seq.append(token)
+        window.append(token)
+        if len(window) > max_len:
+            window = head + seq[len(seq) - (keep - len(head)):]
+    return seq[len(prompt):]
+
+
+@pytest.mark.parametrize("bos", [None, 22])
+def test_generate_past_the_context_slides_the_window(small_model, bos):
+    from pcomp.models.generate import generate
+
+    graphdef, params = small_model
+    prompt = [22, 5, 9] if bos is not None else [5, 9, 13]
+    expected = _greedy_reference(graphdef, params, prompt, 21, 8, bos)
+    out = generate(graphdef, params, prompt, max_new_tokens=21, max_len=8, temperature=0.0, top_k=0, bos_id=bos)
+    assert out.tolist() == expected  # 21 tokens from an 8-token context: three slides
+    assert len(set(expected)) > 1
+    # stop_id ends generation before the first occurrence of that token
+    stop = expected[6]
+    out = generate(graphdef, params, prompt, max_new_tokens=21, max_len=8, temperature=0.0, top_k=0, bos_id=bos,
+                   stop_id=stop)
+    assert out.tolist() == expected[: expected.index(stop)]

@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import re
 import subprocess
 import sys
 
@@ -155,6 +156,41 @@ def test_bad_arguments(tmp_path):
         load_documents("embedded", "eval", eval_fraction=-0.1)
     with pytest.raises(ConfigError, match="'test'"):
         load_documents("embedded", "test")
+    with pytest.raises(ConfigError, match="the data source is empty"):  # not the current directory
+        load_documents("", "train")
+
+
+def test_empty_sources_say_so(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    for split in ("train", "eval"):
+        with pytest.raises(DataError, match=f"^data file {re.escape(str(empty))} is empty; expected text$"):
+            load_documents(str(empty), split)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="data directory .*d holds only empty files"):
+        load_documents(str(tmp_path / "d"), "train")
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text('\n{"text": ""}\n')
+    with pytest.raises(DataError, match="blank.jsonl has no non-empty 'text' field"):
+        load_documents(str(blank), "eval")
+
+
+@pytest.mark.parametrize(
+    "content, eval_fraction, n_train, n_eval",
+    [(b"abc\n", 0.1, 4, 0), (b"x", 0.9, 0, 1), (b"ab", 0.1, 2, 0)],
+)
+def test_source_too_small_for_both_splits_gives_the_sizes(tmp_path, content, eval_fraction, n_train, n_eval):
+    path = tmp_path / "tiny.txt"
+    path.write_bytes(content)
+    for split in ("train", "eval"):
+        with pytest.raises(DataError) as info:
+            load_documents(str(path), split, eval_fraction=eval_fraction)
+        assert str(info.value).startswith(
+            f"data source {path} ({len(content)} bytes) is too small to hold out eval_fraction={eval_fraction}: "
+            f"that leaves {n_train} bytes to train on and {n_eval} held out")
+    # without a held-out split the same file is fine
+    assert load_documents(str(path), "train", eval_fraction=0.0) == (content,)
 
 
 # --- TFDS (a tiny ArrayRecord dataset written without TensorFlow) ----------------------

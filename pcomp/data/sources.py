@@ -41,11 +41,22 @@ def load_documents(
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if not source:  # "" would otherwise read the current directory
+        raise ConfigError(
+            f"the data source is empty; expected {EMBEDDED!r}, a file or directory path or {TFDS_PREFIX}NAME"
+        )
     if source.startswith(TFDS_PREFIX):
         return _tfds_documents(source[len(TFDS_PREFIX):], split, text_field=text_field, data_dir=data_dir)
     if not (isinstance(eval_fraction, (int, float)) and 0.0 <= eval_fraction < 1.0):
         raise ConfigError(f"eval_fraction={eval_fraction!r} must be in [0, 1)")
     train_docs, eval_docs = _split_local(_local_key(source), text_field, float(eval_fraction))
+    if eval_fraction > 0 and not (train_docs and eval_docs):
+        n_train, n_eval = sum(map(len, train_docs)), sum(map(len, eval_docs))
+        raise DataError(
+            f"data source {source} ({n_train + n_eval} bytes) is too small to hold out "
+            f"eval_fraction={eval_fraction}: that leaves {n_train} bytes to train on and {n_eval} held out; "
+            "expected both non-empty: use more data or another data.eval_fraction"
+        )
     return train_docs if split == "train" else eval_docs
 
 
@@ -92,7 +103,14 @@ def _load_local(key: str, text_field: str) -> tuple[bytes, ...]:
         docs = _read_jsonl(key, text_field)
     else:
         docs = (_read_file(key),)
-    return tuple(doc for doc in docs if doc)
+    docs = tuple(doc for doc in docs if doc)
+    if not docs:
+        if os.path.isdir(key):
+            raise DataError(f"data directory {key} holds only empty files; expected text")
+        if key.endswith((".jsonl", ".jsonl.gz")):
+            raise DataError(f"data file {key} has no non-empty {text_field!r} field; expected JSON lines with text")
+        raise DataError(f"data file {key} is empty; expected text")
+    return docs
 
 
 def _read_file(path: str) -> bytes:
@@ -100,7 +118,7 @@ def _read_file(path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except OSError as e:
-        raise DataError(f"cannot read data file {path}: {e.strerror}") from None
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
 
 
 def _directory_files(root: str) -> list[str]:

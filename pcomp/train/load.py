@@ -34,7 +34,7 @@ class TrainedModel:
 
 
 def _mesh(cfg: Config, single_device: bool) -> Mesh:
-    return make_mesh(MeshConfig(), jax.local_devices()[:1]) if single_device else make_mesh(cfg.mesh)
+    return make_mesh(MeshConfig(), jax.local_devices()[:1]) if single_device else make_mesh(cfg.mesh, model=cfg.model)
 
 
 def load_trained(workdir: str | Path, *, step: int | None = None, single_device: bool = True) -> TrainedModel:
@@ -47,7 +47,7 @@ def load_trained(workdir: str | Path, *, step: int | None = None, single_device:
     cfg_path, tok_dir = workdir / "config.json", workdir / "tokenizer"
     if not cfg_path.is_file() or not (tok_dir / "tokenizer.json").is_file():
         raise CheckpointError(f"{workdir} is not a pcomp run directory (no config.json / tokenizer/)")
-    cfg = from_dict(json.loads(cfg_path.read_text()))
+    cfg = Config.load(str(cfg_path))
     tokenizer = load_tokenizer(tok_dir)
     ckpt = Checkpointer(cfg.training.checkpoint_dir or workdir / "checkpoints", keep=cfg.training.keep_checkpoints)
     step = ckpt.latest() if step is None else step

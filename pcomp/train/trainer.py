@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from pcomp.config import Config
 from pcomp.data.run_data import RunData
-from pcomp.errors import CheckpointError, ConfigError, DivergenceError
+from pcomp.errors import CheckpointError, ConfigError, DivergenceError, os_error
 from pcomp.models.sharding import make_mesh
 from pcomp.patching import Stage, plan_stages, relative_cost
 from pcomp.train.checkpoint import Checkpointer
@@ -54,7 +54,7 @@ def setup(cfg: Config) -> RunContext:
     cfg.validate()
     tc, dc = cfg.training, cfg.data
     workdir = Path(tc.workdir)
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, model=cfg.model)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (tc.batch_size // tc.grad_accum) % shards:
         raise ConfigError(
@@ -110,7 +110,7 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
     try:
         lock = WorkdirLock(workdir).__enter__() if is_main() else None
     except OSError as e:
-        raise ConfigError(f"training.workdir={workdir}: cannot create or lock it ({e.strerror})") from None
+        raise os_error(workdir, e, "create the work directory") from None
     try:
         with StopSignals() as stop:
             ctx = setup(cfg)
