@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
 from flax import nnx
 from jax.sharding import Mesh
 
-from pcomp.config import Config, MeshConfig, from_dict
+from pcomp.config import Config, MeshConfig
 from pcomp.data import pipeline
 from pcomp.data.tokenizers import Tokenizer, load_tokenizer
 from pcomp.errors import CheckpointError
