@@ -35,8 +35,10 @@ def _cmd_train(args) -> None:
 
 def _cmd_eval(args) -> None:
     from pcomp.config import Config
+    from pcomp.data.prepared import is_prepared
     from pcomp.data.sources import load_documents
-    from pcomp.train.load import evaluate, load_trained
+    from pcomp.errors import ConfigError
+    from pcomp.train.load import evaluate, evaluate_prepared, load_trained
 
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--max-bytes", args.max_bytes, 0, " (0 = all)")
@@ -46,9 +48,14 @@ def _cmd_eval(args) -> None:
     run = load_trained(args.checkpoint)
     dc = dc or run.cfg.data
     source = args.data or run.cfg.data.source
-    docs = load_documents(source, args.split, eval_fraction=run.cfg.data.eval_fraction, text_field=dc.text_field,
-                          data_dir=dc.data_dir or None)
-    r = evaluate(run, docs, args.max_bytes, args.batch_size)
+    if is_prepared(source):  # M2 over compressed text: the dataset's own token stream and byte count
+        if args.max_bytes:
+            raise ConfigError("--max-bytes is not supported for a prepared dataset (bytes per token vary)")
+        r = evaluate_prepared(run, source, args.split, args.batch_size)
+    else:
+        docs = load_documents(source, args.split, eval_fraction=run.cfg.data.eval_fraction,
+                              text_field=dc.text_field, data_dir=dc.data_dir or None)
+        r = evaluate(run, docs, args.max_bytes, args.batch_size)
     print(f"{source} [{args.split}]: {r['bytes']} bytes, {r['tokens']} tokens, "
           f"loss {r['loss']:.4f} nats/token, bits/byte {r['bits_per_byte']:.4f}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -11,8 +12,9 @@ from jax.sharding import Mesh
 
 from pcomp.config import Config, MeshConfig
 from pcomp.data import pipeline
-from pcomp.data.tokenizers import Tokenizer, load_tokenizer
-from pcomp.errors import CheckpointError
+from pcomp.data.prepared import PreparedDataset
+from pcomp.data.tokenizers import CONFIG_FILENAME, Tokenizer, load_tokenizer
+from pcomp.errors import CheckpointError, DataError
 from pcomp.models.sharding import make_mesh
 from pcomp.train import evaluation
 from pcomp.train.checkpoint import Checkpointer
@@ -59,9 +61,31 @@ def load_trained(workdir: str | Path, *, step: int | None = None, single_device:
 
 
 def evaluate(run: TrainedModel, docs, max_bytes: int = 0, batch_size: int = 16) -> dict:
-    """Held-out bits/byte of `run` on `docs`, windowed as the run was trained (`pipeline.eval_set`),
+    """Held-out bits/byte of `run` on text `docs`, windowed as the run was trained (`pipeline.eval_set`),
     on one device through the trainer's evaluation loop; keys without the "eval/" prefix."""
     data = pipeline.eval_set(docs, run.tokenizer, run.cfg.data.seq_len, max_bytes, bos_first=run.cfg.data.bos_first)
+    return evaluate_set(run, data, batch_size)
+
+
+def evaluate_prepared(run: TrainedModel, path, split: str = "eval", batch_size: int = 16) -> dict:
+    """`evaluate` on a `pcomp prepare` dataset's split: its token stream scored as the trainer scores it,
+    bits per original UTF-8 byte from the bytes the dataset records. The dataset must have been made
+    with the run's own tokenizer (else its ids mean something else to the model)."""
+    prepared = PreparedDataset(path)
+    ours = json.loads((run.workdir / "tokenizer" / CONFIG_FILENAME).read_text())
+    theirs = json.loads((prepared.tokenizer_dir / CONFIG_FILENAME).read_text())
+    strip = lambda c: {k: v for k, v in c.items() if k != "module"}  # noqa: E731
+    if strip(ours) != strip(theirs):
+        raise DataError(f"{path} was prepared with another tokenizer ({theirs.get('kind')}) than the run "
+                        f"{run.workdir} was trained with ({ours.get('kind')}); evaluate on a dataset made with the "
+                        f"run's tokenizer")
+    tokens, n_bytes = prepared.stream(split)
+    bos = run.tokenizer.bos_id if run.cfg.data.bos_first else None
+    return evaluate_set(run, pipeline.eval_windows(tokens, run.cfg.data.seq_len, n_bytes, bos=bos), batch_size)
+
+
+def evaluate_set(run: TrainedModel, data: pipeline.EvalSet, batch_size: int = 16) -> dict:
+    """The trainer's evaluation loop over `data` on one device; keys without the "eval/" prefix."""
     mesh = _mesh(run.cfg, single_device=True)
     program = build_program(run.cfg.model, run.cfg.training, mesh, steps=1)
     params = jax.device_put(run.params, program.state_sharding["params"])
