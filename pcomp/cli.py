@@ -34,11 +34,12 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_eval(args) -> None:
+    from pcomp.compress.report import account_prepared, account_text
     from pcomp.config import Config
     from pcomp.data.prepared import is_prepared
     from pcomp.data.sources import load_documents
     from pcomp.errors import ConfigError
-    from pcomp.train.load import evaluate, evaluate_prepared, load_trained
+    from pcomp.train.load import load_trained
 
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--max-bytes", args.max_bytes, 0, " (0 = all)")
@@ -51,13 +52,16 @@ def _cmd_eval(args) -> None:
     if is_prepared(source):  # M2 over compressed text: the dataset's own token stream and byte count
         if args.max_bytes:
             raise ConfigError("--max-bytes is not supported for a prepared dataset (bytes per token vary)")
-        r = evaluate_prepared(run, source, args.split, args.batch_size)
+        acc = account_prepared(run, source, args.split, args.batch_size)
     else:
-        docs = load_documents(source, args.split, eval_fraction=run.cfg.data.eval_fraction,
-                              text_field=dc.text_field, data_dir=dc.data_dir or None)
-        r = evaluate(run, docs, args.max_bytes, args.batch_size)
-    print(f"{source} [{args.split}]: {r['bytes']} bytes, {r['tokens']} tokens, "
-          f"loss {r['loss']:.4f} nats/token, bits/byte {r['bits_per_byte']:.4f}")
+        docs = {split: load_documents(source, split, eval_fraction=run.cfg.data.eval_fraction,
+                                      text_field=dc.text_field, data_dir=dc.data_dir or None)
+                for split in {args.split, "train"}}
+        acc = account_text(run, docs[args.split], docs["train"], args.max_bytes, args.batch_size)
+    loss = acc.nll_bits * math.log(2) / max(acc.n_tokens, 1)
+    print(f"{source} [{args.split}]: {acc.n_bytes} bytes, {acc.n_tokens} tokens, "
+          f"loss {loss:.4f} nats/token, bits/byte {acc.bits_per_byte:.4f}")
+    print(acc.summary())
 
 
 def _cmd_generate(args) -> None:

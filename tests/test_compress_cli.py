@@ -369,6 +369,10 @@ def test_m2_trains_on_prepared_tokens(prepared, tmp_path, capsys):
     assert f"bits/byte {bpb:.4f}" in out, out
     eval_bytes = sum(json.loads(m.read_text())["bytes"] for m in prepared.glob("eval-*.json"))
     assert f"{eval_bytes} bytes" in out
+    # beside it the paper's accounting: uniform = 8 token bits x scored tokens / bytes
+    tokens, n_bytes = PreparedDataset(prepared).stream("eval")
+    assert f"(uniform {8 * (len(tokens) - 1) / n_bytes:.4f} = 8 token bits" in out, out
+    assert "unigram " in out and "inference FLOPs/byte" in out and "+ 2*N(M1)=" in out
 
 
 # ----------------------------------------------------------------------------- nothing lost (issue #9)

@@ -72,6 +72,16 @@ def evaluate_prepared(run: TrainedModel, path, split: str = "eval", batch_size: 
     bits per original UTF-8 byte from the bytes the dataset records. The dataset must have been made
     with the run's own tokenizer (else its ids mean something else to the model)."""
     prepared = PreparedDataset(path)
+    check_prepared_tokenizer(run, prepared)
+    tokens, n_bytes = prepared.stream(split)
+    bos = run.tokenizer.bos_id if run.cfg.data.bos_first else None
+    return evaluate_set(run, pipeline.eval_windows(tokens, run.cfg.data.seq_len, n_bytes, bos=bos), batch_size)
+
+
+def check_prepared_tokenizer(run: TrainedModel, prepared: PreparedDataset) -> None:
+    """DataError unless `prepared` was made with the run's own tokenizer (else its ids mean something
+    else to the model)."""
+    path = prepared.path
     ours = json.loads((run.workdir / "tokenizer" / CONFIG_FILENAME).read_text())
     theirs = json.loads((prepared.tokenizer_dir / CONFIG_FILENAME).read_text())
     strip = lambda c: {k: v for k, v in c.items() if k != "module"}  # noqa: E731
@@ -79,9 +89,6 @@ def evaluate_prepared(run: TrainedModel, path, split: str = "eval", batch_size: 
         raise DataError(f"{path} was prepared with another tokenizer ({theirs.get('kind')}) than the run "
                         f"{run.workdir} was trained with ({ours.get('kind')}); evaluate on a dataset made with the "
                         f"run's tokenizer")
-    tokens, n_bytes = prepared.stream(split)
-    bos = run.tokenizer.bos_id if run.cfg.data.bos_first else None
-    return evaluate_set(run, pipeline.eval_windows(tokens, run.cfg.data.seq_len, n_bytes, bos=bos), batch_size)
 
 
 def evaluate_set(run: TrainedModel, data: pipeline.EvalSet, batch_size: int = 16) -> dict:

@@ -1,0 +1,167 @@
+"""What a trained LM over (compressed) tokens is worth per original UTF-8 byte: the paper's accounting.
+
+For a held-out token stream of T scored tokens (every token but the first) encoding B bytes, with
+vocabulary V:
+    bits/byte          total model cross-entropy bits / B (scored on one device, the per-position
+                       log-normaliser in float32 and the sum in float64, so a model that outputs the
+                       uniform distribution reads exactly log2(V) * T / B)
+    uniform bits/byte  log2(V) * T / B: what a model that learned nothing pays (the paper's token bits
+                       x tokens/byte for V = 2**N)
+    unigram bits/byte  -sum log2 p(t) / B over the held-out targets, p the unigram distribution of the
+                       TRAIN split's tokens of the same dataset and tokenizer with add-one (Laplace)
+                       smoothing over the V ids: p(t) = (count(t) + 1) / (n_train + V)
+    bytes/token        B / T
+    inference FLOPs/byte  2 N(M2) / (bytes/token), plus 2 N(M1) for tokenizers that run M1 once per
+                       byte (arith, equal_info). N counts non-embedding parameters (the matmul weights,
+                       norms included, embedding table and LM head excluded: `count_params(embeddings=
+                       False)`), the usual 2N-FLOPs-per-token convention; attention over the context is
+                       not counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pcomp.config import Config
+from pcomp.data import pipeline
+from pcomp.data.prepared import PreparedDataset
+from pcomp.data.tokenizers import Tokenizer
+from pcomp.models.transformer import count_params
+from pcomp.train.load import TrainedModel, check_prepared_tokenizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Accounting:
+    """One run's held-out numbers (see the module docstring)."""
+
+    n_bytes: int
+    n_tokens: int  # scored targets
+    vocab_size: int
+    nll_bits: float  # the model's total cross-entropy, bits
+    unigram_bits: float  # the train-split unigram model's total cross-entropy, bits
+    n_m2: int  # non-embedding parameters of the model
+    n_m1: int  # non-embedding parameters of the M1 the tokenizer runs (0: none)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll_bits / self.n_bytes
+
+    @property
+    def token_bits(self) -> float:
+        return math.log2(self.vocab_size)
+
+    @property
+    def uniform_bits_per_byte(self) -> float:
+        return self.token_bits * self.n_tokens / self.n_bytes
+
+    @property
+    def unigram_bits_per_byte(self) -> float:
+        return self.unigram_bits / self.n_bytes
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.n_bytes / self.n_tokens
+
+    @property
+    def flops_per_byte(self) -> float:
+        return 2 * self.n_m2 / self.bytes_per_token + 2 * self.n_m1
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        for k in ("bits_per_byte", "token_bits", "uniform_bits_per_byte", "unigram_bits_per_byte",
+                  "bytes_per_token", "flops_per_byte"):
+            out[k] = getattr(self, k)
+        return out
+
+    def summary(self) -> str:
+        m1 = f" + 2*N(M1)={2 * self.n_m1:,}" if self.n_m1 else ""
+        return (f"{self.n_bytes} bytes, {self.n_tokens} tokens ({self.bytes_per_token:.4f} bytes/token)\n"
+                f"  bits/byte {self.bits_per_byte:.4f}  (uniform {self.uniform_bits_per_byte:.4f} = "
+                f"{self.token_bits:g} token bits x {1 / self.bytes_per_token:.4f} tokens/byte; "
+                f"unigram {self.unigram_bits_per_byte:.4f}, train-split counts, add-one smoothing)\n"
+                f"  inference FLOPs/byte {self.flops_per_byte:,.0f}  (2*N(M2)={2 * self.n_m2:,} / bytes/token{m1}; "
+                f"N = non-embedding parameters)")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _position_terms(graphdef, params, tokens_bt):
+    """Per position: (sum_v exp(logit_v - max), target logit - max) in float32 [B, T-1]; the host takes
+    log and sums in float64, so a uniform model's loss is exactly log(V) per token."""
+    logits_btv = nnx.merge(graphdef, params)(tokens_bt)[:, :-1]
+    shifted = logits_btv - jnp.max(logits_btv, axis=-1, keepdims=True)
+    sum_exp = jnp.sum(jnp.exp(shifted), axis=-1)
+    target = jnp.take_along_axis(shifted, tokens_bt[:, 1:, None], axis=-1)[..., 0]
+    return sum_exp, target
+
+
+def nll_bits(run: TrainedModel, data: pipeline.EvalSet, batch_size: int = 16) -> tuple[float, int]:
+    """(total cross-entropy in bits, scored targets) of `run` on `data`, on the first local device."""
+    params = jax.device_put(run.params, jax.local_devices()[0])
+    total, count = 0.0, 0
+    for batch in data.batches(batch_size):
+        sum_exp, target = (np.asarray(a, np.float64) for a in
+                           _position_terms(run.graphdef, params, jnp.asarray(batch["tokens"])))
+        valid = batch["mask"][:, 1:].astype(bool)
+        total += float(np.sum((np.log(sum_exp) - target)[valid]))
+        count += int(valid.sum())
+    return total / math.log(2), count
+
+
+def unigram_bits(train_tokens: np.ndarray, targets: np.ndarray, vocab_size: int) -> float:
+    """Total bits of `targets` under the add-one-smoothed unigram distribution of `train_tokens`."""
+    counts = np.bincount(np.asarray(train_tokens, np.int64).ravel(), minlength=vocab_size).astype(np.float64)
+    logp = np.log2(counts + 1.0) - math.log2(len(np.ravel(train_tokens)) + vocab_size)
+    return float(-logp[np.asarray(targets, np.int64)].sum())
+
+
+def non_embedding_params(cfg) -> int:
+    """N of a `ModelConfig`: every parameter but the embedding table and the LM head."""
+    return count_params(cfg, embeddings=False)
+
+
+def m1_params(tokenizer: Tokenizer) -> int:
+    """N(M1) of a tokenizer that runs M1 per byte (arith, equal_info), read from M1's config; else 0."""
+    path = getattr(tokenizer, "m1_path", None)
+    if path is None:
+        return 0
+    return non_embedding_params(Config.load(str(Path(path) / "config.json")).model)
+
+
+def account(run: TrainedModel, data: pipeline.EvalSet, train_tokens: np.ndarray, batch_size: int = 16) -> Accounting:
+    """The accounting of `run` on `data` (an `EvalSet`), the unigram fitted on `train_tokens`."""
+    bits, count = nll_bits(run, data, batch_size)
+    valid = data.mask[:, 1:].astype(bool)
+    targets = data.tokens[:, 1:][valid]
+    vocab = run.cfg.model.vocab_size
+    return Accounting(n_bytes=data.n_bytes, n_tokens=count, vocab_size=vocab, nll_bits=bits,
+                      unigram_bits=unigram_bits(train_tokens, targets, vocab),
+                      n_m2=non_embedding_params(run.cfg.model), n_m1=m1_params(run.tokenizer))
+
+
+def account_prepared(run: TrainedModel, path, split: str = "eval", batch_size: int = 16) -> Accounting:
+    """`account` on a `pcomp prepare` dataset's `split`, the unigram fitted on its train split; the
+    dataset must have been made with the run's tokenizer."""
+    prepared = PreparedDataset(path)
+    check_prepared_tokenizer(run, prepared)
+    tokens, n_bytes = prepared.stream(split)
+    bos = run.tokenizer.bos_id if run.cfg.data.bos_first else None
+    data = pipeline.eval_windows(tokens, run.cfg.data.seq_len, n_bytes, bos=bos)
+    train_tokens = tokens if split == "train" else prepared.stream("train")[0]
+    return account(run, data, train_tokens, batch_size)
+
+
+def account_text(run: TrainedModel, eval_docs, train_docs, max_bytes: int = 0, batch_size: int = 16) -> Accounting:
+    """`account` on text documents tokenized by the run's tokenizer, the unigram fitted on `train_docs`
+    (tokenized the same way)."""
+    data = pipeline.eval_set(eval_docs, run.tokenizer, run.cfg.data.seq_len, max_bytes, bos_first=run.cfg.data.bos_first)
+    parts = [np.asarray(run.tokenizer.encode(d), np.int64) for d in train_docs]
+    train_tokens = np.concatenate(parts + [np.zeros(0, np.int64)])
+    return account(run, data, train_tokens, batch_size)

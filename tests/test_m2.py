@@ -1,0 +1,103 @@
+"""M2 over compressed tokens: the paper's accounting (`pcomp.compress.report`) and generation through M1
+(`pcomp.compress.generate`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from pcomp.compress.report import Accounting, account, nll_bits, non_embedding_params, unigram_bits
+from pcomp.config import Config
+from pcomp.data import pipeline
+from pcomp.data.tokenizers import ByteTokenizer
+from pcomp.models.transformer import Transformer
+from pcomp.train.load import TrainedModel, evaluate_set
+
+
+def random_run(vocab: int, *, uniform: bool, seq_len: int = 32, seed: int = 0) -> TrainedModel:
+    """An untrained test-tiny M2 over `vocab` ids built in-process; `uniform` zeroes its LM head, so
+    every logit is exactly 0 and the model outputs the uniform distribution."""
+    cfg = Config.preset("test-tiny").override(f"model.vocab_size={vocab}", "model.tie_embeddings=false",
+                                              f"data.seq_len={seq_len}")
+    model = Transformer(cfg.model, nnx.Rngs(params=seed))
+    if uniform:
+        model.lm_head[...] = jnp.zeros_like(model.lm_head[...])
+    graphdef, params = nnx.split(model)
+    return TrainedModel(cfg, ByteTokenizer(), graphdef, params, 0, Path("."))
+
+
+def _eval_set(vocab: int, n_tokens: int, n_bytes: int, seq_len: int = 32, seed: int = 1) -> pipeline.EvalSet:
+    stream = np.random.default_rng(seed).integers(0, vocab, n_tokens)
+    return pipeline.eval_windows(stream, seq_len, n_bytes)
+
+
+# ----------------------------------------------------------------------------- accounting
+@pytest.mark.parametrize("token_bits", [8, 16])
+def test_uniform_model_reads_exactly_token_bits_times_tokens_per_byte(token_bits):
+    vocab = 1 << token_bits
+    run = random_run(vocab, uniform=True)
+    n_tokens, n_bytes = 301, 997  # odd sizes: the last window is padded and masked
+    data = _eval_set(vocab, n_tokens, n_bytes)
+    acc = account(run, data, np.arange(vocab), batch_size=4)
+    assert acc.n_tokens == n_tokens - 1  # every token but the first is scored once
+    expected = token_bits * (n_tokens - 1) / n_bytes
+    assert acc.bits_per_byte == pytest.approx(expected, rel=1e-9, abs=0)
+    assert acc.uniform_bits_per_byte == pytest.approx(expected, rel=1e-9, abs=0)
+    assert acc.bytes_per_token == pytest.approx(n_bytes / (n_tokens - 1), rel=1e-12)
+
+
+def test_nll_matches_the_trainers_evaluation_on_a_random_model():
+    run = random_run(256, uniform=False, seed=3)
+    data = _eval_set(256, 200, 500)
+    bits, count = nll_bits(run, data, batch_size=4)
+    ref = evaluate_set(run, data, batch_size=4)
+    assert count == ref["tokens"] == 199
+    assert bits / 500 == pytest.approx(ref["bits_per_byte"], rel=1e-5)
+    assert abs(bits / 500 - 8 * 199 / 500) > 1e-3  # a random head is not uniform: the check can fail
+
+
+def _naive_unigram_bits(train, targets, vocab):
+    counts = {}
+    for t in train:
+        counts[int(t)] = counts.get(int(t), 0) + 1
+    total = 0.0
+    for t in targets:
+        total -= math.log2((counts.get(int(t), 0) + 1) / (len(train) + vocab))
+    return total
+
+
+@pytest.mark.parametrize("vocab, seed", [(256, 0), (65536, 1), (7, 2)])
+def test_unigram_bits_match_a_naive_loop(vocab, seed):
+    rng = np.random.default_rng(seed)
+    train = rng.zipf(1.5, 500) % vocab
+    targets = rng.zipf(1.3, 300) % vocab
+    assert unigram_bits(train, targets, vocab) == pytest.approx(_naive_unigram_bits(train, targets, vocab), rel=1e-12)
+
+
+def test_unigram_in_account_is_fitted_on_the_train_tokens_given():
+    vocab = 256
+    run = random_run(vocab, uniform=True)
+    data = _eval_set(vocab, 100, 250)
+    train = np.random.default_rng(5).integers(0, 16, 1000)  # skewed: only ids < 16
+    acc = account(run, data, train, batch_size=4)
+    targets = data.tokens[:, 1:][data.mask[:, 1:].astype(bool)]
+    assert acc.unigram_bits_per_byte == pytest.approx(_naive_unigram_bits(train, targets, vocab) / 250, rel=1e-12)
+
+
+def test_flops_per_byte_counts_m2_per_token_and_m1_per_byte():
+    cfg = Config.preset("test-tiny").model
+    n = non_embedding_params(cfg)
+    d, f, layers = cfg.d_model, cfg.d_ff, cfg.n_layers
+    h = cfg.n_heads * cfg.head_dim
+    kv = cfg.kv_heads * cfg.head_dim
+    assert n == layers * (2 * d * h + 2 * d * kv + 3 * d * f + 2 * d) + d  # attention, MLP, norms
+    acc = Accounting(n_bytes=1000, n_tokens=250, vocab_size=256, nll_bits=1.0, unigram_bits=1.0, n_m2=n, n_m1=0)
+    assert acc.flops_per_byte == pytest.approx(2 * n * 250 / 1000)
+    with_m1 = Accounting(n_bytes=1000, n_tokens=250, vocab_size=256, nll_bits=1.0, unigram_bits=1.0, n_m2=n,
+                         n_m1=12345)
+    assert with_m1.flops_per_byte == pytest.approx(2 * n * 250 / 1000 + 2 * 12345)
