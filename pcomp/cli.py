@@ -77,6 +77,8 @@ def _cmd_generate(args) -> None:
     run = load_trained(args.checkpoint)
     tok = run.tokenizer
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes given, even if not UTF-8
+    if getattr(tok, "window_bits", None) is not None:  # M2 over Equal-Info windows: decode through M1
+        return _generate_through_m1(run, prompt, args)
     ids = tok.encode(prompt)
     if tok.bos_id is not None:
         ids = [tok.bos_id, *ids]
@@ -91,6 +93,28 @@ def _cmd_generate(args) -> None:
                    temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop_id=tok.eos_id,
                    bos_id=tok.bos_id)
     sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
+
+
+def _generate_through_m1(run, prompt: bytes, args) -> None:
+    """`pcomp generate` for an M2 over Equal-Info windows (`pcomp.compress.generate`): --max-tokens
+    rounded up to whole windows; each window is printed as soon as M1 decodes it."""
+    from pcomp.compress.generate import Utf8Stream, generate_text, tokens_per_window
+
+    def skip(index: int, why: str) -> None:
+        sys.stdout.flush()
+        print(f"pcomp: warning: sampled window {index} is not a window M1 decodes ({why}); skipped",
+              file=sys.stderr)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    stream = Utf8Stream(write)
+    windows = -(-args.max_tokens // tokens_per_window(run.tokenizer))
+    generate_text(run, prompt, max_windows=windows, temperature=args.temperature, top_k=args.top_k,
+                  seed=args.seed, on_bytes=stream, on_skip=skip, echo_prompt=True)
+    stream.close()
+    sys.stdout.write("\n")
 
 
 def _at_least(flag: str, value: int, low: int, note: str = "") -> None:

@@ -101,3 +101,112 @@ def test_flops_per_byte_counts_m2_per_token_and_m1_per_byte():
     with_m1 = Accounting(n_bytes=1000, n_tokens=250, vocab_size=256, nll_bits=1.0, unigram_bits=1.0, n_m2=n,
                          n_m1=12345)
     assert with_m1.flops_per_byte == pytest.approx(2 * n * 250 / 1000 + 2 * 12345)
+
+
+# ----------------------------------------------------------------------------- generation through M1
+@pytest.fixture(scope="module")
+def eq_tok(m1_run):
+    from pcomp.compress.tokenizers import EqualInfoTokenizer
+
+    return EqualInfoTokenizer(m1_run, 16, 8, batch=16)
+
+
+def _bad_window_code(tok) -> int:
+    """A 16-bit code no text encodes to under the unique-prefix rule (most random codes, with a tiny M1)."""
+    from pcomp.compress.windows import decode_windows
+    from pcomp.errors import CompressedFormatError
+
+    for code in np.random.default_rng(0).integers(0, 1 << 16, 50):
+        try:
+            decode_windows(tok.m1, np.asarray([code], np.uint64), 16)
+        except CompressedFormatError:
+            return int(code)
+    raise AssertionError("no undecodable window among 50 random codes")
+
+
+@pytest.mark.slow
+def test_prompt_round_trips_through_compress_tokens_decode(eq_tok):
+    from pcomp.compress.generate import WindowDecoder, encode_prompt
+
+    text = "The quick brown fox jumps over the lazy dog. Ünïcödé too.".encode()
+    ids = encode_prompt(eq_tok, text)
+    assert len(ids) % 2 == 0 and len(ids) >= 4  # whole windows of b/N = 2 tokens
+    dec = WindowDecoder(eq_tok)
+    assert b"".join(dec.feed(t) for t in ids) == text
+    assert dec.skipped == [] and dec.windows == len(ids) // 2
+
+
+@pytest.mark.slow
+def test_a_window_no_text_encodes_to_is_reported_once_and_skipped(eq_tok):
+    from pcomp.compress.generate import WindowDecoder, encode_prompt
+    from pcomp.compress.packing import codes_to_tokens
+
+    first, second = encode_prompt(eq_tok, b"Hello"), encode_prompt(eq_tok, b" world")
+    bad = codes_to_tokens(np.asarray([_bad_window_code(eq_tok)], np.uint64), 16, 8)
+    calls = []
+    dec = WindowDecoder(eq_tok, on_skip=lambda i, why: calls.append((i, why)))
+    out = b"".join(dec.feed(t) for t in [*first, *bad, *second])
+    assert out == b"Hello world"
+    assert [i for i, _ in calls] == dec.skipped == [len(first) // 2]
+    assert "does not decode" in calls[0][1]
+
+
+@pytest.mark.slow
+def test_random_m2_streams_decode_or_skip_whole_windows(eq_tok):
+    from pcomp.compress.generate import encode_prompt, generate_text
+    from pcomp.compress.windows import decode_windows
+    from pcomp.errors import CompressedFormatError
+    from pcomp.models.generate import generate
+
+    base = random_run(256, uniform=False, seed=7)
+    run = TrainedModel(base.cfg, eq_tok, base.graphdef, base.params, 0, Path("."))
+    prompt = b"The "
+    for seed in range(3):
+        chunks, skips = [], []
+        out, dec = generate_text(run, prompt, max_windows=5, temperature=1.0, top_k=0, seed=seed,
+                                 on_bytes=chunks.append, on_skip=lambda i, why: skips.append(i), echo_prompt=True)
+        assert chunks[0] == prompt and b"".join(chunks[1:]) == out
+        assert dec.windows == 5 and dec.skipped == skips
+        # independently: the same samples, each window decoded alone
+        ids = encode_prompt(eq_tok, prompt)
+        sampled = generate(run.graphdef, run.params, ids, max_new_tokens=10, max_len=run.cfg.model.max_seq_len,
+                           temperature=1.0, top_k=0, seed=seed)
+        expect, bad = b"", []
+        for w in range(5):
+            code = (np.uint64(sampled[2 * w]) << np.uint64(8)) | np.uint64(sampled[2 * w + 1])
+            try:
+                expect += decode_windows(eq_tok.m1, np.asarray([code], np.uint64), 16)[0]
+            except CompressedFormatError:
+                bad.append(w)
+        assert out == expect and dec.skipped == bad
+
+
+@pytest.mark.slow
+def test_a_moved_tokenizer_decodes_without_the_m1_it_recorded(m1_run, tmp_path):
+    import shutil
+
+    from pcomp.compress.tokenizers import EqualInfoTokenizer
+    from pcomp.data.tokenizers import load_tokenizer
+    from pcomp.errors import CheckpointError
+
+    m1 = tmp_path / "m1"
+    shutil.copytree(m1_run, m1)
+    tok = EqualInfoTokenizer(m1, 16, 8, batch=16)
+    text = b"a run directory moved elsewhere still decodes"
+    ids = tok.encode(text)
+    tok.save(tmp_path / "a" / "run" / "tokenizer")
+    shutil.rmtree(m1)  # the M1 it recorded by absolute path is gone
+    moved = tmp_path / "b" / "run"
+    shutil.move(tmp_path / "a" / "run", moved)
+    loaded = load_tokenizer(moved / "tokenizer")
+    assert loaded.to_config() == tok.to_config()  # same identity (M1 path as recorded, fingerprint)
+    assert loaded.m1_dir == str((moved / "tokenizer" / "m1").absolute())
+    assert loaded.decode(ids) == text
+    # the copy is fingerprint-checked: another M1's checkpoint in its place is refused
+    tampered = tmp_path / "c" / "run"
+    shutil.copytree(moved, tampered)
+    ckpts = tampered / "tokenizer" / "m1" / "checkpoints"
+    shutil.rmtree(ckpts / "20")
+    shutil.copytree(m1_run / "checkpoints" / "10", ckpts / "10")
+    with pytest.raises(CheckpointError, match="is not the M1 this tokenizer was made with"):
+        load_tokenizer(tampered / "tokenizer").decode(ids)

@@ -129,7 +129,7 @@ def non_embedding_params(cfg) -> int:
 
 def m1_params(tokenizer: Tokenizer) -> int:
     """N(M1) of a tokenizer that runs M1 per byte (arith, equal_info), read from M1's config; else 0."""
-    path = getattr(tokenizer, "m1_path", None)
+    path = getattr(tokenizer, "m1_dir", None)
     if path is None:
         return 0
     return non_embedding_params(Config.load(str(Path(path) / "config.json")).model)

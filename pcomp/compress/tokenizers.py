@@ -13,6 +13,9 @@ None has BOS/EOS: a document's tokens end where its compressed stream ends.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import shutil
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,6 +135,40 @@ class StaticACTokenizer(_CompressedTokenizer):
 
 
 # --------------------------------------------------------------------------------- M1-driven
+M1_COPY_DIR = "m1"  # a saved M1-driven tokenizer's own copy of M1 (see `_M1Tokenizer._save_files`)
+
+
+def save_m1_copy(m1: M1, dest: Path) -> None:
+    """M1's run directory reduced to what decoding needs: config.json (checkpoint_dir cleared, so the
+    copy's own checkpoints/ is read), tokenizer/ and the checkpoint of the step `m1` was loaded from."""
+    src = Path(m1.trained.workdir).absolute()
+    dest = Path(dest).absolute()
+    if src == dest:
+        return
+    cfg = json.loads((src / "config.json").read_text())
+    ckpt_root = Path(cfg.get("training", {}).get("checkpoint_dir") or src / "checkpoints")
+    step_dir = ckpt_root / str(m1.trained.step)
+    if not step_dir.is_dir():
+        raise CheckpointError(f"cannot copy M1: its checkpoint {step_dir} is not a local directory")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "checkpoints").mkdir(parents=True)
+    cfg.setdefault("training", {})["checkpoint_dir"] = ""
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
+    shutil.copytree(src / "tokenizer", tmp / "tokenizer")
+    shutil.copytree(step_dir, tmp / "checkpoints" / step_dir.name)
+    os.replace(tmp, dest)
+
+
+def _m1_location(config: dict, directory) -> str:
+    """The tokenizer's own M1 copy when it has one, else the M1 it recorded."""
+    if directory is not None and (Path(directory) / M1_COPY_DIR / "config.json").is_file():
+        return str(Path(directory) / M1_COPY_DIR)
+    return config["m1_path"]
+
+
 # Tokenizers over the same M1 with the same setup share one (loading it and compiling its step is slow).
 _shared_m1 = functools.lru_cache(maxsize=4)(M1.for_windows)
 
@@ -141,25 +178,38 @@ class _M1Tokenizer(_CompressedTokenizer):
     window_bits = None  # Equal-Info: sizes M1's KV cache to the windows (`M1.for_windows`); None: no windows
 
     def __init__(self, m1_path: str | Path, token_bits: int, *, precision: int = CompressConfig.precision,
-                 batch: int = CompressConfig.m1_batch, fingerprint: str | None = None, context: int = 0):
+                 batch: int = CompressConfig.m1_batch, fingerprint: str | None = None, context: int = 0,
+                 load_from: str | Path | None = None):
         super().__init__(token_bits)
-        self.m1_path = str(Path(m1_path).absolute())
+        self.m1_path = str(Path(m1_path).absolute())  # as recorded (part of the tokenizer's identity)
+        self._load_from = str(Path(load_from or m1_path).absolute())  # where M1 is read: the saved copy if any
         self.precision, self.batch, self._fingerprint, self._context = precision, batch, fingerprint, context
+
+    @property
+    def m1_dir(self) -> str:
+        """The M1 run directory this tokenizer reads (its saved copy when it has one)."""
+        return self._load_from
 
     @functools.cached_property
     def m1(self) -> M1:
         """Loaded on first use: training M2 on prepared tokens needs only the vocabulary."""
-        m1 = _shared_m1(self.m1_path, self.window_bits, precision=self.precision, batch=self.batch,
+        m1 = _shared_m1(self._load_from, self.window_bits, precision=self.precision, batch=self.batch,
                         symbols=self.symbols, context=self._context)
         if self._fingerprint is not None and self._fingerprint != m1.fingerprint:
             raise CheckpointError(
-                f"the M1 at {self.m1_path} (fingerprint {m1.fingerprint[:16]}) is not the M1 this tokenizer "
+                f"the M1 at {self._load_from} (fingerprint {m1.fingerprint[:16]}) is not the M1 this tokenizer "
                 f"was made with (fingerprint {self._fingerprint[:16]})"
             )
         return m1
 
     def encode(self, data: bytes) -> np.ndarray:
         return self.encode_batch([data])[0]
+
+    def _save_files(self, directory) -> None:
+        """A copy of M1 (its config, tokenizer and the checkpoint this tokenizer codes with) in
+        directory/m1, so a saved tokenizer, and an M2 run that copies it, decodes wherever it is
+        moved; `from_config` prefers that copy and the fingerprint check still applies to it."""
+        save_m1_copy(self.m1, Path(directory) / M1_COPY_DIR)
 
     def _m1_config(self) -> dict:
         return {"m1_path": self.m1_path, "token_bits": self.token_bits, "precision": self.precision,
@@ -187,6 +237,7 @@ class ArithmeticCodingTokenizer(_M1Tokenizer):
     @classmethod
     def from_config(cls, config, directory=None):
         return cls(config["m1_path"], config["token_bits"], precision=config["precision"], batch=config["batch"],
+                   load_from=_m1_location(config, directory),
                    fingerprint=config["fingerprint"], context=config.get("context", 0))
 
 
@@ -220,6 +271,6 @@ class EqualInfoTokenizer(_M1Tokenizer):
         if config.get("window_rule") != WINDOW_RULE:
             raise DataError(f"tokenizer at {directory} made its windows with rule {config.get('window_rule')!r}; "
                             f"this pcomp decodes {WINDOW_RULE!r}")
-        return cls(config["m1_path"], config["window_bits"], config["token_bits"],
+        return cls(config["m1_path"], config["window_bits"], config["token_bits"], load_from=_m1_location(config, directory),
                    segment_bytes=config.get("segment_bytes", CompressConfig.segment_bytes), precision=config["precision"],
                    batch=config["batch"], fingerprint=config["fingerprint"], context=config.get("context", 0))
