@@ -373,6 +373,63 @@ def test_m2_trains_on_prepared_tokens(prepared, tmp_path, capsys):
     tokens, n_bytes = PreparedDataset(prepared).stream("eval")
     assert f"(uniform {8 * (len(tokens) - 1) / n_bytes:.4f} = 8 token bits" in out, out
     assert "unigram " in out and "inference FLOPs/byte" in out and "+ 2*N(M1)=" in out
+    # generation through M1 from the run alone: its tokenizer carries its own copy of M1
+    assert (run / "tokenizer" / "m1" / "config.json").is_file()
+    assert main(["generate", "--checkpoint", str(run), "--prompt", "The ", "--max-tokens", "6", "--seed", "1"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("The ")
+    for line in captured.err.splitlines():  # only the documented report of undecodable windows
+        assert line.startswith("pcomp: warning: sampled window ") and line.endswith("; skipped"), line
+
+
+def test_prepare_lists_every_tokenizer_kind():
+    from pcomp.compress.cli import TOKENIZER_KINDS_CLI
+    from pcomp.compress.prepare import TOKENIZER_KINDS
+
+    assert TOKENIZER_KINDS_CLI == TOKENIZER_KINDS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, extra", [("gzip", []), ("static_ac", []), ("ac", []), ("bytes", []),
+                                         ("sentencepiece", ["--vocab-size", "300"])])
+def test_prepare_every_tokenizer_and_train_on_it(kind, extra, m1_run, corpus, tmp_path, capsys):
+    from pcomp.train.trainer import train
+
+    out = tmp_path / "ds"
+    argv = ["prepare", "--tokenizer", kind, "--data", str(corpus), "--out", str(out), "--token-bits", "8",
+            "--seq-len", "32", "--shard-docs", "4", "--batch", M1_BATCH, *extra]
+    if kind == "ac":
+        argv += ["--m1", str(m1_run)]
+    assert main(argv) == 0
+    params = json.loads((out / "dataset.json").read_text())
+    tok = load_tokenizer(out / "tokenizer")
+    assert params["tokenizer"] == kind and params["tokenizer_kind"] == tok.name
+    assert params["vocab_size"] == tok.vocab_size and (params["m1_fingerprint"] is not None) == (kind == "ac")
+    # the first training document's tokens open the train stream and decode back to it
+    doc = load_documents(str(corpus), "train")[0]
+    ids = [t for t in ([tok.bos_id] if tok.bos_id is not None else []) + list(tok.encode(doc))]
+    stream, _ = PreparedDataset(out).stream("train")
+    assert list(stream[: len(ids)]) == ids
+    assert tok.decode(np.asarray(ids[1:] if tok.bos_id is not None else ids)) == doc
+    # resumable: a second run finds every shard done and changes nothing
+    before = _mtimes(out)
+    assert main(argv) == 0
+    assert _mtimes(out) == before
+    # the trainer reads it: M2 sized from the metadata, trained two steps, evaluated with the accounting
+    run = tmp_path / "m2"
+    train(Config.preset("test-tiny").override(f"data.source={out}", "data.seq_len=32", "training.steps=2",
+                                              f"training.workdir={run}", "training.progress=false"))
+    assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == tok.vocab_size
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--batch-size", "8"]) == 0
+    assert "(uniform " in capsys.readouterr().out
+
+
+def test_prepare_needs_m1_for_the_kinds_that_run_it(corpus, tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert main(["prepare", "--tokenizer", "ac", "--data", str(corpus), "--out", str(out)]) == 2
+    one_error_line(capsys, "--tokenizer ac runs M1", "--m1")
+    assert not (out / "dataset.json").exists()
 
 
 # ----------------------------------------------------------------------------- nothing lost (issue #9)
@@ -501,7 +558,7 @@ def test_prepare_rejects_zero_seq_len_and_empty_corpus(m1_run, corpus, tmp_path,
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     assert main(_prepare_argv(m1_run, empty, out)) == 2
-    one_error_line(capsys, str(empty), "no text")
+    one_error_line(capsys, str(empty), "empty")  # the source (empty file) or prepare (no text: non-empty expected)
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -18,6 +18,8 @@ from pcomp.config import CompressConfig
 from pcomp.errors import ConfigError, DataError
 
 _DEFAULT = CompressConfig()
+# (= pcomp.compress.prepare.TOKENIZER_KINDS; not imported here so `pcomp --help` stays light)
+TOKENIZER_KINDS_CLI = ("equal_info", "gzip", "static_ac", "ac", "bytes", "sentencepiece")
 
 
 def _progress(total: int, desc: str):
@@ -170,7 +172,7 @@ def _cmd_prepare(args) -> None:
     with _one_line_warnings():
         prepare(m1_path=args.m1, source=args.data, out=args.out, cfg=_config(args), seq_len=args.seq_len,
                 shard_docs=args.shard_docs, eval_fraction=args.eval_fraction, text_field=args.text_field,
-                data_dir=args.data_dir or None)
+                data_dir=args.data_dir or None, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
 
 
 def _add_settings(p, *, max_window_bytes: bool) -> None:
@@ -206,8 +208,12 @@ def add_commands(sub) -> None:
     d.add_argument("output")
     d.set_defaults(fn=_cmd_decompress)
 
-    p = sub.add_parser("prepare", help="compress a corpus into an ArrayRecord dataset of M2 token sequences")
-    p.add_argument("--m1", required=True)
+    p = sub.add_parser("prepare", help="tokenize (compress) a corpus into an ArrayRecord dataset of M2 token sequences")
+    p.add_argument("--m1", default=None, help="M1 run directory (needed by --tokenizer equal_info and ac)")
+    p.add_argument("--tokenizer", default="equal_info", choices=list(TOKENIZER_KINDS_CLI),
+                   help="equal_info (EqualInfoAC[b, 2**N], default) | ac (plain AC under M1) | gzip | static_ac | "
+                        "bytes | sentencepiece")
+    p.add_argument("--vocab-size", type=int, default=4096, help="pieces of --tokenizer sentencepiece")
     p.add_argument("--data", default="embedded", help="embedded | PATH | tfds:NAME")
     p.add_argument("--out", required=True, help="output directory (resumable)")
     _add_settings(p, max_window_bytes=False)
