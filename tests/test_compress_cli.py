@@ -391,7 +391,7 @@ def test_prepare_lists_every_tokenizer_kind():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind, extra", [("gzip", []), ("static_ac", []), ("ac", []), ("bytes", []),
-                                         ("sentencepiece", ["--vocab-size", "300"])])
+                                         ("sentencepiece", ["--vocab-size", "512"])])
 def test_prepare_every_tokenizer_and_train_on_it(kind, extra, m1_run, corpus, tmp_path, capsys):
     from pcomp.train.trainer import train
 
@@ -429,6 +429,11 @@ def test_prepare_needs_m1_for_the_kinds_that_run_it(corpus, tmp_path, capsys):
     out = tmp_path / "ds"
     assert main(["prepare", "--tokenizer", "ac", "--data", str(corpus), "--out", str(out)]) == 2
     one_error_line(capsys, "--tokenizer ac runs M1", "--m1")
+    assert not (out / "dataset.json").exists()
+    # a sentencepiece vocabulary smaller than the characters it must cover: one line, nothing written
+    assert main(["prepare", "--tokenizer", "sentencepiece", "--vocab-size", "50", "--data", str(corpus),
+                 "--out", str(out)]) == 2
+    one_error_line(capsys, "--vocab-size 50: sentencepiece cannot train")
     assert not (out / "dataset.json").exists()
 
 
@@ -558,7 +563,7 @@ def test_prepare_rejects_zero_seq_len_and_empty_corpus(m1_run, corpus, tmp_path,
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     assert main(_prepare_argv(m1_run, empty, out)) == 2
-    one_error_line(capsys, str(empty), "empty")  # the source (empty file) or prepare (no text: non-empty expected)
+    one_error_line(capsys, str(empty), "empty")  # "is empty" / "non-empty"
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -65,7 +65,11 @@ def make_tokenizer(kind: str, *, m1_path: str | None, cfg: CompressConfig, train
         return StaticACTokenizer.fit(train_docs, cfg.token_bits, cfg.precision)
     if not 1 <= vocab_size <= MAX_VOCAB:
         raise ConfigError(f"--vocab-size {vocab_size}: expected 1 .. {MAX_VOCAB} (tokens are stored as uint16)")
-    return build_tokenizer(kind, train_docs, vocab_size=vocab_size)
+    try:
+        return build_tokenizer(kind, train_docs, vocab_size=vocab_size)
+    except RuntimeError as e:  # sentencepiece's trainer refusing the settings (e.g. too few pieces)
+        raise ConfigError(f"--vocab-size {vocab_size}: sentencepiece cannot train on the train split: "
+                          f"{str(e).splitlines()[0]}") from None
 
 
 def prepare(*, m1_path: str | None, source: str, out: str, cfg: CompressConfig = CompressConfig(), seq_len: int = 256,
@@ -156,7 +160,8 @@ def _write_shard(out_dir: Path, split: str, shard: int, docs, tokenizer: Tokeniz
     os.replace(tmp, out_dir / f"{name}.array_record")
     _write_json(out_dir / f"{name}.json", {"docs": len(docs), "bytes": int(sum(len(d) for d in docs)),
                                           "tokens": int(len(stream)), "records": int(n_records),
-                                          **({} if per_window is None else {"windows": int(len(stream) // per_window)})})
+                                          **({} if per_window is None
+                                             else {"windows": int(len(stream) // per_window)})})
 
 
 def _write_json(path: Path, obj: dict) -> None:

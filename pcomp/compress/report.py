@@ -161,7 +161,8 @@ def account_prepared(run: TrainedModel, path, split: str = "eval", batch_size: i
 def account_text(run: TrainedModel, eval_docs, train_docs, max_bytes: int = 0, batch_size: int = 16) -> Accounting:
     """`account` on text documents tokenized by the run's tokenizer, the unigram fitted on `train_docs`
     (tokenized the same way)."""
-    data = pipeline.eval_set(eval_docs, run.tokenizer, run.cfg.data.seq_len, max_bytes, bos_first=run.cfg.data.bos_first)
+    data = pipeline.eval_set(eval_docs, run.tokenizer, run.cfg.data.seq_len, max_bytes,
+                             bos_first=run.cfg.data.bos_first)
     parts = [np.asarray(run.tokenizer.encode(d), np.int64) for d in train_docs]
     train_tokens = np.concatenate(parts + [np.zeros(0, np.int64)])
     return account(run, data, train_tokens, batch_size)

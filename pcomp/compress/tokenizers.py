@@ -271,6 +271,8 @@ class EqualInfoTokenizer(_M1Tokenizer):
         if config.get("window_rule") != WINDOW_RULE:
             raise DataError(f"tokenizer at {directory} made its windows with rule {config.get('window_rule')!r}; "
                             f"this pcomp decodes {WINDOW_RULE!r}")
-        return cls(config["m1_path"], config["window_bits"], config["token_bits"], load_from=_m1_location(config, directory),
-                   segment_bytes=config.get("segment_bytes", CompressConfig.segment_bytes), precision=config["precision"],
+        return cls(config["m1_path"], config["window_bits"], config["token_bits"],
+                   load_from=_m1_location(config, directory),
+                   segment_bytes=config.get("segment_bytes", CompressConfig.segment_bytes),
+                   precision=config["precision"],
                    batch=config["batch"], fingerprint=config["fingerprint"], context=config.get("context", 0))
