@@ -79,6 +79,9 @@ def _cmd_generate(args) -> None:
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes given, even if not UTF-8
     if getattr(tok, "window_bits", None) is not None:  # M2 over Equal-Info windows: decode through M1
         return _generate_through_m1(run, prompt, args)
+    if tok.name in _STREAM_CODED:
+        raise ConfigError(f"pcomp generate does not support an M2 over {tok.name} tokens yet: one sampled "
+                          f"stream decodes only as a whole, if at all; use an M2 over equal_info windows")
     ids = tok.encode(prompt)
     if tok.bos_id is not None:
         ids = [tok.bos_id, *ids]
@@ -93,6 +96,9 @@ def _cmd_generate(args) -> None:
                    temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop_id=tok.eos_id,
                    bos_id=tok.bos_id)
     sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
+
+
+_STREAM_CODED = ("gzip", "static_ac", "arith")  # compressed tokenizers without windows
 
 
 def _generate_through_m1(run, prompt: bytes, args) -> None:
