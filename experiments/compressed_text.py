@@ -69,7 +69,7 @@ def methods(names: str | None) -> list[Method]:
             out.append(Method(f"EqualInfoAC[b16,{v}]+patch{k}", "equal_info", token_bits=n, window_bits=16,
                               patch_size=k, patch_fraction=2 / 3))
     if names:
-        wanted = [w.strip() for w in names.split(",")]
+        wanted = [w.strip() for w in re.split(r",(?![^\[]*\])", names)]  # commas outside [...]
         unknown = [w for w in wanted if w not in {m.name for m in out}]
         if unknown:
             raise SystemExit(f"unknown methods {unknown}; choose among {[m.name for m in out]}")
