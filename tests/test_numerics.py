@@ -206,21 +206,16 @@ def test_z_loss_objective_matches_numpy_and_changes_the_step(mesh1, patch_size, 
     np.testing.assert_allclose(float(obj0), ref_nll, rtol=1e-5)
     assert float(obj) - float(obj0) > 1e-3 * z  # logsumexp^2 ~ log(258)^2 ~ 31: the z term is there
 
-    # the trainer's step takes the gradient of this objective: its norm is that of a jnp reference
-    # written here, and differs from the z_loss = 0 gradient's; AdamW on it gives the new parameters
+    # the trainer's step takes the gradient of this objective: its norm is that of the gradient of a jnp
+    # reference written here (rtol 1e-5), and differs from the z_loss = 0 gradient's by far more (the
+    # parameters after one Adam step are ~lr * sign(g) either way, so the norm is what tells them apart)
     grads = jax.grad(_jnp_objective)(params, program.graphdef, tokens, mask, patch_size, z)
     grads0 = jax.grad(_jnp_objective)(params, program.graphdef, tokens, mask, patch_size, 0.0)
-    updates, _ = program.tx.update(grads, program.tx.init(params), params)
-    expected = optax.apply_updates(params, updates)
     with jax.set_mesh(mesh1):
-        new_state, metrics = program.step(state, batch)
+        _, metrics = program.step(state, batch)
     np.testing.assert_allclose(float(metrics["loss"]), ref_nll, rtol=1e-5)  # the logged loss is the NLL only
     np.testing.assert_allclose(float(metrics["grad_norm"]), float(optax.tree.norm(grads)), rtol=1e-5)
     assert abs(float(optax.tree.norm(grads)) / float(optax.tree.norm(grads0)) - 1) > 1e-4
-    # Adam's first update is lr * g / (|g| + 1e-8): gradients near 1e-8 turn float32 noise into ~1e-6
-    # of movement, so the parameters agree to 1% of lr
-    for a, b in zip(_leaves(expected), _leaves(new_state["params"])):
-        np.testing.assert_allclose(b, a, atol=1e-2 * cfg.training.lr, rtol=0)
     _, _, m0 = _one_step(cfg.override("training.z_loss=0"), mesh1, batch, patch_size)
     np.testing.assert_allclose(float(m0["grad_norm"]), float(optax.tree.norm(grads0)), rtol=1e-5)
 
