@@ -267,6 +267,7 @@ def test_tfds_errors(tfds_dir, tmp_path):
         load_documents("tfds:tiny_shakespeare", "train", data_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_streaming_training_from_tfds_resumes_across_the_stage_boundary(tfds_dir, tmp_path):
     """TFDS sources train through the streaming packer; a run stopped at the end of the patch stage
     and resumed ends with the same parameters as an uninterrupted run."""

@@ -2,7 +2,6 @@
 
 import json
 import random
-import time
 
 import numpy as np
 import pytest
@@ -161,11 +160,9 @@ def test_sentencepiece_vocab_too_small():
         SentencePieceTokenizer.train(_small_corpus(), vocab_size=100)
 
 
-def test_sentencepiece_trains_fast_on_embedded_corpus():
+def test_sentencepiece_trains_on_embedded_corpus():
     docs = embedded_documents()  # ~1 MB
-    start = time.perf_counter()
     tokenizer = SentencePieceTokenizer.train(docs, vocab_size=4096)
-    assert time.perf_counter() - start < 20
     assert tokenizer.vocab_size == 4096
     assert tokenizer.decode(tokenizer.encode(docs[0])) == docs[0]
     assert len(tokenizer.encode(docs[0])) < len(docs[0]) / 3
