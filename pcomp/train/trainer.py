@@ -228,7 +228,7 @@ class _Run:
         with jax.set_mesh(ctx.mesh):
             while stage_index < len(ctx.stages):
                 stage = ctx.stages[stage_index]
-                tx, schedule = steplib.make_optimizer(tc, stage.steps)
+                tx, schedule = steplib.make_optimizer(tc, stage.steps, first_stage=stage_index == 0)
                 shapes = jax.eval_shape(lambda: steplib.init_state(ctx.cfg.model, tx, tc.seed))
                 state_sh = steplib.state_shardings(shapes, ctx.mesh)
                 iterator = data_iterator(ctx, stage, data_start)
