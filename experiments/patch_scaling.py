@@ -61,9 +61,13 @@ DOC_ROOTS = (  # (package, directory of its reStructuredText sources)
 EVAL_PERMILLE = 50  # documents whose name hashes below this (of 1000) are held out: ~5% of the documents
 
 
+def name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
+
+
 def is_held_out(name: str, permille: int = EVAL_PERMILLE) -> bool:
     """Deterministic document-level split: by the SHA-256 of the document's name."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") % 1000 < permille
+    return name_hash(name) % 1000 < permille
 
 
 def read_doc_tree(roots: Sequence[tuple[str, str]] = DOC_ROOTS) -> list[tuple[str, str]]:
@@ -82,9 +86,11 @@ def read_doc_tree(roots: Sequence[tuple[str, str]] = DOC_ROOTS) -> list[tuple[st
 
 def corpus_split(docs: Sequence[tuple[str, str]], permille: int = EVAL_PERMILLE
                  ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(train, held-out) whole documents, each in name order."""
+    """(train, held-out) whole documents: train in the given order, held-out in the order of their
+    name hashes (a fixed shuffle, so the first ones - all that `data.eval_max_bytes` keeps - mix
+    both packages)."""
     train = [d for d in docs if not is_held_out(d[0], permille)]
-    held = [d for d in docs if is_held_out(d[0], permille)]
+    held = sorted((d for d in docs if is_held_out(d[0], permille)), key=lambda d: name_hash(d[0]))
     return train, held
 
 
@@ -129,10 +135,10 @@ def ensure_corpus(path: Path) -> dict:
 
 # --- the study's plan ----------------------------------------------------------------------------
 PRESETS = {
-    # bytes vocabulary; 32 x 128 tokens per step; held-out: the first 100 KB of each series' eval split.
+    # bytes vocabulary; 32 x 128 tokens per step; held-out: the first 200 KB of each series' eval split.
     "cpu": dict(models=("ps-100k", "ps-500k"), seq_len=128, batch=32, tokenizer="bytes", extra=(),
                 lrs=(1e-3, 3e-3, 1e-2), lr_dn=10, dns=(10, 30, 100, 300), late_dns=(1000,),
-                series=("unique", "epochs"), epochs_source="embedded", eval_max_bytes=100_000, evals=6),
+                series=("unique", "epochs"), epochs_source="embedded", eval_max_bytes=200_000, evals=6),
     # A minute-long check of the whole flow (embedded corpus, tiny model, D/N = 1).
     "smoke": dict(models=("test-tiny",), seq_len=64, batch=8, tokenizer="bytes", extra=(), lrs=(3e-3,), lr_dn=1,
                   dns=(1,), late_dns=(), series=("epochs",), epochs_source="embedded", eval_max_bytes=5_000, evals=2),
@@ -141,7 +147,7 @@ PRESETS = {
                 extra=("data.vocab_size=32000", "data.data_dir=gs://BUCKET/tfds", "mesh.data=1", "mesh.fsdp=-1"),
                 lrs=(3e-4, 6e-4, 1.2e-3), lr_dn=10, dns=(10, 30, 100, 300), late_dns=(1000,),
                 series=("unique",), epochs_source=None, unique_source="tfds:c4/en:3.1.0",
-                eval_max_bytes=20_000_000, evals=8),
+                eval_max_bytes=20_000_000, evals=8, checkpoint_root="gs://BUCKET/patch_scaling"),
     "gpu": dict(models=("125m", "370m"), seq_len=1024, batch=64, tokenizer="sentencepiece",
                 extra=("data.vocab_size=32000",), lrs=(3e-4, 6e-4, 1.2e-3), lr_dn=10, dns=(10, 30, 100, 300),
                 late_dns=(), series=("unique",), epochs_source=None, unique_source="tfds:c4/en:3.1.0",
@@ -317,6 +323,8 @@ def run_overrides(run: Run, preset: dict, source: str, eval_fraction: float | No
            f"training.workdir={workdir}", *preset["extra"]]
     if eval_fraction is not None:
         out.append(f"data.eval_fraction={eval_fraction!r}")
+    if preset.get("checkpoint_root"):  # multi-host: every host reads and writes the same checkpoints
+        out.append(f"training.checkpoint_dir={preset['checkpoint_root']}/{run.name}")
     return out
 
 
