@@ -138,7 +138,10 @@ PRESETS = {
     # bytes vocabulary; 32 x 128 tokens per step; held-out: the first 200 KB of each series' eval split.
     "cpu": dict(models=("ps-100k", "ps-500k"), seq_len=128, batch=32, tokenizer="bytes", extra=(),
                 lrs=(1e-3, 3e-3, 1e-2), lr_dn=10, dns=(10, 30, 100, 300), late_dns=(1000,),
-                series=("unique", "epochs"), epochs_source="embedded", eval_max_bytes=200_000, evals=6),
+                series=("unique", "epochs"), epochs_source="embedded", eval_max_bytes=200_000, evals=6,
+                # ps-500k's D/N > 30 runs (epochs series only: the corpus stops at ~64) take 16+ h of
+                # this shared CPU each point: they wait until after the seeds and the side study.
+                main_dn_cap={"ps-500k": 30}),
     # A minute-long check of the whole flow (embedded corpus, tiny model, D/N = 1).
     "smoke": dict(models=("test-tiny",), seq_len=64, batch=8, tokenizer="bytes", extra=(), lrs=(3e-3,), lr_dn=1,
                   dns=(1,), late_dns=(), series=("epochs",), epochs_source="embedded", eval_max_bytes=5_000, evals=2),
@@ -236,8 +239,9 @@ def reachable(dn: int, n: int, series: str, train_tokens: int | None, seq_len: i
 def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None]) -> list[Run]:
     """All runs of the study in priority order, given the finished ones (later phases depend on them).
 
-    Per model, in size order: the lr candidates, then (a, b, c) at each D/N of each series. Then seeds
-    1, 2 at close points, then the K / lambda / warm-up side study, then the late (largest) D/N."""
+    Per model, in size order: the lr candidates, then (a, b, c) at each D/N of each series (up to the
+    model's `main_dn_cap`). Then seeds 1, 2 at close points, then the K / lambda / warm-up side study,
+    then the late D/N (above the cap, and `late_dns`)."""
     out: list[Run] = []
     lrs = {}
     for model in preset["models"]:
@@ -248,7 +252,7 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         if lr is None:
             continue  # the main series wait for the lr choice (the lr runs come first anyway)
         for series in preset["series"]:
-            for dn in preset["dns"]:
+            for dn in main_dns(preset, model):
                 if reachable(dn, n, series, train_tokens.get(series), preset["seq_len"]):
                     out += [arm_run(model, series, dn, arm, lr) for arm in "abc"]
     for model in preset["models"]:  # seeds where (b) is close to (a) or (c)
@@ -272,7 +276,7 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         if lr is None:
             continue
         for series in preset["series"]:
-            for dn in preset["late_dns"]:
+            for dn in [d for d in preset["dns"] if d not in main_dns(preset, model)] + list(preset["late_dns"]):
                 if reachable(dn, n, series, train_tokens.get(series), preset["seq_len"]):
                     out += [arm_run(model, series, dn, arm, lr) for arm in "abc"]
     seen, ordered = set(), []
@@ -281,6 +285,12 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
             seen.add(r.name)
             ordered.append(r)
     return ordered
+
+
+def main_dns(preset: dict, model: str) -> list[int]:
+    """The D/N of `model`'s main series (the rest run last, after the seeds and the side study)."""
+    cap = preset.get("main_dn_cap", {}).get(model)
+    return [d for d in preset["dns"] if cap is None or d <= cap]
 
 
 def pending_runs(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None]) -> list[Run]:

@@ -131,6 +131,20 @@ def test_lr_candidates_come_first_and_the_best_one_is_used():
     # the next model's lr runs follow the first model's series
     first_large = next(i for i, r in enumerate(rest) if r.model == large)
     assert all(r.model == small for r in rest[:first_large]) and rest[first_large].purpose == "lr"
+    assert list(dict.fromkeys((r.series, r.dn) for r in main)) == [
+        ("unique", 10), ("unique", 30), ("unique", 100), ("unique", 300), ("epochs", 10), ("epochs", 30),
+        ("epochs", 100), ("epochs", 300), ("epochs", 1000)]  # unique D/N = 1000 is beyond the corpus
+    # with the large model's lr chosen too, its main series stops at its cap; the rest runs last
+    large_lr = [ps.arm_run(large, "unique", 10, "a", lr) for lr in preset["lrs"]]
+    rest = ps.pending_runs(preset, {**done, **_done(large_lr, lambda r: 3.0 - r.lr)}, TOKENS)
+    large_main = [(r.series, r.dn) for r in rest if r.model == large and r.purpose == "main"]
+    cap = preset["main_dn_cap"][large]
+    assert [p for p in large_main if p[1] <= cap] == [("unique", 10)] * 2 + [("unique", 30)] * 3 + [
+        ("epochs", 10)] * 3 + [("epochs", 30)] * 3
+    late = large_main[len(large_main) - 3 * sum(d > cap for d in preset["dns"] + preset["late_dns"]):]
+    assert [d for _, d in late[::3]] == [d for d in preset["dns"] + preset["late_dns"] if d > cap]
+    assert rest.index(next(r for r in rest if r.model == large and r.dn > cap)) > max(
+        i for i, r in enumerate(rest) if r.model == large and r.dn <= cap)
 
 
 def test_unique_points_beyond_the_corpus_are_not_planned():
