@@ -25,6 +25,7 @@ and the PNG from those JSONs only (no training).
     python -m experiments.patch_scaling --plan              # what would run next, projected times
     python -m experiments.patch_scaling --report            # tables + PNG + RESULTS.md section
     python -m experiments.patch_scaling --preset tpu --print-commands   # tpu_scripts/launch.sh lines
+    python -m experiments.patch_scaling --preset smoke --out /tmp/ps --workdirs /tmp/ps_runs  # minutes: the whole flow
 """
 
 from __future__ import annotations
