@@ -39,7 +39,6 @@ import math
 import os
 import re
 import statistics
-import sys
 import tempfile
 import time
 import traceback
@@ -512,7 +511,8 @@ def report_markdown(done: dict[str, dict]) -> str:
                                   ("bpb", "held-out bits/byte", ".4f")]), ""]
     side = [r for r in done.values() if r["run"]["purpose"] == "side"]
     if side:
-        lines += ["Side study (all on D, 0.5× or other compute; wf = stage-2 warm-up fraction, 0 = old rule):", ""]
+        lines += ["Side study (patch runs on D; cost = λ/K + 1 − λ; wf = stage-2 warm-up fraction, 0 = the old "
+                  "rule; compare with (b) = K 4, λ 0.667, wf 0.04 at the same D/N in the table above):", ""]
         lines += [markdown_table([{"model": r["run"]["model"], "dn": r["run"]["dn"], "K": r["run"]["K"],
                                    "lam": r["run"]["lam"], "wf": r["run"]["warmup_fraction"],
                                    "cost": r["relative_cost"], "bpb": r["bpb"], "of": "yes" if r["overfit"] else ""}
@@ -527,7 +527,7 @@ def report_markdown(done: dict[str, dict]) -> str:
 def report_png(done: dict[str, dict], path: Path) -> Path:
     rows = point_rows(done)
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True, sharey=True)
     for ax, key, title in ((axes[0], "b_a", "(b) patch 0.5× − (a) token 1×"),
                            (axes[1], "b_c", "(b) patch 0.5× − (c) token 0.5×")):
         for (model, series) in sorted({(r["model"], r["series"]) for r in rows}):
@@ -538,6 +538,9 @@ def report_png(done: dict[str, dict], path: Path) -> Path:
             xs = [t / PAPER_N for t in PAPER_TABLE4]
             ys = [math.log2(p / t) for p, t in PAPER_TABLE4.values()]
             ax.plot(xs, ys, marker="*", ms=12, color="k", ls=":", label="paper Table 4, 370M: log2(PPL_b/PPL_a), bits/token")
+            for (tokens, (pb, pa)), x, y in zip(PAPER_TABLE4.items(), xs, ys):
+                ax.annotate(f"{tokens / 1e9:.0f}B: {pb} vs {pa}", (x, y), textcoords="offset points",
+                            xytext=(-30, 8), fontsize=7)
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("D/N (tokens per parameter, N with embeddings)")
