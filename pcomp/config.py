@@ -129,7 +129,10 @@ class TrainingConfig:
     tokens: int = 0  # token budget D; overrides `steps` when > 0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the end of each stage
-    warmup_steps: int = 100  # per stage, capped at a fifth of the stage
+    warmup_steps: int = 100  # first stage, capped at a fifth of the stage
+    # Stage 2 (token level after a patch stage) re-warms for this fraction of its own steps (the paper:
+    # 2000 of 45000 steps, 4%); 0 = the old rule, min(warmup_steps, steps // 5), as in stage 1.
+    warmup_fraction: float = 0.04
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -161,7 +164,7 @@ class TrainingConfig:
         for key in ("min_lr_ratio", "patch_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"training.{key}={getattr(self, key)} must be in [0, 1]")
-        for key in ("b1", "b2"):
+        for key in ("b1", "b2", "warmup_fraction"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"training.{key}={getattr(self, key)} must be in [0, 1)")
         _seed(self, "training")
@@ -517,6 +520,11 @@ def _model(name: str, **kw: Any) -> ModelConfig:
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # CPU unit-test size.
     "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+    # Patch-scaling study (experiments/patch_scaling.py), bytes vocabulary (258, padded to 384):
+    # 92,400 parameters with embeddings (55,536 without); the CPU reaches ~300 tokens per parameter.
+    "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+    # 516,960 parameters with embeddings (443,232 without).
+    "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128),
     # The CPU demo: ~1.9M parameters, trains in minutes.
     "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256),
     # The Equal-Info Windows paper's compressor model M1: 3 layers, d=256, 4 heads, MLP 1024, bytes.
@@ -532,6 +540,17 @@ RUN_PRESETS: dict[str, Config] = {
         model=MODEL_PRESETS["test-tiny"],
         data=DataConfig(seq_len=64),
         training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
+    ),
+    # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).
+    "ps-100k": Config(
+        model=MODEL_PRESETS["ps-100k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-100k"),
+    ),
+    "ps-500k": Config(
+        model=MODEL_PRESETS["ps-500k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-500k"),
     ),
     "demo": Config(
         model=MODEL_PRESETS["demo"],

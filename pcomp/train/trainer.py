@@ -195,7 +195,7 @@ class _Run:
             while pos.stage < len(ctx.stages):
                 stage = ctx.stages[pos.stage]
                 program = build_program(cfg.model, cfg.training, ctx.mesh, steps=stage.steps,
-                                        patch_size=stage.patch_size)
+                                        patch_size=stage.patch_size, first_stage=pos.stage == 0)
                 iterator = ctx.data.batches(stage.seq_tokens, pos.data_start)
                 if resume_step is not None:  # resume inside (or at the end of) this stage
                     state, _ = self.ckpt.restore(resume_step, program.abstract_state(), iterator)
