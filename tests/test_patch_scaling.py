@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 
 from experiments import patch_scaling as ps
-from experiments.common import write_json
+from pcomp.report import write_json
 from pcomp.data.sources import load_documents
 from pcomp.errors import DataError
 
