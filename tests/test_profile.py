@@ -28,6 +28,16 @@ def test_bad_profile_steps_are_one_line_config_errors(value):
     assert f"training.profile_steps={value!r}" in str(e.value) and "\n" not in str(e.value)
 
 
+def test_bad_profile_steps_on_the_command_line(tmp_path, capsys):
+    from pcomp.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", "test-tiny", "training.profile_steps=-1,2", f"training.workdir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pcomp: error: training.profile_steps='-1,2' must be") and len(err.strip().splitlines()) == 1
+    assert not run.exists()  # refused before anything was written
+
+
 def _traces(workdir: Path) -> list[Path]:
     """One `<host>.trace.json.gz` per trace written, oldest first (each trace has its own time-stamped folder)."""
     return sorted((workdir / "profile" / "plugins" / "profile").glob("*/*.trace.json.gz"))
