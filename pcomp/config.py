@@ -148,6 +148,7 @@ class TrainingConfig:
     workdir: str = "runs/default"  # config, tokenizer, metrics, TensorBoard (local)
     checkpoint_dir: str = ""  # "" = WORKDIR/checkpoints; may be gs://... (orbax writes it directly)
     progress: bool = True  # tqdm progress bar on process 0
+    profile_steps: str = ""  # "N,M": JAX profiler trace of global steps N..M in WORKDIR/profile; "" = off
 
     def validate(self) -> None:
         _check_types(self, "training")
@@ -176,6 +177,18 @@ class TrainingConfig:
             raise ConfigError("set training.steps or training.tokens to a positive number")
         if not self.workdir:
             raise ConfigError("training.workdir is empty; expected a directory path for the run")
+        self.profile_window()
+
+    def profile_window(self) -> tuple[int, int] | None:
+        """`profile_steps` as (first, last) global step, both included; None when profiling is off."""
+        if not self.profile_steps:
+            return None
+        parts = [p.strip() for p in self.profile_steps.split(",")]
+        two_ints = len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts)
+        if not two_ints or not 1 <= int(parts[0]) <= int(parts[1]):
+            raise ConfigError(f"training.profile_steps={self.profile_steps!r} must be \"N,M\" with 1 <= N <= M "
+                              "(global steps to trace), or empty for no profile")
+        return int(parts[0]), int(parts[1])
 
 
 @dataclasses.dataclass(frozen=True)
