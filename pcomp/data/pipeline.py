@@ -2,11 +2,11 @@
 shard per process, batch; and the exact held-out evaluation stream.
 
 Two packers (`pcomp.data.run_data.RunData` picks one for a run):
-  * in memory, for local sources (embedded corpus, files, JSONL): the whole corpus becomes one token
-    stream cut into blocks of `block_tokens`; blocks are shuffled globally (reshuffled every epoch)
-    and each block yields `block_tokens / seq_tokens` sequences. A run keeps the same blocks across
-    its stages (block = K * seq_len), so stage 2 of patch-level training continues exactly at the
-    first block stage 1 did not read.
+  * in memory, for local sources (embedded corpus, files, JSONL) and prepared datasets: a token
+    stream (a process's shard, see `RunData`) cut into blocks of `block_tokens`; blocks are shuffled
+    (reshuffled every epoch) and each block yields `block_tokens / seq_tokens` sequences. A run
+    keeps the same blocks across its stages (block = K * seq_len), so stage 2 of patch-level
+    training continues exactly at the first block stage 1 did not read.
   * streaming, for TFDS corpora too large for memory: documents are shuffled, tokenized lazily and
     concatenated-then-split by grain; stage 2 continues after the last document stage 1 read from
     (a partly read one is skipped).
