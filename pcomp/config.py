@@ -548,6 +548,8 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "1b": _model("1b", d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=5632, max_seq_len=2048),
 }
 
+EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m, 370m, 1b) evaluate on
+
 RUN_PRESETS: dict[str, Config] = {
     "test-tiny": Config(
         model=MODEL_PRESETS["test-tiny"],
@@ -581,19 +583,24 @@ RUN_PRESETS: dict[str, Config] = {
         data=DataConfig(seq_len=512),
         training=TrainingConfig(batch_size=32, steps=5000, lr=1e-3, workdir="runs/25m"),
     ),
+    # Large presets evaluate on at most EVAL_MAX_BYTES_LARGE (10 MB) of held-out text: the held-out
+    # set is held in host memory on every process (0 = all of a corpus's validation split).
     "125m": Config(
         model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16"),
-        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000),
+        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000, workdir="runs/125m"),
     ),
     "370m": Config(
         model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16"),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000),
+        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
     ),
     "1b": Config(
         model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat=True),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000),
+        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),
     ),
 }
