@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SIZES = ("demo", "m1-3m", "25m", "125m")  # ~1.7M, ~3.3M, ~26M, ~86M parameters with the byte vocabulary
 
@@ -51,19 +48,15 @@ def pcomp_step(cfg, patch_size: int, batch: int, seq_len: int):
 
     from pcomp.config import MeshConfig
     from pcomp.models.sharding import batch_sharding, make_mesh
-    from pcomp.train import step as steplib
+    from pcomp.train.step import build_program
 
     mesh = make_mesh(MeshConfig(), jax.devices()[:1])
-    tc = cfg.training
-    tx, schedule = steplib.make_optimizer(tc, 1000)
-    graphdef, _ = steplib.abstract_model(cfg.model)
+    program = build_program(cfg.model, cfg.override("training.grad_accum=1").training, mesh, steps=1000,
+                            patch_size=patch_size)
     tokens = np.random.default_rng(0).integers(0, cfg.model.vocab_size, (batch, patch_size * seq_len), np.int32)
     with jax.set_mesh(mesh):
-        shapes = jax.eval_shape(lambda: steplib.init_state(cfg.model, tx, tc.seed))
-        state_sh = steplib.state_shardings(shapes, mesh)
-        holder = {"state": jax.jit(lambda: steplib.init_state(cfg.model, tx, tc.seed), out_shardings=state_sh)()}
-        fn = steplib.jit_train_step(graphdef, tx, schedule, state_sh, mesh, patch_size=patch_size,
-                                    z_loss=tc.z_loss, grad_accum=1)
+        holder = {"state": program.init(None)}
+        fn = program.step
         data = {"tokens": jax.device_put(tokens, batch_sharding(mesh)),
                 "mask": jax.device_put(np.ones_like(tokens), batch_sharding(mesh))}
 
@@ -160,9 +153,9 @@ def main(argv=None) -> None:
     import jax
     import torch
 
-    from common import markdown_table, write_json
     from pcomp.config import MODEL_PRESETS, Config
     from pcomp.models.transformer import count_params
+    from pcomp.report import markdown_table, write_json
 
     frameworks = set(args.frameworks.split(","))
     unknown = frameworks - {"pcomp", "torch", "torch.compile"}

@@ -129,7 +129,10 @@ class TrainingConfig:
     tokens: int = 0  # token budget D; overrides `steps` when > 0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the end of each stage
-    warmup_steps: int = 100  # per stage, capped at a fifth of the stage
+    warmup_steps: int = 100  # first stage, capped at a fifth of the stage
+    # Stage 2 (token level after a patch stage) re-warms for this fraction of its own steps (the paper:
+    # 2000 of 45000 steps, 4%); 0 = the old rule, min(warmup_steps, steps // 5), as in stage 1.
+    warmup_fraction: float = 0.04
     weight_decay: float = 0.1
     b1: float = 0.9
     b2: float = 0.95
@@ -145,6 +148,7 @@ class TrainingConfig:
     workdir: str = "runs/default"  # config, tokenizer, metrics, TensorBoard (local)
     checkpoint_dir: str = ""  # "" = WORKDIR/checkpoints; may be gs://... (orbax writes it directly)
     progress: bool = True  # tqdm progress bar on process 0
+    profile_steps: str = ""  # "N,M": JAX profiler trace of global steps N..M in WORKDIR/profile; "" = off
 
     def validate(self) -> None:
         _check_types(self, "training")
@@ -161,7 +165,7 @@ class TrainingConfig:
         for key in ("min_lr_ratio", "patch_fraction"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"training.{key}={getattr(self, key)} must be in [0, 1]")
-        for key in ("b1", "b2"):
+        for key in ("b1", "b2", "warmup_fraction"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"training.{key}={getattr(self, key)} must be in [0, 1)")
         _seed(self, "training")
@@ -173,6 +177,18 @@ class TrainingConfig:
             raise ConfigError("set training.steps or training.tokens to a positive number")
         if not self.workdir:
             raise ConfigError("training.workdir is empty; expected a directory path for the run")
+        self.profile_window()
+
+    def profile_window(self) -> tuple[int, int] | None:
+        """`profile_steps` as (first, last) global step, both included; None when profiling is off."""
+        if not self.profile_steps:
+            return None
+        parts = [p.strip() for p in self.profile_steps.split(",")]
+        two_ints = len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts)
+        if not two_ints or not 1 <= int(parts[0]) <= int(parts[1]):
+            raise ConfigError(f"training.profile_steps={self.profile_steps!r} must be \"N,M\" with 1 <= N <= M "
+                              "(global steps to trace), or empty for no profile")
+        return int(parts[0]), int(parts[1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -517,6 +533,11 @@ def _model(name: str, **kw: Any) -> ModelConfig:
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # CPU unit-test size.
     "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+    # Patch-scaling study (experiments/patch_scaling.py), bytes vocabulary (258, padded to 384):
+    # 92,400 parameters with embeddings (55,536 without); the CPU reaches ~300 tokens per parameter.
+    "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+    # 516,960 parameters with embeddings (443,232 without).
+    "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128),
     # The CPU demo: ~1.9M parameters, trains in minutes.
     "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256),
     # The Equal-Info Windows paper's compressor model M1: 3 layers, d=256, 4 heads, MLP 1024, bytes.
@@ -527,11 +548,24 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "1b": _model("1b", d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=5632, max_seq_len=2048),
 }
 
+EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m, 370m, 1b) evaluate on
+
 RUN_PRESETS: dict[str, Config] = {
     "test-tiny": Config(
         model=MODEL_PRESETS["test-tiny"],
         data=DataConfig(seq_len=64),
         training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
+    ),
+    # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).
+    "ps-100k": Config(
+        model=MODEL_PRESETS["ps-100k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-100k"),
+    ),
+    "ps-500k": Config(
+        model=MODEL_PRESETS["ps-500k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-500k"),
     ),
     "demo": Config(
         model=MODEL_PRESETS["demo"],
@@ -549,19 +583,24 @@ RUN_PRESETS: dict[str, Config] = {
         data=DataConfig(seq_len=512),
         training=TrainingConfig(batch_size=32, steps=5000, lr=1e-3, workdir="runs/25m"),
     ),
+    # Large presets evaluate on at most EVAL_MAX_BYTES_LARGE (10 MB) of held-out text: the held-out
+    # set is held in host memory on every process (0 = all of a corpus's validation split).
     "125m": Config(
         model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16"),
-        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000),
+        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000, workdir="runs/125m"),
     ),
     "370m": Config(
         model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16"),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000),
+        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
     ),
     "1b": Config(
         model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat=True),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000),
+        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),
     ),
 }

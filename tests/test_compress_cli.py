@@ -566,7 +566,7 @@ def test_prepare_rejects_zero_seq_len_and_empty_corpus(m1_run, corpus, tmp_path,
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     assert main(_prepare_argv(m1_run, empty, out)) == 2
-    one_error_line(capsys, str(empty), "empty")  # "is empty" / "non-empty"
+    one_error_line(capsys, str(empty), "is empty")
     assert not out.exists() or not any(out.iterdir())
 
 

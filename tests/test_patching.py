@@ -16,15 +16,17 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from pcomp.config import Config
+from pcomp.config import Config, TrainingConfig
+from pcomp.data.sources import load_documents
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import make_mesh
 from pcomp.models.transformer import Transformer
 from pcomp.patching import (check_patch_size, next_patch_loss, next_patch_nll, patchify, plan_stages,
                             relative_cost)
 from pcomp.train.checkpoint import Checkpointer
+from pcomp.train.load import evaluate, load_trained
 from pcomp.train.metrics import flops_per_position
-from pcomp.train.step import abstract_model, build_program, eval_step, objective
+from pcomp.train.step import abstract_model, build_program, eval_step, make_optimizer, objective, warmup_steps
 from pcomp.train.trainer import setup, train
 
 TINY = Config.preset("test-tiny").override("training.progress=false", "data.seq_len=32")
@@ -277,6 +279,7 @@ def _restore(cfg_saved: Config, workdir, step: int, stage_steps: int):
         ckpt.close()
 
 
+@pytest.mark.slow
 def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     cfg_a, cfg_b = _two_stage_cfg(tmp_path, "a"), _two_stage_cfg(tmp_path, "b")
     tc = cfg_a.training
@@ -294,7 +297,8 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     assert (meta["stage"], meta["stage_step"], meta["global_step"]) == (0, s1, s1)
     assert [s["name"] for s in meta["summaries"]] == ["patch"]
     # ... is what stage 2 starts from, with a fresh optimizer (the trainer's stage-2 initialisation)
-    program2 = build_program(saved_cfg.model, saved_cfg.training, make_mesh(saved_cfg.mesh), steps=s2)
+    program2 = build_program(saved_cfg.model, saved_cfg.training, make_mesh(saved_cfg.mesh), steps=s2,
+                             first_stage=False)
     with jax.set_mesh(program2.mesh):
         init2 = program2.init(state1["params"])
     _assert_trees_equal(init2["params"], state1["params"])
@@ -329,7 +333,13 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     assert stage_p["tokens"] == 2 * d // 3 and stage_t["tokens"] == d // 3
     baseline_flops = tc.steps * tc.batch_size * cfg_a.data.seq_len * flops_per_position(cfg_a.model, 32)
     assert stage_p["flops"] + stage_t["flops"] == 0.5 * baseline_flops
-    assert math.isfinite(full["eval"]["eval/bits_per_byte"]) and stage_t["end_bits_per_byte"] > 0
+    # each stage's end-of-stage held-out bits/byte (8-device mesh) = an independent evaluation of the
+    # checkpoint at the stage's last step, reloaded on one device (float32 summation order: 1e-5)
+    eval_docs = load_documents(saved_cfg.data.source, "eval", eval_fraction=saved_cfg.data.eval_fraction)
+    for stage, step in ((stage_p, s1), (stage_t, s1 + s2)):
+        again = evaluate(load_trained(tmp_path / "a", step=step), eval_docs)
+        np.testing.assert_allclose(stage["end_bits_per_byte"], again["bits_per_byte"], rtol=1e-5)
+    assert full["eval"]["eval/bits_per_byte"] == stage_t["end_bits_per_byte"]
 
     train_rows = [r for r in rows if "train/stage" in r]
     patch_rows = [r for r in train_rows if r["train/stage"] == 0]
@@ -342,3 +352,31 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     # stage 2 restarts its warmup + cosine schedule
     assert min(r["step"] for r in token_rows) == s1 + 1
     np.testing.assert_allclose(first_token["train/lr"], float(program2.schedule(0)), rtol=1e-6)
+
+
+# --- the per-stage warm-up -----------------------------------------------------------------------
+@pytest.mark.parametrize("steps", [1, 4, 50, 999, 45000])
+@pytest.mark.parametrize("fraction", [0.0, 0.04, 0.1])
+def test_stage_warmup_is_a_fraction_of_a_later_stage_and_the_old_rule_otherwise(steps, fraction):
+    tc = TrainingConfig(lr=2e-3, min_lr_ratio=0.1, warmup_steps=100, warmup_fraction=fraction)
+    old_rule = min(100, steps // 5)
+    assert warmup_steps(tc, steps, first_stage=True) == old_rule
+    later = warmup_steps(tc, steps, first_stage=False)
+    assert later == (round(fraction * steps) if fraction else old_rule)
+    if steps == 45000 and fraction == 0.04:
+        assert later == 1800  # the paper re-warms for 2000 of 45000 steps
+    for first, w in ((True, old_rule), (False, later)):
+        _, schedule = make_optimizer(tc, steps, first_stage=first)
+        for t in sorted({0, w // 2, w, steps - 1, steps}):  # naive reference: linear ramp, then cosine
+            if t < w:
+                want = 2e-3 * t / w
+            else:
+                progress = min((t - w) / max(steps - w, 1), 1.0)
+                want = 2e-4 + (2e-3 - 2e-4) * 0.5 * (1 + math.cos(math.pi * progress))
+            np.testing.assert_allclose(float(schedule(t)), want, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 2.0])
+def test_stage_warmup_fraction_out_of_range_is_a_config_error(fraction):
+    with pytest.raises(ConfigError, match="training.warmup_fraction"):
+        make_optimizer(TrainingConfig(warmup_fraction=fraction), 100, first_stage=False)

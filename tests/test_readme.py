@@ -1,29 +1,103 @@
-"""The README's Python examples run as written (those that need no trained M1 on disk)."""
+"""The README's examples work as written: every ```python block runs (in a fresh interpreter, in a
+temporary directory, at tiny sizes; the compression example against the test session's trained M1),
+every `pcomp ...` command line of its ```bash blocks parses with the real argument parser and config
+overrides, and its `make` targets exist and run what it says."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+from pcomp.cli import build_parser
+from pcomp.config import Config
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+def _blocks(lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_readme_quickstart_commands_exist():
-    text = README.read_text()
-    makefile = (README.parent / "Makefile").read_text()
-    assert "make demo" in text and "make test" in text
-    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
-    assert "make test" in (README.parent / ".ci" / "run").read_text()
+def _needs_training(block: str) -> bool:
+    return "train(" in block or "runs/m1" in block
 
 
-def test_readme_python_examples_run(tmp_path, monkeypatch):
-    blocks = [b for b in _python_blocks() if "runs/m1" not in b]
-    assert len(blocks) >= 2
-    monkeypatch.chdir(tmp_path)  # the training example writes runs/api here
-    for block in blocks:
-        exec(compile(block.replace("training.steps=50", "training.steps=5"), "README.md", "exec"), {})
-    assert (tmp_path / "runs" / "api" / "config.json").is_file()
+PYTHON_BLOCKS = [pytest.param(b, id=f"block{i}", marks=[pytest.mark.slow] if _needs_training(b) else [])
+                 for i, b in enumerate(_blocks("python"))]
+
+
+def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_readme_has_the_examples_these_tests_run():
+    assert len(PYTHON_BLOCKS) >= 3
+    assert sum(not _needs_training(p.values[0]) for p in PYTHON_BLOCKS) >= 1
+    assert len(_cli_lines()) >= 10
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS)
+def test_readme_python_block_runs(block, tmp_path, request):
+    """Each block as written, except: the training example's 50 steps become 5, and `runs/m1` is the
+    test session's trained test-tiny M1 (`m1_run` in conftest.py)."""
+    code = block.replace("training.steps=50", "training.steps=5")
+    if "runs/m1" in code:
+        code = code.replace('"runs/m1"', repr(str(request.getfixturevalue("m1_run"))))
+    proc = _run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if "training.workdir=runs/api" in block:  # it trained where it says, and printed the held-out bits/byte
+        summary = json.loads((tmp_path / "runs" / "api" / "summary.json").read_text())
+        assert proc.stdout.strip().splitlines()[-1] == str(summary["eval"]["eval/bits_per_byte"])
+
+
+# --- the command lines ---------------------------------------------------------------------------------
+def _cli_lines() -> list[list[str]]:
+    """argv (without the leading `pcomp`) of every command line in the README's bash blocks."""
+    lines = []
+    for block in _blocks("bash"):
+        for line in block.splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("pcomp "):
+                lines.append(shlex.split(line)[1:])
+    return lines
+
+
+@pytest.mark.parametrize("argv", _cli_lines(), ids=lambda a: " ".join(a)[:60])
+def test_readme_command_line_parses(argv):
+    """The subcommand and flags exist (argparse exits on an unknown one), and the overrides of
+    `pcomp train` / `pcomp demo` are valid keys and values of the preset's config (run configs named
+    as runs/.../config.json do not exist here: their overrides are checked against `demo`)."""
+    args = build_parser().parse_args(argv)
+    if args.command in ("train", "demo"):
+        base = getattr(args, "config", "demo")
+        cfg = Config.load("demo" if base.endswith(".json") else base)
+        cfg.override(*args.overrides).validate()
+
+
+def test_readme_make_targets_run_what_it_says(tmp_path):
+    """`make demo` runs `pcomp demo`; `make test` runs pytest on tests/ on 8 simulated devices;
+    `make test-fast` the same without the slow tests; `.ci/run` is `make test` (dry runs: make -n)."""
+    def dry(target):
+        proc = subprocess.run(["make", "-n", f"VENV={tmp_path}/venv", target], cwd=ROOT, capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()[-1]
+
+    readme = README.read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert dry("demo") == f"{tmp_path}/venv/bin/pcomp demo"
+    flags = "XLA_FLAGS=--xla_force_host_platform_device_count=8"
+    assert re.fullmatch(rf"{flags} {tmp_path}/venv/bin/python -m pytest -q .* tests", dry("test"))
+    fast = dry("test-fast")
+    assert fast.startswith(f"{flags} {tmp_path}/venv/bin/python -m pytest") and '-m "not slow"' in fast
+    assert "make test" in (ROOT / ".ci" / "run").read_text().splitlines()

@@ -112,7 +112,7 @@ def test_metrics_log_each_step_once_after_resume(tmp_path):
     assert strip(rows(b)) == strip(rows(a))
 
 
-STEPS = 12
+STEPS = 150  # long enough that a signal sent at step 3 lands mid-training on an idle machine
 
 
 def _train_cmd(workdir: Path, *extra: str) -> list[str]:

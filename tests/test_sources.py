@@ -3,6 +3,7 @@
 import gzip
 import hashlib
 import json
+import inspect
 import re
 import subprocess
 import sys
@@ -39,6 +40,25 @@ def test_embedded_corpus_is_deterministic_text():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[0] == _digest(docs)
     assert out[1] == "[]"
+
+
+def test_embedded_corpus_ignores_patches_to_the_standard_library(monkeypatch):
+    """Libraries patch stdlib modules on import (transformers adds logging.Logger.warning_advice):
+    the corpus is the pristine modules' text whatever this process imported."""
+    import logging
+
+    want = _digest(embedded_documents())
+
+    def warning_advice(self, *args):
+        """A method some library added to logging.Logger."""
+
+    monkeypatch.setattr(logging.Logger, "warning_advice", warning_advice, raising=False)
+    monkeypatch.setattr(inspect, "getfile", lambda obj: "patched")
+    embedded_documents.cache_clear()
+    try:
+        assert _digest(embedded_documents()) == want
+    finally:
+        embedded_documents.cache_clear()
 
 
 def test_load_embedded_splits():
@@ -267,6 +287,7 @@ def test_tfds_errors(tfds_dir, tmp_path):
         load_documents("tfds:tiny_shakespeare", "train", data_dir=str(tmp_path))
 
 
+@pytest.mark.slow
 def test_streaming_training_from_tfds_resumes_across_the_stage_boundary(tfds_dir, tmp_path):
     """TFDS sources train through the streaming packer; a run stopped at the end of the patch stage
     and resumed ends with the same parameters as an uninterrupted run."""

@@ -49,6 +49,7 @@ def _batch(cfg, seed=0):
     return {"tokens": rng.integers(0, 258, (b, t)).astype(np.int32), "mask": np.ones((b, t), np.int32)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("patch_size", [1, 4])
 def test_sharded_step_equals_single_device(patch_size):
     cfg = TINY.override(f"training.patch_size={patch_size}", "training.lr=1e-3")
@@ -66,6 +67,7 @@ def test_sharded_step_equals_single_device(patch_size):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_grad_accumulation_equals_one_big_batch():
     cfg = TINY.override("training.lr=1e-3")
     batch = _batch(cfg, seed=1)
@@ -77,6 +79,7 @@ def test_grad_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_loss_decreases_on_tiny_corpus(tmp_path):
     cfg = TINY.override(f"data.source={_text_file(tmp_path)}", f"training.workdir={tmp_path / 'run'}",
                         "training.steps=40", "training.lr=3e-3", "training.log_every=1")
@@ -126,6 +129,7 @@ def _next_batch_after(workdir, cfg):
     return next(it)["tokens"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     """2N steps straight == N steps, 'preemption', resume, N steps: same params, same next batch."""
     base = TINY.override("mesh.fsdp=2", "training.steps=12", "training.checkpoint_every=100",

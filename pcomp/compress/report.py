@@ -115,10 +115,15 @@ def nll_bits(run: TrainedModel, data: pipeline.EvalSet, batch_size: int = 16) ->
     return total / math.log(2), count
 
 
-def unigram_bits(train_tokens: np.ndarray, targets: np.ndarray, vocab_size: int) -> float:
-    """Total bits of `targets` under the add-one-smoothed unigram distribution of `train_tokens`."""
-    counts = np.bincount(np.asarray(train_tokens, np.int64).ravel(), minlength=vocab_size).astype(np.float64)
-    logp = np.log2(counts + 1.0) - math.log2(len(np.ravel(train_tokens)) + vocab_size)
+def unigram_bits(train_tokens, targets: np.ndarray, vocab_size: int, chunk: int = 1 << 22) -> float:
+    """Total bits of `targets` under the add-one-smoothed unigram distribution of `train_tokens` (an
+    array, or any sequence with len() and slices, e.g. a prepared split's lazy `RecordTokens`, counted
+    `chunk` tokens at a time)."""
+    counts = np.zeros(vocab_size, np.float64)
+    n = len(train_tokens)
+    for a in range(0, n, chunk):
+        counts += np.bincount(np.asarray(train_tokens[a : a + chunk], np.int64).ravel(), minlength=vocab_size)
+    logp = np.log2(counts + 1.0) - math.log2(n + vocab_size)
     return float(-logp[np.asarray(targets, np.int64)].sum())
 
 
@@ -154,7 +159,7 @@ def account_prepared(run: TrainedModel, path, split: str = "eval", batch_size: i
     tokens, n_bytes = prepared.stream(split)
     bos = run.tokenizer.bos_id if run.cfg.data.bos_first else None
     data = pipeline.eval_windows(tokens, run.cfg.data.seq_len, n_bytes, bos=bos)
-    train_tokens = tokens if split == "train" else prepared.stream("train")[0]
+    train_tokens = tokens if split == "train" else prepared.tokens("train")  # read lazily, shard by shard
     return account(run, data, train_tokens, batch_size)
 
 

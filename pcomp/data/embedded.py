@@ -11,7 +11,12 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 # Fixed, ordered list. Chosen to be pure Python, free of import side effects, and
 # platform independent: no modules whose public names depend on the OS or on
@@ -81,14 +86,32 @@ def embedded_documents() -> tuple[bytes, ...]:
     One document per pydoc topic (sorted by key), then one per module in
     `_MODULE_NAMES`. Under `python -OO` docstrings are stripped, so only the
     topics remain.
+
+    Read in a fresh interpreter without site-packages (`python -S`): libraries
+    patch the standard library when imported (transformers adds
+    `logging.Logger.warning_advice`, torch wraps `inspect.getfile`), so reading
+    the live modules of this process would make the corpus depend on what was
+    imported before.
     """
+    package_root = Path(__file__).resolve().parents[2]
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); "
+            "from pcomp.data.embedded import read_documents; "
+            "sys.stdout.write(json.dumps(read_documents()))")
+    flags = ["-OO"] if sys.flags.optimize >= 2 else []
+    out = subprocess.run([sys.executable, "-S", *flags, "-c", code, str(package_root)], capture_output=True,
+                         check=True, env={k: v for k, v in os.environ.items() if not k.startswith("PYTHON")})
+    return tuple(doc.encode("utf-8") for doc in json.loads(out.stdout))
+
+
+def read_documents() -> list[str]:
+    """The documents from this interpreter's live modules (see `embedded_documents`)."""
     from pydoc_data.topics import topics
 
-    docs: list[bytes] = [topics[key].encode("utf-8") for key in sorted(topics)]
+    docs: list[str] = [topics[key] for key in sorted(topics)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. typing.io / typing.re deprecation on access
         for module_name in _MODULE_NAMES:
             text = _module_document(module_name)
             if text.strip():
-                docs.append(text.encode("utf-8"))
-    return tuple(docs)
+                docs.append(text)
+    return docs

@@ -2,11 +2,11 @@
 shard per process, batch; and the exact held-out evaluation stream.
 
 Two packers (`pcomp.data.run_data.RunData` picks one for a run):
-  * in memory, for local sources (embedded corpus, files, JSONL): the whole corpus becomes one token
-    stream cut into blocks of `block_tokens`; blocks are shuffled globally (reshuffled every epoch)
-    and each block yields `block_tokens / seq_tokens` sequences. A run keeps the same blocks across
-    its stages (block = K * seq_len), so stage 2 of patch-level training continues exactly at the
-    first block stage 1 did not read.
+  * in memory, for local sources (embedded corpus, files, JSONL) and prepared datasets: a token
+    stream (a process's shard, see `RunData`) cut into blocks of `block_tokens`; blocks are shuffled
+    (reshuffled every epoch) and each block yields `block_tokens / seq_tokens` sequences. A run
+    keeps the same blocks across its stages (block = K * seq_len), so stage 2 of patch-level
+    training continues exactly at the first block stage 1 did not read.
   * streaming, for TFDS corpora too large for memory: documents are shuffled, tokenized lazily and
     concatenated-then-split by grain; stage 2 continues after the last document stage 1 read from
     (a partly read one is skipped).
@@ -49,7 +49,8 @@ def token_stream(docs: Sequence[bytes], tokenizer: Tokenizer) -> np.ndarray:
     return np.concatenate([_with_specials(tokenizer, ids) for ids in tokenizer.encode_batch(docs)])
 
 
-def _local_rows(global_batch: int, process_index: int, process_count: int) -> int:
+def local_rows(global_batch: int, process_count: int) -> int:
+    """Rows of each global batch that one of `process_count` processes yields."""
     if global_batch % process_count:
         raise DataError(f"global batch {global_batch} is not divisible by {process_count} processes")
     return global_batch // process_count
@@ -68,7 +69,7 @@ def in_memory_iterator(tokens: np.ndarray, *, seq_tokens: int, block_tokens: int
             "use more data or a shorter data.seq_len"
         )
     per_block = block_tokens // seq_tokens
-    local = _local_rows(global_batch, process_index, process_count)
+    local = local_rows(global_batch, process_count)
     order = grain.MapDataset.range(n_blocks).shuffle(seed=seed).repeat()
 
     def fetch(j: int) -> np.ndarray:
@@ -91,7 +92,7 @@ def streaming_iterator(docs: Sequence[bytes], tokenizer: Tokenizer, *, seq_token
     process's shuffled stream (>= start_doc): a next stage starts after the largest one it saw."""
     if len(docs) == 0:
         raise DataError("the training split has no documents")
-    local = _local_rows(global_batch, process_index, process_count)
+    local = local_rows(global_batch, process_count)
     ds = grain.MapDataset.source(docs)[process_index::process_count].shuffle(seed=seed).repeat()
 
     def tokens(i: int, doc: bytes) -> dict:

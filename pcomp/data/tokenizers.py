@@ -166,9 +166,10 @@ def _decode_utf8(data: bytes, what: str) -> str:
         ) from None
 
 
-def _training_sentences(docs: Iterable[bytes], max_bytes: int) -> Iterator[str]:
-    """Docs cut into <= max_bytes UTF-8 pieces (at newlines, else at char boundaries); training only."""
-    for index, doc in enumerate(docs):
+def _training_sentences(docs: Iterable[bytes], max_bytes: int, indices: Iterable[int] | None = None) -> Iterator[str]:
+    """Docs cut into <= max_bytes UTF-8 pieces (at newlines, else at char boundaries); training only.
+    `indices` name the documents in errors (default: their positions)."""
+    for index, doc in zip(range(10**18) if indices is None else indices, docs):
         text = _decode_utf8(_as_bytes(doc), f"training document {index}")
         chunk: list[str] = []
         chunk_bytes = 0
@@ -188,6 +189,66 @@ def _training_sentences(docs: Iterable[bytes], max_bytes: int) -> Iterator[str]:
                 chunk_bytes += len(line_utf8)
         if chunk:
             yield "".join(chunk)
+
+
+def _sample_key(seed: int, index: int) -> int:
+    """A fixed pseudo-random 64-bit key of document `index` (splitmix64 of seed and index)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) * 0x9E3779B97F4A7C15 & 0xFFFFFFFFFFFFFFFF
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+def sample_training_documents(docs: Iterable[bytes], max_bytes: int, seed: int = 0) -> list[tuple[int, bytes]]:
+    """A deterministic sample of at most `max_bytes` of `docs`, drawn from across the corpus as it is
+    read, as (document index, text) in corpus order.
+
+    Documents are taken in a fixed pseudo-random order until `max_bytes` is reached; the document that
+    crosses the budget contributes evenly spaced groups of its lines up to it. A random-access
+    sequence (len + indexing, e.g. a TFDS source) is visited in grain's index-shuffle order and only
+    the documents taken are read (about `max_bytes`); any other iterable is read once, keeping the
+    documents with the smallest keys (`_sample_key`) in memory (at most `max_bytes` plus one document).
+    When the corpus fits, every document is taken whole, in order."""
+    if max_bytes <= 0:
+        raise ConfigError(f"max_train_bytes={max_bytes} must be > 0")
+    if hasattr(docs, "__len__") and hasattr(docs, "__getitem__"):
+        import grain
+
+        order = grain.MapDataset.range(len(docs)).shuffle(seed=seed)
+        taken, total = [], 0
+        for pos in range(len(docs)):
+            i = int(order[pos])
+            doc = _as_bytes(docs[i])
+            taken.append((i, doc))
+            total += len(doc)
+            if total >= max_bytes:
+                break
+    else:
+        import heapq
+
+        heap: list[tuple[int, int, bytes]] = []  # (-key, index, doc): the largest key on top
+        total = 0
+        for i, doc in enumerate(docs):
+            doc = _as_bytes(doc)
+            heapq.heappush(heap, (-_sample_key(seed, i), i, doc))
+            total += len(doc)
+            while len(heap) > 1 and total - len(heap[0][2]) >= max_bytes:  # the rest still reach the budget
+                total -= len(heapq.heappop(heap)[2])
+        taken = [(i, doc) for _, i, doc in sorted(heap, reverse=True)]  # key order: the crossing one last
+    if total > max_bytes:  # the last document taken crosses the budget: evenly spaced lines of it
+        i, doc = taken[-1]
+        room = max_bytes - (total - len(doc))
+        piece_bytes = max(64, min(_SP_MAX_SENTENCE_BYTES, room // 64))  # >= 64 pieces fill the room
+        pieces = [p.encode("utf-8") for p in _training_sentences([doc], piece_bytes, [i])]
+        keep = max(1, len(pieces) * room // len(doc))
+        kept, used = [], 0
+        for j in range(keep):  # the middle piece of each of `keep` equal parts
+            piece = pieces[(2 * j + 1) * len(pieces) // (2 * keep)]
+            if used + len(piece) <= room:
+                kept.append(piece)
+                used += len(piece)
+        taken[-1] = (i, b"".join(kept))
+    return sorted((i, doc) for i, doc in taken if doc)
 
 
 @register_tokenizer("sentencepiece")
@@ -230,8 +291,9 @@ class SentencePieceTokenizer(Tokenizer):
 
         `vocab_size` counts the 3 specials and 256 byte pieces, so it must exceed 259.
         If the corpus has fewer distinct pieces, the vocabulary is smaller
-        (hard_vocab_limit=False). At most `max_train_bytes` of text is used: an
-        evenly spaced, fixed subset of the training sentences.
+        (hard_vocab_limit=False). At most `max_train_bytes` of text is read and used: a
+        deterministic sample drawn from across the corpus as it streams
+        (`sample_training_documents`); a corpus that fits is used whole.
         """
         import sentencepiece as spm
 
@@ -243,13 +305,12 @@ class SentencePieceTokenizer(Tokenizer):
             )
         if model_type not in ("bpe", "unigram"):
             raise ConfigError(f"sentencepiece model_type={model_type!r}; expected 'bpe' or 'unigram'")
-        sentences = [s for s in _training_sentences(docs, _SP_MAX_SENTENCE_BYTES) if s]
+        # our own deterministic sample (sentencepiece's input_sentence_size sampling is seeded by time)
+        sample = sample_training_documents(docs, max_train_bytes)
+        sentences = [s for s in _training_sentences([d for _, d in sample], _SP_MAX_SENTENCE_BYTES,
+                                                    [i for i, _ in sample]) if s]
         if not sentences:
             raise DataError("cannot train a sentencepiece tokenizer: the training documents are empty")
-        total_bytes = sum(len(s.encode("utf-8")) for s in sentences)
-        if total_bytes > max_train_bytes:  # deterministic subsample (sentencepiece's own is seeded by time)
-            keep = max(1, len(sentences) * max_train_bytes // total_bytes)
-            sentences = [sentences[i * len(sentences) // keep] for i in range(keep)]
         model_writer = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(sentences),

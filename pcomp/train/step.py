@@ -20,6 +20,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pcomp.config import ModelConfig, TrainingConfig
+from pcomp.errors import ConfigError
 from pcomp.models.sharding import batch_sharding, param_shardings
 from pcomp.models.transformer import Transformer
 from pcomp.patching import next_patch_nll, patchify
@@ -28,12 +29,25 @@ from pcomp.train.checkpoint import abstract_with_shardings
 TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
 
 
-def make_optimizer(tc: TrainingConfig, steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup and cosine decay to lr * min_lr_ratio at `steps`; global-norm clipping.
+def warmup_steps(tc: TrainingConfig, steps: int, *, first_stage: bool = True) -> int:
+    """Linear warm-up length of a stage of `steps` steps: min(warmup_steps, steps // 5) for the first
+    stage; a later stage (re-warmed over carried-over parameters) takes round(warmup_fraction * steps),
+    or the first-stage rule when warmup_fraction is 0."""
+    if not 0.0 <= tc.warmup_fraction < 1.0:
+        raise ConfigError(f"training.warmup_fraction={tc.warmup_fraction} must be in [0, 1)")
+    if first_stage or tc.warmup_fraction == 0.0:
+        return min(tc.warmup_steps, steps // 5)
+    return round(tc.warmup_fraction * steps)
+
+
+def make_optimizer(tc: TrainingConfig, steps: int, *, first_stage: bool = True
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW with linear warmup (`warmup_steps`) and cosine decay to lr * min_lr_ratio at `steps`;
+    global-norm clipping.
 
     Weight decay applies to matrices only (not to norm scales).
     """
-    warmup = min(tc.warmup_steps, steps // 5)
+    warmup = warmup_steps(tc, steps, first_stage=first_stage)
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else tc.lr,
         peak_value=tc.lr,
@@ -152,10 +166,11 @@ class TrainProgram:
 
 
 def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
-                  patch_size: int = 1) -> TrainProgram:
-    """The optimizer for a stage of `steps` steps and its init / train / eval functions on `mesh`."""
+                  patch_size: int = 1, first_stage: bool = True) -> TrainProgram:
+    """The optimizer for a stage of `steps` steps (warm-up by `warmup_steps(..., first_stage)`) and its
+    init / train / eval functions on `mesh`."""
     graphdef, _ = abstract_model(model)
-    tx, schedule = make_optimizer(training, steps)
+    tx, schedule = make_optimizer(training, steps, first_stage=first_stage)
     shapes = jax.eval_shape(lambda: init_state(model, tx, training.seed))
     state_sh = state_shardings(shapes, mesh)
     batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}

@@ -26,6 +26,7 @@ from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.evaluation import evaluate, global_batch
 from pcomp.train.lock import WorkdirLock
 from pcomp.train.metrics import MetricsWriter, flops_per_position, peak_flops_per_device
+from pcomp.train.profiling import StepProfiler
 from pcomp.train.signals import StopSignals
 from pcomp.train.step import TrainProgram, build_program
 
@@ -166,12 +167,17 @@ class _Run:
         self.offsets = np.cumsum([0] + [s.steps for s in ctx.stages]).tolist()
         self.progress = _progress(self.offsets[-1], tc.progress and is_main())
         self.summary = {"stages": [], "relative_cost": self.cost, "workdir": str(ctx.workdir), "eval": None}
+        self.profiler = StepProfiler(tc.profile_window(), ctx.workdir / "profile", is_main())
 
     def run(self) -> dict:
         try:
             return self._run()
         except BaseException:  # close the metrics writer quietly; the original error is the one to report
             self.progress.close()
+            try:
+                self.profiler.close()  # a run stopped inside the profile window still writes its trace
+            except Exception:
+                pass
             try:
                 self.writer.close()
             except OSError:
@@ -195,7 +201,7 @@ class _Run:
             while pos.stage < len(ctx.stages):
                 stage = ctx.stages[pos.stage]
                 program = build_program(cfg.model, cfg.training, ctx.mesh, steps=stage.steps,
-                                        patch_size=stage.patch_size)
+                                        patch_size=stage.patch_size, first_stage=pos.stage == 0)
                 iterator = ctx.data.batches(stage.seq_tokens, pos.data_start)
                 if resume_step is not None:  # resume inside (or at the end of) this stage
                     state, _ = self.ckpt.restore(resume_step, program.abstract_state(), iterator)
@@ -224,6 +230,7 @@ class _Run:
 
     def _close(self, result: dict) -> dict:
         self.progress.close()
+        self.profiler.close()
         self.ckpt.wait()
         self.ckpt.close()
         self.writer.close()
@@ -263,6 +270,7 @@ class _Run:
         self.progress.update(self.offsets[pos.stage] + pos.stage_step - self.progress.n)
         pending = None  # (global step, metrics) of the previous step, checked one step late (no stall)
         while pos.stage_step < stage.steps:
+            self.profiler.before_step(self.offsets[pos.stage] + pos.stage_step + 1)
             batch = next(iterator)
             if "doc" in batch:
                 pos.last_doc = max(pos.last_doc, int(batch["doc"].max()))
@@ -273,6 +281,9 @@ class _Run:
             steps_since += 1
             gstep = self.offsets[pos.stage] + pos.stage_step
             pending = (gstep, metrics)
+            if self.profiler.after_step(gstep, (state, metrics)):
+                self._log(f"pcomp: profiler trace of steps {'..'.join(map(str, self.profiler.window))} written to "
+                          f"{self.profiler.directory} (tensorboard --logdir {self.profiler.directory})")
             self.progress.update(1)
             end = pos.stage_step == stage.steps
             if pos.stage_step == 1 or pos.stage_step % tc.log_every == 0 or end:
