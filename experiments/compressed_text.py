@@ -137,10 +137,14 @@ def run_m2(method: Method, cfg: Config, dataset: Path, model: str) -> dict:
     result_file = workdir / "result.json"
     if result_file.exists():
         result = json.loads(result_file.read_text())
-        if result["config"] == json.loads(cfg.to_json()):
+        new = json.loads(cfg.to_json())
+        # (keys a newer pcomp added are not in the stored config; they are not compared)
+        diff = sorted(f"{sec}.{k}" for sec, old in result["config"].items() if isinstance(old, dict)
+                      for k, v in old.items() if k in new.get(sec, {}) and new[sec][k] != v)
+        if not diff:
             print(f"{method.name} ({model}): reusing {workdir}", flush=True)
             return result
-        raise SystemExit(f"{workdir} holds a finished run with another config; use another --out")
+        raise SystemExit(f"{workdir} holds a finished run with another config ({diff}); use another --out")
     print(f"\n=== {method.name} on {model}: {cfg.training.tokens:,} tokens ===", flush=True)
     t0 = time.perf_counter()
     summary = train(cfg)
