@@ -27,7 +27,10 @@ def _blocks(lang: str) -> list[str]:
 
 
 def _needs_training(block: str) -> bool:
-    return "train(" in block or "runs/m1" in block
+    return "train(" in block or "runs/m1" in block or "runs/api" in block
+
+
+API_BLOCK = next(b for b in _blocks("python") if "training.workdir=runs/api" in b)
 
 
 PYTHON_BLOCKS = [pytest.param(b, id=f"block{i}", marks=[pytest.mark.slow] if _needs_training(b) else [])
@@ -53,6 +56,9 @@ def test_readme_python_block_runs(block, tmp_path, request):
     code = block.replace("training.steps=50", "training.steps=5")
     if "runs/m1" in code:
         code = code.replace('"runs/m1"', repr(str(request.getfixturevalue("m1_run"))))
+    if "runs/api" in code and "training.workdir=runs/api" not in code:  # uses the API example's run
+        first = _run_python(API_BLOCK.replace("training.steps=50", "training.steps=5"), tmp_path)
+        assert first.returncode == 0, first.stderr[-3000:]
     proc = _run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     if "training.workdir=runs/api" in block:  # it trained where it says, and printed the held-out bits/byte
