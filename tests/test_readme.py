@@ -94,8 +94,9 @@ def test_readme_make_targets_run_what_it_says(tmp_path):
     """`make demo` runs `pcomp demo`; `make test` runs pytest on tests/ on 8 simulated devices;
     `make test-fast` the same without the slow tests; `.ci/run` is `make test` (dry runs: make -n)."""
     def dry(target):
-        proc = subprocess.run(["make", "-n", f"VENV={tmp_path}/venv", target], cwd=ROOT, capture_output=True,
-                              text=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under `make test`
+        proc = subprocess.run(["make", "--no-print-directory", "-n", f"VENV={tmp_path}/venv", target], cwd=ROOT,
+                              env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.splitlines()[-1]
 

@@ -74,17 +74,25 @@ def renorm(low, high):
 
 
 @numba.njit(cache=True)
+def settle(low, high, pending):
+    """Encoder renormalization up to the next settled bit: (bit or DONE, low, high, pending), where
+    `pending` counts the follow bits (each the opposite of `bit`) that go out right after it."""
+    while True:
+        bit, low, high, _offset = renorm(low, high)
+        if bit != FOLLOW:
+            return bit, low, high, pending
+        pending += 1
+
+
+@numba.njit(cache=True)
 def encode_symbol(low, high, pending, c_lo, c_hi, precision, out_bits, n_out):
     """Narrow to [c_lo, c_hi) / 2**precision (c_lo < c_hi), renormalize, write settled bits at out_bits[n_out:]."""
     pending = np.int64(pending)
     low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        bit, low, high, _offset = renorm(low, high)
+        bit, low, high, pending = settle(low, high, pending)
         if bit == DONE:
             break
-        if bit == FOLLOW:
-            pending += 1
-            continue
         out_bits[n_out] = bit  # the settled bit, then the pending follow bits (its opposite)
         n_out += 1
         for _ in range(pending):

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 import numba
 import numpy as np
 
-from pcomp.compress.arith import (DONE, FOLLOW, STATE_BITS, TOP, decode_step, decode_target, find_symbol, narrow,
-                                  renorm, termination_jm)
+from pcomp.compress.arith import (DONE, STATE_BITS, TOP, decode_step, decode_target, find_symbol, narrow, settle,
+                                  termination_jm)
 from pcomp.compress.m1 import BYTES, M1, window_context  # noqa: F401  (window_context: re-exported)
 from pcomp.config import MAX_WINDOW_BITS, CompressConfig  # noqa: F401  (MAX_WINDOW_BITS: re-exported)
 from pcomp.errors import CompressedFormatError, ConfigError
@@ -72,12 +72,9 @@ def _add_symbol(low, high, pending, E, e, c_lo, c_hi, precision):
     the window overflowed and E is no longer tracked)."""
     low, high = narrow(low, high, c_lo, c_hi, precision)
     while True:
-        bit, low, high, _offset = renorm(low, high)
+        bit, low, high, pending = settle(low, high, pending)
         if bit == DONE:
             break
-        if bit == FOLLOW:
-            pending += 1
-            continue
         shift = 1 + pending
         if e + shift <= 64:
             new = (np.int64(bit) << pending) | ((np.int64(1 - bit) << pending) - (1 - bit))
