@@ -117,7 +117,8 @@ STEPS = 150  # long enough that a signal sent at step 3 lands mid-training on an
 
 def _train_cmd(workdir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "pcomp", "train", "--config", "test-tiny", f"training.steps={STEPS}",
-            "training.log_every=1", "training.progress=false", f"training.workdir={workdir}", *extra]
+            "training.log_every=1", "training.progress=false", "data.eval_max_bytes=2000",
+            f"training.workdir={workdir}", *extra]
 
 
 def _wait_for_step(workdir: Path, step: int, proc, timeout: float = 300) -> None:
@@ -135,7 +136,7 @@ def _wait_for_step(workdir: Path, step: int, proc, timeout: float = 300) -> None
 def straight_params(tmp_path_factory):
     """The final parameters of the uninterrupted run (checkpointing does not change training)."""
     workdir = tmp_path_factory.mktemp("straight") / "w"
-    train(TINY.override(f"training.steps={STEPS}", f"training.workdir={workdir}"))
+    train(TINY.override(f"training.steps={STEPS}", "data.eval_max_bytes=2000", f"training.workdir={workdir}"))
     return _params(workdir)
 
 
