@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-TEST_FLAGS ?= -n 2
+TEST_FLAGS ?= -n 2 --durations=25
 
 .PHONY: setup demo test test-fast bench clean
 

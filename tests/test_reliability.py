@@ -113,10 +113,13 @@ def test_metrics_log_each_step_once_after_resume(tmp_path):
 
 
 STEPS = 150  # long enough that a signal sent at step 3 lands mid-training on an idle machine
+# checkpointing every step makes each step slow (so the signal still lands mid-run) and the resumed part
+# writes one checkpoint per step: fewer steps keep that case short
+STEPS_EVERY_STEP = 20
 
 
-def _train_cmd(workdir: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pcomp", "train", "--config", "test-tiny", f"training.steps={STEPS}",
+def _train_cmd(workdir: Path, *extra: str, steps: int = STEPS) -> list[str]:
+    return [sys.executable, "-m", "pcomp", "train", "--config", "test-tiny", f"training.steps={steps}",
             "training.log_every=1", "training.progress=false", "data.eval_max_bytes=2000",
             f"training.workdir={workdir}", *extra]
 
@@ -134,22 +137,29 @@ def _wait_for_step(workdir: Path, step: int, proc, timeout: float = 300) -> None
 
 @pytest.fixture(scope="module")
 def straight_params(tmp_path_factory):
-    """The final parameters of the uninterrupted run (checkpointing does not change training)."""
-    workdir = tmp_path_factory.mktemp("straight") / "w"
-    train(TINY.override(f"training.steps={STEPS}", "data.eval_max_bytes=2000", f"training.workdir={workdir}"))
-    return _params(workdir)
+    """steps -> the final parameters of the uninterrupted run (checkpointing does not change training)."""
+    cache = {}
+
+    def params(steps: int):
+        if steps not in cache:
+            workdir = tmp_path_factory.mktemp("straight") / "w"
+            train(TINY.override(f"training.steps={steps}", "data.eval_max_bytes=2000", f"training.workdir={workdir}"))
+            cache[steps] = _params(workdir)
+        return cache[steps]
+
+    return params
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,code,every", [
-    (signal.SIGTERM, 0, 200),  # mid-training
-    (signal.SIGINT, 130, 200),
-    (signal.SIGTERM, 0, 1),    # while checkpoints are being written (one every step)
+@pytest.mark.parametrize("sig,code,every,steps", [
+    (signal.SIGTERM, 0, 200, STEPS),  # mid-training
+    (signal.SIGINT, 130, 200, STEPS),
+    (signal.SIGTERM, 0, 1, STEPS_EVERY_STEP),  # while checkpoints are being written (one every step)
 ])
-def test_signal_saves_and_resumes_bit_for_bit(tmp_path, straight_params, sig, code, every):
+def test_signal_saves_and_resumes_bit_for_bit(tmp_path, straight_params, sig, code, every, steps):
     stopped = tmp_path / "stopped"
     extra = f"training.checkpoint_every={every}"
-    proc = subprocess.Popen(_train_cmd(stopped, extra), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen(_train_cmd(stopped, extra, steps=steps), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     _wait_for_step(stopped, 3, proc)
     proc.send_signal(sig)
@@ -160,9 +170,9 @@ def test_signal_saves_and_resumes_bit_for_bit(tmp_path, straight_params, sig, co
     ckpt = Checkpointer(stopped / "checkpoints", 3)
     latest = ckpt.latest()
     ckpt.close()
-    assert latest is not None and 3 <= latest < STEPS
-    subprocess.run(_train_cmd(stopped, extra), check=True, env=ENV, capture_output=True)
-    for x, y in zip(straight_params, _params(stopped)):
+    assert latest is not None and 3 <= latest < steps
+    subprocess.run(_train_cmd(stopped, extra, steps=steps), check=True, env=ENV, capture_output=True)
+    for x, y in zip(straight_params(steps), _params(stopped)):
         np.testing.assert_array_equal(x, y)
 
 
