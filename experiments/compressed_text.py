@@ -84,11 +84,11 @@ PRESETS = {
     "smoke": dict(m1=dict(model="test-tiny", steps=30, batch=8, seq_len=64, lr=3e-3),
                   m2=("test-tiny",), seq_len=32, batch=8, lr=3e-3, warmup=2, flops=2e9, sp_vocab=512,
                   m1_batch=16, max_docs=0, extra=()),
-    # CPU study: M1 = m1-3m (2.5M training bytes), M2 = the demo model (~1.9M parameters). 1.2e13 FLOPs
-    # per M2 run is ~1.1M tokens for a 256-symbol vocabulary (~2 minutes on 2 cores) and ~7x fewer
+    # CPU study: M1 = m1-3m (1.2M training bytes, 1.4 epochs), M2 = the demo model (~1.9M parameters). 1e13 FLOPs
+    # per M2 run is ~0.9M tokens for a 256-symbol vocabulary (~2 minutes on 2 cores) and ~7x fewer
     # tokens at v65k, whose LM head dominates the FLOPs; 16 methods fit the ~60-minute CPU budget.
-    "cpu": dict(m1=dict(model="m1-3m", steps=600, batch=32, seq_len=128, lr=2e-3),
-                m2=("demo",), seq_len=128, batch=8, lr=3e-3, warmup=30, flops=1.2e13, sp_vocab=1024,
+    "cpu": dict(m1=dict(model="m1-3m", steps=300, batch=32, seq_len=128, lr=2e-3),
+                m2=("demo",), seq_len=128, batch=8, lr=3e-3, warmup=30, flops=1e13, sp_vocab=1024,
                 m1_batch=256, max_docs=0, extra=()),
     # the paper's sizes on an accelerator (M1 3m; M2 25m and up)
     "tpu": dict(m1=dict(model="m1-3m", steps=3000, batch=256, seq_len=128, lr=2e-3),
