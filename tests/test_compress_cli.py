@@ -115,7 +115,7 @@ def test_fileformat_pack_unpack(b):
     assert blob[:8] == b"PCOMPEIW" and struct.unpack(">I", blob[-4:])[0] == zlib.crc32(blob[:-4])
     assert len(blob) == 14 + struct.unpack(">I", blob[10:14])[0] + len(codes) * b // 8 + 4
     got_header, got = fileformat.unpack(blob)
-    assert got_header == {**header, "n_windows": len(codes)}
+    assert got_header == {**header, "mode": "windows", "n_windows": len(codes)}
     assert got.dtype == np.uint64 and got.tolist() == codes.tolist()
 
 
