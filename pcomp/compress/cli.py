@@ -162,15 +162,10 @@ def _cmd_compress(args) -> None:
 
 def comparison_table(data: bytes, pcomp_bytes: int, label: str) -> str:
     """Sizes and bits/byte of the pcomp file beside gzip -9, bzip2 -9 and xz -9e on the same input
-    (Python's zlib, bz2 and lzma; zlib's 6 bytes of framing, gzip's would be 18)."""
-    import bz2
-    import lzma
-    import zlib
+    (`pcomp.compress.codec.baseline_sizes`)."""
+    from pcomp.compress.codec import baseline_sizes
 
-    rows = [(label, pcomp_bytes),
-            ("gzip -9", len(zlib.compress(data, 9))),
-            ("bzip2 -9", len(bz2.compress(data, 9))),
-            ("xz -9e", len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME)))]
+    rows = [(label, pcomp_bytes), *baseline_sizes(data).items()]
     width = max(len(name) for name, _ in rows)
     lines = [f"{'':{width}}  {'bytes':>12}  bits/byte"]
     for name, size in rows:

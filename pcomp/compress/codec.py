@@ -22,11 +22,22 @@ import zlib
 import jax
 
 from pcomp.compress import fileformat, plain_ac
-from pcomp.compress.fileformat import BEST, MODES, WINDOWS
+from pcomp.compress.fileformat import MODES, WINDOWS
 from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
 from pcomp.compress.windows import WINDOW_RULE, decode_windows, encode_windows
 from pcomp.config import CompressConfig
 from pcomp.errors import CompressedFormatError, ConfigError
+
+
+def baseline_sizes(data: bytes) -> dict[str, int]:
+    """Compressed sizes of `data` under the standard compressors at their strongest settings, through
+    Python's zlib, bz2 and lzma: gzip -9 (zlib level 9: DEFLATE + 6 bytes of zlib framing; gzip's is
+    18), bzip2 -9, xz -9e (lzma preset 9 | PRESET_EXTREME, the .xz container)."""
+    import bz2
+    import lzma
+
+    return {"gzip -9": len(zlib.compress(data, 9)), "bzip2 -9": len(bz2.compress(data, 9)),
+            "xz -9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))}
 
 
 def check_mode(mode: str) -> str:
