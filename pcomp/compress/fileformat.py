@@ -160,7 +160,7 @@ def _check_header(header, name: str) -> None:
                                     ", ".join(f"{k}={header[k]!r}" for k in bad) + ")")
 
 
-def read(path: str | Path) -> tuple[dict, np.ndarray]:
+def read(path: str | Path) -> tuple[dict, np.ndarray | list[np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise CompressedFormatError(f"compressed file {path} does not exist")
