@@ -21,14 +21,28 @@ per step are the same as a trained M1's, but window lengths (bytes per window, s
 depend on M1's quality -- an untrained M1 needs ~8 bits per byte. Pass `--m1 RUN_DIR` for a
 trained one.
 
+`--prepare KINDS` also times `pcomp prepare` end to end (`pcomp.compress.prepare.prepare`: loading
+M1, compressing both splits, writing the ArrayRecord shards) for each tokenizer kind on `--data`
+(bounded to its first `--prepare-bytes` bytes, written as a .jsonl, when that is > 0): bytes/s of
+original text. Then, on each prepared dataset, `--m2-steps` training steps of a small M2
+(`--m2-preset`, through the trainer, `pcomp.train.trainer.train`) give M2 training tokens/s per
+tokenization: the median of the trainer's perf/tokens_per_s over the logged steps after the first
+(which includes compilation). Without `--m1`, the M1-driven kinds use an m1-3m trained for one step
+here (speed per M1 step is a trained one's; bytes per window is not).
+
     python experiments/bench_equal_info.py                      # 200 KB, b in {16, 32}, B in {64, 256, 1024}
     python experiments/bench_equal_info.py --m1 results/compression_table/m1 --bytes 100000
+    python experiments/bench_equal_info.py --prepare equal_info,ac,gzip,static_ac,bytes --prepare-bytes 50000 \
+        --no-round-trips --no-profile                          # prepare bytes/s and M2 tokens/s only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -152,6 +166,104 @@ def run_one(args, b: int, batch: int, docs: list[bytes], matmul: float) -> list[
     return out
 
 
+# --------------------------------------------------------------------------------- prepare and M2 training
+M1_KINDS = ("equal_info", "ac")
+
+
+def prepare_source(args, out: Path) -> tuple[str, int]:
+    """(source for `prepare`, its bytes): --data itself, or its first --prepare-bytes bytes as a .jsonl."""
+    if args.prepare_bytes <= 0:
+        return args.data, sum(len(d) for split in ("train", "eval") for d in load_documents(args.data, split))
+    docs, total = [], 0
+    for split in ("train", "eval"):
+        for d in load_documents(args.data, split):
+            d = d[: args.prepare_bytes - total]
+            while d and d[-1] & 0xC0 == 0x80:  # not inside a UTF-8 character (JSON holds text)
+                d = d[:-1]
+            if d:
+                docs.append(d)
+                total += len(d)
+            if total >= args.prepare_bytes:
+                break
+    path = out / "prepare-source.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": d.decode("utf-8", "replace")}) + "\n" for d in docs))
+    return str(path), sum(len(json.loads(line)["text"].encode()) for line in path.read_text().splitlines())
+
+
+def prepare_m1(args, out: Path) -> str:
+    """--m1, or an m1-3m trained one step here (cached in out/m1-1step)."""
+    if args.m1:
+        return args.m1
+    from pcomp.config import Config
+    from pcomp.train.trainer import train
+
+    run = out / "m1-1step"
+    if not (run / "summary.json").is_file():
+        shutil.rmtree(run, ignore_errors=True)
+        train(Config.preset("m1-3m").override(f"training.workdir={run}", "training.steps=1", "training.warmup_steps=1",
+                                              "training.progress=false", "data.eval_max_bytes=2048"))
+    return str(run)
+
+
+def time_prepare(args, kind: str, source: str, n_bytes: int, m1_path: str | None, out: Path) -> dict:
+    """`prepare` of `source` with tokenizer `kind` from scratch, timed end to end."""
+    from pcomp.compress.prepare import prepare
+
+    ds = out / f"prepared-{kind}"
+    shutil.rmtree(ds, ignore_errors=True)
+    token_bits = 8 if kind in ("gzip", "static_ac", "ac") else 16
+    cfg = CompressConfig(window_bits=16, token_bits=token_bits, precision=args.precision,
+                         m1_batch=args.prepare_batch)
+    t0 = time.perf_counter()
+    prepare(m1_path=m1_path if kind in M1_KINDS else None, source=source, out=str(ds), cfg=cfg,
+            seq_len=args.seq_len, progress=False, tokenizer=kind, vocab_size=args.sp_vocab)
+    seconds = time.perf_counter() - t0
+    counts = [json.loads(f.read_text()) for f in sorted(ds.glob("*-[0-9][0-9][0-9][0-9][0-9].json"))]
+    tokens = sum(c.get("tokens", 0) for c in counts)
+    return {"kind": kind, "dataset": str(ds), "bytes": n_bytes, "seconds": seconds, "bytes_per_s": n_bytes / seconds,
+            "tokens": tokens, "bytes_per_token": n_bytes / tokens if tokens else None,
+            "vocab": json.loads((ds / "dataset.json").read_text()).get("vocab_size")}
+
+
+def time_m2(args, dataset: str, out: Path) -> float | None:
+    """Median trainer tokens/s of --m2-steps steps of a --m2-preset M2 on a prepared dataset."""
+    from pcomp.config import Config
+    from pcomp.train.trainer import train
+
+    run = Path(out) / f"m2-{Path(dataset).name}"
+    shutil.rmtree(run, ignore_errors=True)
+    train(Config.preset(args.m2_preset).override(
+        f"data.source={dataset}", f"data.seq_len={args.seq_len}", f"training.steps={args.m2_steps}",
+        f"training.batch_size={args.m2_batch}", "training.log_every=1", "training.progress=false",
+        f"training.checkpoint_every={args.m2_steps}", f"training.workdir={run}"))
+    rates = [r["perf/tokens_per_s"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+             if "perf/tokens_per_s" in r]
+    return statistics.median(rates) if rates else None
+
+
+def prepare_section(args, out: Path) -> tuple[list[dict], str]:
+    kinds = [k for k in args.prepare.split(",") if k]
+    source, n = prepare_source(args, out)
+    m1_path = prepare_m1(args, out) if any(k in M1_KINDS for k in kinds) else None
+    print(f"prepare: {n:,} bytes of {source}" + (f"; M1 {m1_path}" if m1_path else ""), flush=True)
+    rows = []
+    for kind in kinds:
+        r = time_prepare(args, kind, source, n, m1_path, out)
+        if args.m2_steps > 0:
+            r["m2_tokens_per_s"] = time_m2(args, r["dataset"], out)
+            if r["m2_tokens_per_s"] and r["bytes_per_token"]:
+                r["m2_bytes_per_s"] = r["m2_tokens_per_s"] * r["bytes_per_token"]
+        rows.append(r)
+        print(f"{kind}: prepare {r['bytes_per_s']:,.0f} bytes/s ({r['seconds']:.1f} s), {r['tokens']:,} tokens"
+              + (f"; M2 {r['m2_tokens_per_s']:,.0f} tokens/s" if r.get("m2_tokens_per_s") else ""), flush=True)
+    cols = [("kind", "tokenizer", "s"), ("vocab", "vocab", ","), ("bytes", "bytes", ","),
+            ("seconds", "prepare s", ".1f"), ("bytes_per_s", "prepare bytes/s", ",.0f"), ("tokens", "tokens", ","),
+            ("bytes_per_token", "bytes/token", ".2f"), ("m2_tokens_per_s", f"M2 ({args.m2_preset}) tokens/s", ",.0f"),
+            ("m2_bytes_per_s", "M2 original bytes/s", ",.0f")]
+    return rows, markdown_table(rows, cols)
+
+
 # --------------------------------------------------------------------------------- profile
 PROFILE_CACHES = (128, 33, 2)
 
@@ -188,6 +300,18 @@ def main(argv=None) -> None:
     p.add_argument("--no-profile", action="store_true", help="skip the per-step M1 profile")
     p.add_argument("--profile-only", action="store_true", help="only the per-step M1 profile (no round trips)")
     p.add_argument("--out", default="results/bench_equal_info", help="directory for results.json")
+    p.add_argument("--no-round-trips", action="store_true", help="skip the encode/decode round trips")
+    p.add_argument("--prepare", default="",
+                   help="tokenizer kinds to time `pcomp prepare` for, comma-separated (equal_info, ac, gzip, "
+                        "static_ac, bytes, sentencepiece); empty = skip")
+    p.add_argument("--prepare-bytes", type=int, default=0,
+                   help="--prepare on the first this many bytes of --data (0 = all of it; embedded: ~1 MB)")
+    p.add_argument("--prepare-batch", type=int, default=CompressConfig.m1_batch, help="M1 rows per step in prepare")
+    p.add_argument("--seq-len", type=int, default=128, help="M2 tokens per record (prepare) and per sequence")
+    p.add_argument("--sp-vocab", type=int, default=1024, help="--prepare sentencepiece vocabulary")
+    p.add_argument("--m2-steps", type=int, default=5, help="M2 train steps per prepared dataset (0 = skip)")
+    p.add_argument("--m2-preset", default="test-tiny", help="M2's preset for the tokens/s measurement")
+    p.add_argument("--m2-batch", type=int, default=8, help="M2 sequences per step")
     args = p.parse_args(argv)
     bs = [int(x) for x in args.window_bits.split(",")]
     batches = [int(x) for x in args.batch.split(",")]
@@ -201,7 +325,7 @@ def main(argv=None) -> None:
           f"; device {dev.device_kind} ({jax.default_backend()}); measured f32 matmul rate {matmul / 1e9:.1f} GFLOP/s",
           flush=True)
     rows = []
-    for batch in [] if args.profile_only else batches:
+    for batch in [] if args.profile_only or args.no_round_trips else batches:
         for b in bs:
             t0 = time.perf_counter()
             local = remeasured_matmul_flops()  # re-measured per run: other jobs share the CPU
@@ -242,10 +366,15 @@ def main(argv=None) -> None:
     verdict = conclude(rows, prof_rows, matmul)
     print("\n" + verdict)
     out = Path(args.out)
+    prep_rows, prep_table = prepare_section(args, out) if args.prepare else ([], "")
+    if prep_rows:
+        print("\n`pcomp prepare` end to end, and M2 training tokens/s per tokenization:\n" + prep_table)
     write_json(out / "results.json", {"data": args.data, "bytes": n, "m1": args.m1 or "untrained m1-3m",
                                       "device": dev.device_kind, "matmul_flops": matmul,
-                                      "matmul_flops_end": matmul_end, "rows": rows, "profile": prof_rows})
-    (out / "table.md").write_text(table + "\n\n" + (ptable if prof_rows else "") + "\n\n" + verdict + "\n")
+                                      "matmul_flops_end": matmul_end, "rows": rows, "profile": prof_rows,
+                                      "prepare": prep_rows})
+    (out / "table.md").write_text(table + "\n\n" + (ptable if prof_rows else "") + "\n\n" + verdict + "\n\n"
+                                  + prep_table + "\n")
     print(f"matmul rate at the start {matmul / 1e9:.1f}, at the end {matmul_end / 1e9:.1f} GFLOP/s; wrote "
           f"{out / 'results.json'} and {out / 'table.md'}")
 

@@ -15,6 +15,8 @@ ambiguous greedy packing (`encode_windows(..., unique=False)`: plain shortest co
 decodable), and the cost is 1 - (bytes/window unique) / (bytes/window ambiguous). Also: whole-
 stream gzip -9, bzip2 -9, xz -9e, zstd -19, brotli -11; the ideal code length under M1 without
 windows (`plain_ac.ideal_bits`) and M1's held-out cross-entropy (`pcomp.train.load.evaluate`).
+`pcomp compress --mode best` (the whole file format over the held-out text) gets a row with its
+ratio to xz -9e; `experiments/best_vs_xz.py` does that for whole files (../shared/data).
 
     python experiments/compression_table.py                                   # embedded corpus, trains M1
     python experiments/compression_table.py --data ../shared/data/tinyshakespeare.txt --m1 runs/m1
@@ -35,7 +37,7 @@ import numpy as np
 
 from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, write_json
 
-from pcomp.compress import arith, plain_ac
+from pcomp.compress import arith, codec, plain_ac
 from pcomp.compress.packing import bits_to_tokens, codes_to_tokens
 from pcomp.compress.tokenizers import (
     ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer, StaticACTokenizer)
@@ -257,6 +259,12 @@ def main(argv=None) -> None:
     ]:
         c, s = timed(fn, text)
         rows.append(stream_row(name, n, c, s))
+    # `pcomp compress --mode best` on the same stream: plain AC under M1 per segment, the whole file format
+    best_cfg = CompressConfig(m1_batch=args.batch)
+    blob, timings["best_compress"] = timed(codec.compress, codec.m1_for(m1_path, best_cfg, "best"), text, best_cfg,
+                                           mode="best")
+    rows.append(stream_row("pcomp compress --mode best", n, blob, timings["best_compress"]))
+    rows[-1]["ratio_to_xz"] = len(blob) / next(r["compressed_bytes"] for r in rows if r["key"] == "xz")
     rows.append({"tokenizer": "M1 ideal code length (no windows, quantized, + EOS)", "key": "m1_ideal", "bytes": n,
                  "bits_per_byte": ideal / n, "paper_bits_per_byte": PAPER_M1_BITS_PER_BYTE})
     if m1_info.get("m1_heldout_bits_per_byte") is not None:
@@ -272,6 +280,7 @@ def main(argv=None) -> None:
         ("ambiguous_bytes_per_window", "ambiguous greedy bytes/window", ".2f"),
         ("rule_cost_share", "unique-decoding cost", ".1%"),
         ("paper_bytes_per_token", "paper bytes/token", ".2f"), ("paper_bits_per_byte", "paper bits/byte", ".3f"),
+        ("ratio_to_xz", "size / xz -9e", ".3f"),
     ]
     table = markdown_table(rows, columns)
     notes = explain(rows, m1_info, n, len(docs), args, sp.vocab_size)

@@ -79,9 +79,8 @@ def _cmd_generate(args) -> None:
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes given, even if not UTF-8
     if getattr(tok, "window_bits", None) is not None:  # M2 over Equal-Info windows: decode through M1
         return _generate_through_m1(run, prompt, args)
-    if tok.name in _STREAM_CODED:
-        raise ConfigError(f"pcomp generate does not support an M2 over {tok.name} tokens yet: one sampled "
-                          f"stream decodes only as a whole, if at all; use an M2 over equal_info windows")
+    if tok.name in _STREAM_CODED:  # M2 over gzip / static_ac / arith: decode the sampled stream as it grows
+        return _generate_through_stream(run, prompt, args)
     ids = tok.encode(prompt)
     if tok.bos_id is not None:
         ids = [tok.bos_id, *ids]
@@ -119,6 +118,26 @@ def _generate_through_m1(run, prompt: bytes, args) -> None:
     windows = -(-args.max_tokens // tokens_per_window(run.tokenizer))
     generate_text(run, prompt, max_windows=windows, temperature=args.temperature, top_k=args.top_k,
                   seed=args.seed, on_bytes=stream, on_skip=skip, echo_prompt=True)
+    stream.close()
+    sys.stdout.write("\n")
+
+
+def _generate_through_stream(run, prompt: bytes, args) -> None:
+    """`pcomp generate` for an M2 over a stream code (`pcomp.compress.generate.generate_stream`): text is
+    printed as the sampled bits determine it; an invalid gzip stream is one warning line and ends it."""
+    from pcomp.compress.generate import Utf8Stream, generate_stream
+
+    def error(why: str) -> None:
+        sys.stdout.flush()
+        print(f"pcomp: warning: {why}; generation stopped", file=sys.stderr)
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    stream = Utf8Stream(write)
+    generate_stream(run, prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                    seed=args.seed, on_bytes=stream, on_error=error, echo_prompt=True)
     stream.close()
     sys.stdout.write("\n")
 

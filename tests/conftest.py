@@ -25,3 +25,22 @@ def m1_run(tmp_path_factory) -> Path:
                                                   "training.checkpoint_every=10", "training.progress=false",
                                                   "data.bos_first=true"))
     return run
+
+
+@pytest.fixture(scope="session")
+def random_m1_model():
+    """An untrained test-tiny byte model built in memory (no training: instant), trained-context 16
+    bytes (data.seq_len), for exactness tests of the M1-driven coders, where only determinism matters."""
+    import dataclasses
+
+    from flax import nnx
+
+    from pcomp.config import Config, DataConfig
+    from pcomp.data.tokenizers import ByteTokenizer
+    from pcomp.models.transformer import Transformer
+    from pcomp.train.load import TrainedModel
+
+    cfg = dataclasses.replace(Config.preset("test-tiny").model, max_seq_len=40)
+    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    return TrainedModel(Config(model=cfg, data=DataConfig(bos_first=True, seq_len=16)), ByteTokenizer(), graphdef,
+                        params, 0, Path("in-memory"))

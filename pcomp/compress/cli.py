@@ -1,5 +1,8 @@
 """`pcomp compress`, `pcomp decompress` and `pcomp prepare` subcommands.
 
+`pcomp compress --mode windows|best` (`pcomp.compress.codec`); after compressing, one line on
+stdout (sizes) and, unless --no-compare, a small table on stderr beside gzip -9, bzip2 -9 and xz -9e.
+
 Nothing is lost: an output that is the input (same file, by any path or hard link) is refused; an
 existing output is kept unless --force; the output is written to a unique temporary file in its
 directory and renamed into place, so an error (disk full included) leaves no partial file.
@@ -129,8 +132,7 @@ def _config(args) -> CompressConfig:
 
 def _cmd_compress(args) -> None:
     from pcomp.compress import fileformat
-    from pcomp.compress.codec import compress
-    from pcomp.compress.m1 import M1
+    from pcomp.compress.codec import compress, m1_for
 
     cfg = _config(args)
     if args.max_window_bytes < 0:
@@ -138,16 +140,38 @@ def _cmd_compress(args) -> None:
     data = _read_input(args.input)
     out = _check_output(args.input, args.output, args.force)
     with _one_line_warnings():
-        m1 = M1.for_windows(args.m1, cfg.window_bits, precision=cfg.precision, batch=cfg.m1_batch,
-                            context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
+        m1 = m1_for(args.m1, cfg, args.mode, context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
     with _progress(len(data), "compress") as bar:
-        blob = compress(m1, data, cfg, progress=bar.update)
+        blob = compress(m1, data, cfg, progress=bar.update, mode=args.mode)
     _write_new(out, blob, args.force)
     header, _ = fileformat.unpack(blob)
-    tokens = fileformat.payload_size(header) * 8 // cfg.token_bits
-    print(f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(len(data), 1):.3f} bits/byte); "
-          f"{tokens} tokens of {cfg.token_bits} bits ({len(data) / max(tokens, 1):.2f} bytes/token) "
-          f"+ {len(blob) - fileformat.payload_size(header)} bytes of header and framing")
+    payload = fileformat.payload_size(header)
+    summary = f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(len(data), 1):.3f} bits/byte); "
+    if args.mode == fileformat.WINDOWS:
+        tokens = payload * 8 // cfg.token_bits
+        summary += (f"{tokens} tokens of {cfg.token_bits} bits ({len(data) / max(tokens, 1):.2f} bytes/token) "
+                    f"+ {len(blob) - payload} bytes of header and framing")
+    else:
+        summary += (f"{header['n_segments']} segments of <= {cfg.segment_bytes} bytes, arithmetic-coded under M1 "
+                    f"(context {m1.context - 1} bytes) + {len(blob) - payload} bytes of header and framing")
+    print(summary)
+    if not args.no_compare:
+        sys.stdout.flush()
+        print(comparison_table(data, len(blob), f"pcomp {args.mode}"), file=sys.stderr)
+
+
+def comparison_table(data: bytes, pcomp_bytes: int, label: str) -> str:
+    """Sizes and bits/byte of the pcomp file beside gzip -9, bzip2 -9 and xz -9e on the same input
+    (`pcomp.compress.codec.baseline_sizes`)."""
+    from pcomp.compress.codec import baseline_sizes
+
+    rows = [(label, pcomp_bytes), *baseline_sizes(data).items()]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'':{width}}  {'bytes':>12}  bits/byte"]
+    for name, size in rows:
+        bpb = f"{8 * size / len(data):9.3f}" if data else f"{'-':>9}"
+        lines.append(f"{name:{width}}  {size:>12,}  {bpb}")
+    return "\n".join(lines)
 
 
 def _cmd_decompress(args) -> None:
@@ -182,20 +206,28 @@ def _add_settings(p, *, max_window_bytes: bool) -> None:
     p.add_argument("--token-bits", type=int, default=_DEFAULT.token_bits, choices=[8, 16],
                    help=f"bits per M2 token N (default {_DEFAULT.token_bits})")
     p.add_argument("--segment-bytes", type=int, default=_DEFAULT.segment_bytes,
-                   help="windows never cross a segment (parallelism)")
+                   help="windows never cross a segment; --mode best: one coder stream per segment (segments decode in "
+                        "parallel)")
     p.add_argument("--precision", type=int, default=_DEFAULT.precision,
                    help=f"coder frequency precision in bits (default {_DEFAULT.precision})")
     p.add_argument("--batch", type=int, default=_DEFAULT.m1_batch,
                    help="M1 rows per step (recorded; decoding uses the same)")
     if max_window_bytes:
         p.add_argument("--max-window-bytes", type=int, default=0,
-                       help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1)")
+                       help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1); "
+                            "--mode best: M1's context restarts every this many bytes (0 = its trained context - 1)")
 
 
 def add_commands(sub) -> None:
-    c = sub.add_parser("compress", help="compress a file with M1 into Equal-Info windows")
+    c = sub.add_parser("compress", help="compress a file with M1 (Equal-Info windows, or --mode best)")
     c.add_argument("--m1", required=True, help="M1 run directory (a byte-level model, e.g. --config m1-3m)")
+    c.add_argument("--mode", default="windows", choices=["windows", "best"],
+                   help="windows (default): Equal-Info windows of --window-bits, the M2 tokenization; best: plain "
+                        "arithmetic coding under M1, one stream per --segment-bytes segment (the smallest file). "
+                        "Recorded in the file: decompress reads it")
     _add_settings(c, max_window_bytes=True)
+    c.add_argument("--no-compare", action="store_true",
+                   help="skip the gzip -9 / bzip2 -9 / xz -9e comparison printed on stderr")
     c.add_argument("--force", action="store_true", help="overwrite an existing output")
     c.add_argument("input")
     c.add_argument("output")

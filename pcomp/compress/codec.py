@@ -1,4 +1,18 @@
-"""Whole-file Equal-Info compression with M1: `compress` / `decompress` (the CLI's engine)."""
+"""Whole-file compression with M1: `compress` / `decompress` (the CLI's engine), in two modes.
+
+"windows" (the default): Equal-Info windows of b bits (`pcomp.compress.windows`), the tokenization
+M2 trains on; each window is decodable alone, which costs compression.
+
+"best": plain arithmetic coding under M1 (`pcomp.compress.plain_ac`, the one coder of
+`pcomp.compress.arith`), the best code M1 gives. The input is cut into segments of
+`segment_bytes`; each segment is one coder stream over its bytes and a final end-of-document
+symbol (M1's EOS), so segments decode in parallel (`m1_batch` rows per M1 step) and the file stores
+only each stream's length in bits. Within a segment M1 sees its full trained context: its context
+restarts from BOS every `m1_context - 1` bytes, `m1_context` = the positions M1 was trained on
+(min(data.seq_len, model.max_seq_len)). Restarting (rather than sliding the context by one byte
+every step) keeps one KV-cache step per byte, the same step the windows use, and is exact by
+construction; its cost is the few bytes after each restart, coded with little context.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +21,65 @@ import zlib
 
 import jax
 
-from pcomp.compress import fileformat
-from pcomp.compress.m1 import M1
+from pcomp.compress import fileformat, plain_ac
+from pcomp.compress.fileformat import MODES, WINDOWS
+from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
 from pcomp.compress.windows import WINDOW_RULE, decode_windows, encode_windows
 from pcomp.config import CompressConfig
 from pcomp.errors import CompressedFormatError, ConfigError
 
 
-def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progress=None) -> bytes:
-    """`data` as a pcomp file: Equal-Info windows of `cfg.window_bits` under `m1` (see fileformat).
+def baseline_sizes(data: bytes) -> dict[str, int]:
+    """Compressed sizes of `data` under the standard compressors at their strongest settings, through
+    Python's zlib, bz2 and lzma: gzip -9 (zlib level 9: DEFLATE + 6 bytes of zlib framing; gzip's is
+    18), bzip2 -9, xz -9e (lzma preset 9 | PRESET_EXTREME, the .xz container)."""
+    import bz2
+    import lzma
 
-    The header is `cfg` plus what identifies M1 and the original; m1 must be set up as cfg says.
+    return {"gzip -9": len(zlib.compress(data, 9)), "bzip2 -9": len(bz2.compress(data, 9)),
+            "xz -9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))}
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"compression mode {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
+def trained_context(trained) -> int:
+    """Positions M1 was trained on: min(data.seq_len, model.max_seq_len) (at least 2: BOS + a byte)."""
+    return max(2, min(trained.cfg.data.seq_len, trained.cfg.model.max_seq_len))
+
+
+def m1_for(source, cfg: CompressConfig, mode: str = WINDOWS, context: int = 0) -> M1:
+    """M1 set up for `mode` from the settings: windows size its KV cache from cfg.window_bits; best
+    codes bytes + EOS with M1's trained context (`trained_context`). `context` > 0 overrides it."""
+    if check_mode(mode) == WINDOWS:
+        return M1.for_windows(source, cfg.window_bits, precision=cfg.precision, batch=cfg.m1_batch, context=context)
+    from pcomp.train.load import TrainedModel, load_trained
+
+    trained = source if isinstance(source, TrainedModel) else load_trained(source)
+    return M1.for_windows(trained, None, precision=cfg.precision, batch=cfg.m1_batch, symbols=BYTES_EOS,
+                          context=context or trained_context(trained))
+
+
+def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progress=None,
+             mode: str = WINDOWS) -> bytes:
+    """`data` as a pcomp file under `m1` in `mode` (see the module docstring and fileformat).
+
+    The header is the mode's settings plus what identifies M1 and the original; m1 must be set up as
+    `m1_for(..., cfg, mode)` sets it up.
     """
     cfg.validate()
+    check_mode(mode)
     if (cfg.precision, cfg.m1_batch) != (m1.precision, m1.batch):
         raise ConfigError(f"M1 is set up with precision {m1.precision} and batch {m1.batch}, the settings say "
-                          f"{cfg.precision} and {cfg.m1_batch}: build it with M1.for_windows from the same settings")
-    enc = encode_windows(m1, [data], cfg.window_bits, segment_bytes=cfg.segment_bytes, progress=progress)
-    header = {
-        **cfg.to_dict(),
+                          f"{cfg.precision} and {cfg.m1_batch}: build it with codec.m1_for from the same settings")
+    want = BYTES if mode == WINDOWS else BYTES_EOS
+    if m1.symbols != want:
+        raise ConfigError(f"mode {mode} needs M1 over symbols {want!r}, this one codes {m1.symbols!r}: "
+                          "build it with codec.m1_for(..., mode)")
+    common = {
         "m1_fingerprint": m1.fingerprint,
         "m1_context": m1.context,
         "m1_name": m1.trained.cfg.model.name,
@@ -33,7 +87,32 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
         "original_length": len(data),
         "original_crc32": zlib.crc32(data),
     }
-    return fileformat.pack(header, enc.codes)
+    if mode == WINDOWS:
+        enc = encode_windows(m1, [data], cfg.window_bits, segment_bytes=cfg.segment_bytes, progress=progress)
+        return fileformat.pack({**cfg.to_dict(), **common}, enc.codes)
+    streams = []
+    for seg in _chunks(segments(data, cfg.segment_bytes), _segments_per_call(m1, cfg.segment_bytes)):
+        streams += plain_ac.encode_docs(m1, seg)
+        if progress is not None:
+            progress(sum(len(s) for s in seg))
+    header = {"precision": cfg.precision, "m1_batch": cfg.m1_batch, "segment_bytes": cfg.segment_bytes, **common}
+    return fileformat.pack_streams(header, streams)
+
+
+def segments(data: bytes, segment_bytes: int) -> list[bytes]:
+    """The "best" mode's segments: data cut every segment_bytes bytes (none for empty data)."""
+    return [data[i : i + segment_bytes] for i in range(0, len(data), segment_bytes)]
+
+
+def _segments_per_call(m1: M1, segment_bytes: int) -> int:
+    """Segments per encoder call: enough context blocks to fill the M1 batch (progress is per call)."""
+    blocks = -(-(segment_bytes + 1) // m1.max_window_bytes)
+    return max(1, m1.batch // blocks)
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
 
 
 def config_of(header: dict) -> CompressConfig:
@@ -43,15 +122,13 @@ def config_of(header: dict) -> CompressConfig:
 
 
 def load_m1_for(path, header: dict) -> M1:
-    """The M1 at `path`, set up as the file's header requires (precision, batch, KV-cache length)."""
-    cfg = config_of(header)
-    return M1.for_windows(path, cfg.window_bits, precision=cfg.precision, batch=cfg.m1_batch,
-                          context=header["m1_context"])
+    """The M1 at `path`, set up as the file's header requires (mode, precision, batch, KV-cache length)."""
+    return m1_for(path, config_of(header), header.get("mode", WINDOWS), context=header["m1_context"])
 
 
 def check_m1(m1: M1, header: dict, name: str = "input") -> None:
     """The file was made by this M1, set up the same way, with this window rule."""
-    if header["window_rule"] != WINDOW_RULE:
+    if header.get("mode", WINDOWS) == WINDOWS and header["window_rule"] != WINDOW_RULE:
         raise CompressedFormatError(
             f"{name} was made with window rule {header['window_rule']!r}; this pcomp decodes {WINDOW_RULE!r}"
         )
@@ -69,9 +146,12 @@ def check_m1(m1: M1, header: dict, name: str = "input") -> None:
 
 def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes:
     """Inverse of `compress`; a wrong M1, a corrupt file or a failed check is a CompressedFormatError."""
-    header, codes = fileformat.unpack(blob, name)
+    header, payload = fileformat.unpack(blob, name)
     check_m1(m1, header, name)
-    data, _ = decode_windows(m1, codes, header["window_bits"], progress=progress)
+    if header["mode"] == WINDOWS:
+        data, _ = decode_windows(m1, payload, header["window_bits"], progress=progress)
+    else:
+        data = _decode_segments(m1, payload, header["segment_bytes"], header["original_length"], name, progress)
     if len(data) != header["original_length"] or zlib.crc32(data) != header["original_crc32"]:
         where = header.get("platform", "?")
         raise CompressedFormatError(
@@ -80,3 +160,23 @@ def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes
             f"({jax.default_backend()}) from the one it was made on ({where})"
         )
     return data
+
+
+def _decode_segments(m1: M1, streams, segment_bytes: int, length: int, name: str, progress=None) -> bytes:
+    """The "best" payload decoded: every segment but the last holds segment_bytes bytes."""
+    out = []
+    for g0 in range(0, len(streams), m1.batch):
+        group = streams[g0 : g0 + m1.batch]
+        try:
+            decoded = plain_ac.decode_docs(m1, group, max_bytes=segment_bytes)
+        except CompressedFormatError as e:
+            raise CompressedFormatError(f"{name} is corrupted or was made by another M1 setup ({e})") from None
+        for i, d in enumerate(decoded):
+            want = min(segment_bytes, length - (g0 + i) * segment_bytes)
+            if len(d) != want:
+                raise CompressedFormatError(f"{name}: segment {g0 + i} decodes to {len(d)} bytes, expected {want}; "
+                                            "the file is corrupted or M1's logits differ on this device")
+        out += decoded
+        if progress is not None:
+            progress(sum(len(d) for d in decoded))
+    return b"".join(out)

@@ -1,16 +1,21 @@
-"""The `pcomp compress` file: magic, version, JSON header, window payload, CRC32 trailer.
+"""The `pcomp compress` file: magic, version, JSON header, payload, CRC32 trailer.
 
     magic     8 bytes  b"PCOMPEIW"
-    version   u16 big-endian (1)
-    hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: the `CompressConfig` fields
-              (window_bits, token_bits, precision, m1_batch, segment_bytes, window_rule), then
-              m1_fingerprint, m1_context, m1_name, platform, n_windows, original_length, original_crc32
-    payload   n_windows * window_bits / 8 bytes: each window's b bits, big-endian
+    version   u16 big-endian (2; version 1 files, always windows, are read too)
+    hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: "mode" (absent in version 1 =
+              "windows"), the coder settings, m1_fingerprint, m1_context, m1_name, platform,
+              original_length, original_crc32, and per mode:
+                windows  window_bits, token_bits, precision, m1_batch, segment_bytes, window_rule, n_windows
+                best     precision, m1_batch, segment_bytes, n_segments, payload_bytes
+    payload   windows: n_windows * window_bits / 8 bytes, each window's b bits, big-endian
+              best:    n_segments u32 big-endian stream lengths in bits, then the segments' arithmetic-coded
+                       bit streams one after another, packed big-endian, zero-padded to a byte
     trailer   u32 big-endian CRC32 of everything before it
 
-Reading checks, in order: magic (not our file), version, header, payload length (truncated),
-CRC32 (corrupted). The M1 fingerprint and the decoded bytes' length and CRC32 are checked by the
-caller; any failure is a `CompressedFormatError`, never silent garbage.
+Reading checks, in order: magic (not our file), version, header (fields, types, ranges, mode),
+payload length (truncated), CRC32 (corrupted), and for "best" that the stream lengths add up to the
+payload. The M1 fingerprint and the decoded bytes' length and CRC32 are checked by the caller; any
+failure is a `CompressedFormatError`, never silent garbage.
 """
 
 from __future__ import annotations
@@ -26,56 +31,100 @@ from pcomp.compress.packing import codes_to_tokens, tokens_to_codes
 from pcomp.errors import CompressedFormatError
 
 MAGIC = b"PCOMPEIW"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # format versions this pcomp reads
+WINDOWS, BEST = "windows", "best"
+MODES = (WINDOWS, BEST)  # "windows": Equal-Info windows (the M2 tokenization); "best": plain AC under M1
 _FIXED = len(MAGIC) + 2 + 4
-REQUIRED = ("window_bits", "window_rule", "token_bits", "precision", "m1_fingerprint", "m1_batch", "m1_context",
-            "n_windows", "original_length", "original_crc32")
+_COMMON = ("precision", "m1_fingerprint", "m1_batch", "m1_context", "original_length", "original_crc32")
+REQUIRED = {WINDOWS: ("window_bits", "window_rule", "token_bits", "n_windows") + _COMMON,
+            BEST: ("segment_bytes", "n_segments", "payload_bytes") + _COMMON}
 
 
-def pack(header: dict, codes: np.ndarray) -> bytes:
-    """Serialize windows `codes` (uint64 [n], header['window_bits'] bits each) with `header`."""
-    codes = np.asarray(codes, np.uint64)
-    payload = codes_to_tokens(codes, header["window_bits"], 8).astype(np.uint8).tobytes()
-    head = json.dumps({**header, "n_windows": int(len(codes))}, sort_keys=True).encode()
+def _seal(header: dict, payload: bytes) -> bytes:
+    head = json.dumps(header, sort_keys=True).encode()
     blob = MAGIC + struct.pack(">HI", VERSION, len(head)) + head + payload
     return blob + struct.pack(">I", zlib.crc32(blob))
 
 
-def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray]:
-    """(header, codes uint64 [n]) of a file written by `pack`, or a CompressedFormatError saying why not."""
+def pack(header: dict, codes: np.ndarray) -> bytes:
+    """Serialize windows `codes` (uint64 [n], header['window_bits'] bits each) with `header` (mode "windows")."""
+    codes = np.asarray(codes, np.uint64)
+    payload = codes_to_tokens(codes, header["window_bits"], 8).astype(np.uint8).tobytes()
+    return _seal({**header, "mode": WINDOWS, "n_windows": int(len(codes))}, payload)
+
+
+def pack_streams(header: dict, streams: list[np.ndarray]) -> bytes:
+    """Serialize arithmetic-coded bit streams (uint8 0/1 each, one per segment) with `header` (mode "best")."""
+    lengths = np.asarray([len(s) for s in streams], ">u4")
+    bits = np.concatenate([np.asarray(s, np.uint8) for s in streams]) if streams else np.zeros(0, np.uint8)
+    payload = lengths.tobytes() + np.packbits(bits).tobytes()
+    return _seal({**header, "mode": BEST, "n_segments": len(streams), "payload_bytes": len(payload)}, payload)
+
+
+def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray | list[np.ndarray]]:
+    """(header, payload) of a file written by `pack` or `pack_streams`, or a CompressedFormatError saying
+    why not. The payload is, by header["mode"], the window codes (uint64 [n_windows]) or the segments'
+    bit streams (a list of uint8 0/1 arrays); a version 1 header gets mode "windows"."""
     if len(blob) < len(MAGIC) or blob[: len(MAGIC)] != MAGIC:
         raise CompressedFormatError(f"{name} is not a pcomp compressed file (bad magic)")
     if len(blob) < _FIXED + 4:
         raise CompressedFormatError(f"{name} is truncated ({len(blob)} bytes)")
     version, hlen = struct.unpack(">HI", blob[len(MAGIC) : _FIXED])
-    if version != VERSION:
-        raise CompressedFormatError(f"{name} has format version {version}; this pcomp reads version {VERSION}")
+    if version not in READS:
+        raise CompressedFormatError(f"{name} has format version {version}; this pcomp reads versions "
+                                    f"{', '.join(map(str, READS))}")
     if _FIXED + hlen + 4 > len(blob):
         raise CompressedFormatError(f"{name} is truncated (header of {hlen} bytes does not fit)")
     try:
         header = json.loads(blob[_FIXED : _FIXED + hlen])
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise CompressedFormatError(f"{name} is corrupted (unreadable header)") from None
+    if version == 1 and isinstance(header, dict):
+        header.setdefault("mode", WINDOWS)
     _check_header(header, name)
-    b, n = header["window_bits"], header["n_windows"]
-    expected = _FIXED + hlen + n * b // 8 + 4
+    expected = _FIXED + hlen + payload_size(header) + 4
     if len(blob) != expected:
         what = "truncated" if len(blob) < expected else "corrupted (trailing bytes)"
         raise CompressedFormatError(f"{name} is {what}: {len(blob)} bytes, expected {expected}")
     (crc,) = struct.unpack(">I", blob[-4:])
     if crc != zlib.crc32(blob[:-4]):
         raise CompressedFormatError(f"{name} is corrupted (CRC32 mismatch)")
-    return header, tokens_to_codes(np.frombuffer(blob[_FIXED + hlen : -4], np.uint8), b, 8)
+    payload = np.frombuffer(blob[_FIXED + hlen : -4], np.uint8)
+    if header["mode"] == WINDOWS:
+        return header, tokens_to_codes(payload, header["window_bits"], 8)
+    return header, _split_streams(payload, header["n_segments"], name)
+
+
+def _split_streams(payload: np.ndarray, n: int, name: str) -> list[np.ndarray]:
+    """The bit streams of a "best" payload: n u32 lengths, then the concatenated bits, padded to a byte."""
+    if len(payload) < 4 * n:
+        raise CompressedFormatError(f"{name} is corrupted ({n} stream lengths do not fit in {len(payload)} bytes)")
+    lengths = np.frombuffer(payload[: 4 * n].tobytes(), ">u4").astype(np.int64)
+    total = int(lengths.sum())
+    if -(-total // 8) != len(payload) - 4 * n:
+        raise CompressedFormatError(f"{name} is corrupted (stream lengths add up to {total} bits; the payload "
+                                    f"holds {8 * (len(payload) - 4 * n)})")
+    bits = np.unpackbits(payload[4 * n :])
+    ends = np.cumsum(lengths)
+    return [bits[e - k : e] for e, k in zip(ends, lengths)]
 
 
 def payload_size(header: dict) -> int:
-    """Bytes of the window payload; the rest of a file (magic, version, header, CRC32) is framing."""
+    """Bytes of the payload; the rest of a file (magic, version, header, CRC32) is framing."""
+    if header.get("mode", WINDOWS) == BEST:
+        return header["payload_bytes"]
     return header["n_windows"] * header["window_bits"] // 8
 
 
 def _check_header(header, name: str) -> None:
     """Every field the decoder relies on has the right type and range (a CRC only proves integrity)."""
-    missing = [k for k in REQUIRED if not isinstance(header, dict) or k not in header]
+    if not isinstance(header, dict) or "mode" not in header:
+        raise CompressedFormatError(f"{name} is corrupted (header lacks ['mode'])")
+    if header["mode"] not in MODES:
+        raise CompressedFormatError(f"{name} has mode {header['mode']!r}; this pcomp decodes modes "
+                                    f"{', '.join(MODES)}")
+    missing = [k for k in REQUIRED[header["mode"]] if k not in header]
     if missing:
         raise CompressedFormatError(f"{name} is corrupted (header lacks {missing})")
 
@@ -83,23 +132,35 @@ def _check_header(header, name: str) -> None:
         return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
 
     checks = {
-        "window_bits": is_int(header["window_bits"], 8, 64) and header["window_bits"] % 8 == 0,
-        "token_bits": header["token_bits"] in (8, 16) and not isinstance(header["token_bits"], bool),
         "precision": is_int(header["precision"], 2, 24),
         "m1_fingerprint": isinstance(header["m1_fingerprint"], str) and len(header["m1_fingerprint"]) == 64,
         "m1_batch": is_int(header["m1_batch"], 1, 1 << 20),
         "m1_context": is_int(header["m1_context"], 2, 1 << 20),
-        "n_windows": is_int(header["n_windows"], 0, 1 << 48),
         "original_length": is_int(header["original_length"], 0, 1 << 56),
         "original_crc32": is_int(header["original_crc32"], 0, (1 << 32) - 1),
     }
+    if header["mode"] == WINDOWS:
+        checks.update({
+            "window_bits": is_int(header["window_bits"], 8, 64) and header["window_bits"] % 8 == 0,
+            "token_bits": header["token_bits"] in (8, 16) and not isinstance(header["token_bits"], bool),
+            "n_windows": is_int(header["n_windows"], 0, 1 << 48),
+        })
+    else:
+        seg_ok = is_int(header["segment_bytes"], 1, 1 << 40)
+        n_expected = -(-header["original_length"] // header["segment_bytes"]) if seg_ok and checks[
+            "original_length"] else None  # one stream per segment of the original
+        checks.update({
+            "segment_bytes": seg_ok,
+            "n_segments": is_int(header["n_segments"], 0, 1 << 40) and header["n_segments"] == n_expected,
+            "payload_bytes": is_int(header["payload_bytes"], 0, 1 << 56),
+        })
     bad = [k for k, ok in checks.items() if not ok]
     if bad:
         raise CompressedFormatError(f"{name} is corrupted (bad header fields: " +
                                     ", ".join(f"{k}={header[k]!r}" for k in bad) + ")")
 
 
-def read(path: str | Path) -> tuple[dict, np.ndarray]:
+def read(path: str | Path) -> tuple[dict, np.ndarray | list[np.ndarray]]:
     path = Path(path)
     if not path.is_file():
         raise CompressedFormatError(f"compressed file {path} does not exist")

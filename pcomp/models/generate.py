@@ -47,12 +47,12 @@ def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int, seed:
 
 def generate(graphdef, params, prompt_ids: np.ndarray, *, max_new_tokens: int, max_len: int,
              temperature: float = 0.8, top_k: int = 40, seed: int = 0, stop_id: int | None = None,
-             bos_id: int | None = None, on_token: Callable[[int], None] | None = None) -> np.ndarray:
+             bos_id: int | None = None, on_token: Callable[[int], bool | None] | None = None) -> np.ndarray:
     """Continue `prompt_ids` (1-D, non-empty, at most `max_len` tokens) by up to `max_new_tokens`
     tokens (fewer only when `stop_id` is sampled); temperature 0 is greedy, top_k 0 keeps the whole
     vocabulary. Past `max_len` positions the context slides (see the module docstring); a prompt that
     starts with `bos_id` keeps that BOS at position 0 of every window. `on_token` is called with each
-    new token as soon as it is sampled (streaming output)."""
+    new token as soon as it is sampled (streaming output); when it returns True, generation stops there."""
     check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
     prompt_ids = np.asarray(prompt_ids, np.int32)
     if prompt_ids.ndim != 1 or len(prompt_ids) == 0:
@@ -85,8 +85,8 @@ def generate(graphdef, params, prompt_ids: np.ndarray, *, max_new_tokens: int, m
             break
         seq.append(token)
         window.append(token)
-        if on_token is not None:
-            on_token(token)
+        if on_token is not None and on_token(token):
+            break
         if len(seq) - len(prompt_ids) == max_new_tokens:
             break
         if len(window) > max_len:  # the next position is past the cache: slide

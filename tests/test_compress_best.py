@@ -1,0 +1,208 @@
+"""`pcomp compress --mode best`: plain arithmetic coding under M1 in the pcomp file format
+(`pcomp.compress.codec`, `pcomp.compress.fileformat`), exact on any bytes, checked on bad input."""
+
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from pcomp.cli import main
+from pcomp.compress import codec, fileformat, plain_ac
+from pcomp.config import CompressConfig
+from pcomp.data.embedded import embedded_documents
+from pcomp.errors import CompressedFormatError, ConfigError
+
+INVALID_UTF8 = b"\xff\xfe\xc3\x28\xa0\xa1\xe2\x28\xa1\xf0\x90\x28\xbc\xed\xa0\x80\xc0\xaf\x80"
+SEGMENT = 48  # bytes per segment in the property test: a few hundred bytes are several segments
+CFG = CompressConfig(m1_batch=8, segment_bytes=SEGMENT)
+FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                       HealthCheck.data_too_large,
+                                                                       HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def m1(random_m1_model):
+    return codec.m1_for(random_m1_model, CFG, "best")
+
+
+def _parse(blob: bytes):
+    """A naive reader of a "best" file, written from the format's description (not fileformat)."""
+    hlen = struct.unpack(">I", blob[10:14])[0]
+    header = json.loads(blob[14 : 14 + hlen])
+    payload = blob[14 + hlen : -4]
+    n = header["n_segments"]
+    lengths = [struct.unpack(">I", payload[4 * i : 4 * i + 4])[0] for i in range(n)]
+    bits = "".join(f"{b:08b}" for b in payload[4 * n :])
+    streams, at = [], 0
+    for k in lengths:
+        streams.append(np.asarray([int(c) for c in bits[at : at + k]], np.uint8))
+        at += k
+    assert set(bits[at:]) <= {"0"} and len(bits) - at < 8  # zero padding to a byte only
+    return header, streams
+
+
+def test_best_mode_m1_uses_its_trained_context(m1, random_m1_model):
+    assert m1.context == 16 and m1.max_window_bytes == 15  # min(data.seq_len 16, max_seq_len 40)
+    assert m1.symbols == "bytes+eos" and m1.batch == 8
+
+
+@FEW
+@given(data=st.binary(max_size=600))
+@example(data=b"")
+@example(data=INVALID_UTF8)
+@example(data=bytes(range(256)) * 2)  # 512 bytes: 11 segments, each several M1 context blocks
+@example(data=b"x" * SEGMENT)  # exactly one segment
+def test_best_round_trips_any_bytes(m1, data):
+    blob = codec.compress(m1, data, CFG, mode="best")
+    assert codec.decompress(m1, blob) == data
+    header, streams = _parse(blob)
+    assert header["mode"] == "best" and header["original_length"] == len(data)
+    assert header["original_crc32"] == zlib.crc32(data)
+    segs = [data[i : i + SEGMENT] for i in range(0, len(data), SEGMENT)]
+    assert len(streams) == header["n_segments"] == len(segs)
+    got_header, got = fileformat.unpack(blob)
+    assert got_header == header and [s.tolist() for s in got] == [s.tolist() for s in streams]
+    for seg, stream in zip(segs, streams):  # each segment's stream decodes alone, to that segment
+        assert plain_ac.decode_docs(m1, [stream], max_bytes=SEGMENT) == [seg]
+    # arithmetic coding is within 2 bits of the ideal code length per stream (and never below it - 1)
+    ideal = [plain_ac.ideal_bits(m1, [s]) for s in segs]
+    for stream, bits in zip(streams, ideal):
+        assert bits - 1 <= len(stream) <= bits + 2 + 1e-3 * bits
+
+
+def test_best_is_smaller_than_windows_on_text(m1_run):
+    """With a trained M1 the plain code beats Equal-Info windows of 16 bits (which pay for decodability)."""
+    cfg = CompressConfig(m1_batch=16, segment_bytes=256)
+    text = b"".join(embedded_documents()[5:7])[:2000]
+    best = codec.compress(codec.m1_for(m1_run, cfg, "best"), text, cfg, mode="best")
+    windows = codec.compress(codec.m1_for(m1_run, cfg, "windows"), text, cfg, mode="windows")
+    assert fileformat.payload_size(fileformat.unpack(best)[0]) < fileformat.payload_size(fileformat.unpack(windows)[0])
+
+
+def test_wrong_mode_or_m1_setup_is_refused(m1, random_m1_model):
+    with pytest.raises(ConfigError, match="compression mode 'fast'"):
+        codec.compress(m1, b"abc", CFG, mode="fast")
+    with pytest.raises(ConfigError, match="mode windows needs M1 over symbols 'bytes'"):
+        codec.compress(m1, b"abc", CFG, mode="windows")
+    windows_m1 = codec.m1_for(random_m1_model, CFG, "windows")
+    with pytest.raises(ConfigError, match="mode best needs M1 over symbols 'bytes\\+eos'"):
+        codec.compress(windows_m1, b"abc", CFG, mode="best")
+    blob = codec.compress(m1, b"some text", CFG, mode="best")
+    with pytest.raises(CompressedFormatError, match="decompress with the same M1"):
+        codec.decompress(windows_m1, blob)  # another fingerprint (symbols are part of it)
+
+
+def _reseal(header: dict, payload: bytes, version: int = 2) -> bytes:
+    head = json.dumps(header).encode()
+    blob = b"PCOMPEIW" + struct.pack(">HI", version, len(head)) + head + payload
+    return blob + struct.pack(">I", zlib.crc32(blob))
+
+
+def _split(blob: bytes):
+    hlen = struct.unpack(">I", blob[10:14])[0]
+    return json.loads(blob[14 : 14 + hlen]), blob[14 + hlen : -4]
+
+
+@pytest.mark.parametrize("change, needles", [
+    (lambda h, p: ({**h, "mode": "fast"}, p), ["mode 'fast'", "windows, best"]),
+    (lambda h, p: ({k: v for k, v in h.items() if k != "mode"}, p), ["lacks ['mode']"]),
+    (lambda h, p: ({**h, "n_segments": h["n_segments"] + 1}, p), ["n_segments="]),
+    (lambda h, p: ({**h, "segment_bytes": 0}, p), ["segment_bytes=0"]),
+    (lambda h, p: ({**h, "payload_bytes": h["payload_bytes"] + 1}, p + b"\x00"), ["stream lengths add up"]),
+    (lambda h, p: (h, struct.pack(">I", struct.unpack(">I", p[:4])[0] + 8) + p[4:]), ["stream lengths add up"]),
+], ids=["unknown-mode", "no-mode", "segments", "segment-bytes", "payload-longer", "stream-length"])
+def test_crafted_best_files_fail_in_one_error(m1, change, needles):
+    blob = codec.compress(m1, b"hello best mode " * 10, CFG, mode="best")
+    bad = _reseal(*change(*_split(blob)))
+    with pytest.raises(CompressedFormatError) as e:
+        codec.decompress(m1, bad, "crafted")
+    assert str(e.value).startswith("crafted") and "\n" not in str(e.value)
+    for needle in needles:
+        assert needle in str(e.value)
+
+
+def test_version_1_files_are_windows_files(random_m1_model):
+    m1w = codec.m1_for(random_m1_model, CFG, "windows")
+    data = b"an older pcomp wrote this"
+    header, payload = _split(codec.compress(m1w, data, CFG))
+    assert header.pop("mode") == "windows"
+    assert codec.decompress(m1w, _reseal(header, payload, version=1)) == data
+    with pytest.raises(CompressedFormatError, match="version 3; this pcomp reads versions 1, 2"):
+        fileformat.unpack(_reseal(header, payload, version=3))
+
+
+# ----------------------------------------------------------------------------- the command line
+def _stderr_rows(err: str) -> dict:
+    rows = {}
+    for line in err.splitlines():
+        parts = line.rsplit(None, 2)
+        if len(parts) == 3 and parts[2].replace(".", "").isdigit():
+            rows[parts[0].strip()] = (int(parts[1].replace(",", "")), float(parts[2]))
+    return rows
+
+
+def test_cli_best_round_trip_and_comparison_table(m1_run, tmp_path, capsys):
+    data = b"".join(embedded_documents()[5:7])[:1500] + INVALID_UTF8
+    src, comp, back = tmp_path / "in.txt", tmp_path / "in.pcz", tmp_path / "back.txt"
+    src.write_bytes(data)
+    assert main(["compress", "--m1", str(m1_run), "--mode", "best", "--batch", "16", "--segment-bytes", "256",
+                 str(src), str(comp)]) == 0
+    captured = capsys.readouterr()
+    blob = comp.read_bytes()
+    assert f"{len(data)} -> {len(blob)} bytes ({8 * len(blob) / len(data):.3f} bits/byte)" in captured.out
+    assert "6 segments of <= 256 bytes" in captured.out and "context 63 bytes" in captured.out  # test-tiny: seq 64
+    rows = _stderr_rows(captured.err)
+    expect = {"pcomp best": len(blob), "gzip -9": len(zlib.compress(data, 9)), "bzip2 -9": len(bz2.compress(data, 9)),
+              "xz -9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))}
+    assert {k: v[0] for k, v in rows.items()} == expect
+    for name, size in expect.items():
+        assert rows[name][1] == pytest.approx(8 * size / len(data), abs=5e-4)
+    header, _ = fileformat.read(comp)
+    assert header["mode"] == "best" and header["m1_context"] == 64 and "window_bits" not in header
+    assert main(["decompress", "--m1", str(m1_run), str(comp), str(back)]) == 0  # the mode comes from the file
+    assert "checksum ok" in capsys.readouterr().out and back.read_bytes() == data
+    # --no-compare: nothing but progress on stderr
+    assert main(["compress", "--m1", str(m1_run), "--mode", "best", "--batch", "16", "--no-compare", "--force",
+                 str(src), str(comp)]) == 0
+    assert _stderr_rows(capsys.readouterr().err) == {}
+
+
+def _error_line(capsys) -> str:
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.startswith(("compress:",
+                                                                                                     "decompress:"))]
+    assert len(lines) == 1 and lines[0].startswith("pcomp: error: "), lines
+    return lines[0]
+
+
+def test_cli_bad_mode_and_bad_best_files(m1_run, tmp_path, capsys):
+    src, comp, out = tmp_path / "in.txt", tmp_path / "in.pcz", tmp_path / "out.txt"
+    src.write_bytes(b"some text to compress in the best mode")
+    assert main(["compress", "--m1", str(m1_run), "--mode", "fastest", str(src), str(comp)]) == 2
+    assert "fastest" in _error_line(capsys) and not comp.exists()
+    assert main(["compress", "--m1", str(m1_run), "--mode", "best", "--batch", "16", "--no-compare",
+                 str(src), str(comp)]) == 0
+    capsys.readouterr()
+    header, payload = _split(comp.read_bytes())
+    crafted = tmp_path / "crafted.pcz"
+    crafted.write_bytes(_reseal({**header, "mode": "turbo"}, payload))
+    assert main(["decompress", "--m1", str(m1_run), str(crafted), str(out)]) == 2
+    assert "mode 'turbo'" in _error_line(capsys) and not out.exists()
+    flipped = tmp_path / "flipped.pcz"
+    blob = comp.read_bytes()
+    flipped.write_bytes(blob[:-6] + bytes([blob[-6] ^ 1]) + blob[-5:])
+    assert main(["decompress", "--m1", str(m1_run), str(flipped), str(out)]) == 2
+    assert "CRC32" in _error_line(capsys) and not out.exists()
+    other = tmp_path / "other-m1"
+    import shutil
+
+    shutil.copytree(m1_run, other)
+    shutil.rmtree(other / "checkpoints" / "20")  # the same run as of step 10: other parameters
+    assert main(["decompress", "--m1", str(other), str(comp), str(out)]) == 2
+    assert "same M1" in _error_line(capsys) and not out.exists()
