@@ -95,6 +95,18 @@ def test_resume_with_another_config_names_both_values(tmp_path):
         train(cfg.override("model.d_ff=256"))
 
 
+def test_resume_with_another_schedule_is_refused_but_logging_may_change(tmp_path):
+    cfg = TINY.override("training.steps=2", "training.checkpoint_every=1", f"training.workdir={tmp_path / 'w'}")
+    train(cfg)
+    # the steps (and so the LR schedule) of a run are fixed: a resumed run continues bit for bit
+    with pytest.raises(CheckpointError, match=r"training\.steps=2, but this run asks for training\.steps=4"):
+        train(cfg.override("training.steps=4"))
+    with pytest.raises(CheckpointError, match=r"training\.lr=0\.003, but this run asks for training\.lr=0\.001"):
+        train(cfg.override("training.lr=1e-3"))
+    summary = train(cfg.override("training.log_every=1", "training.checkpoint_every=5", "training.keep_checkpoints=2"))
+    assert sum(s["steps"] for s in summary["stages"]) == 2
+
+
 @pytest.mark.slow
 def test_metrics_log_each_step_once_after_resume(tmp_path):
     base = TINY.override("training.steps=12", "training.checkpoint_every=4", "training.log_every=1")

@@ -84,12 +84,22 @@ def setup(cfg: Config) -> RunContext:
     return RunContext(cfg, workdir, mesh, data, stages)
 
 
+# Training settings a resumed run may change: they do not touch the trajectory (grad_accum splits the
+# same batch into micro-batches, so a run can resume on a machine with less memory).
+RESUME_MAY_CHANGE = frozenset({"grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                               "workdir", "checkpoint_dir", "progress", "profile_steps"})
+
+
 def _check_same_run(saved: dict, cfg: Config, path: Path) -> None:
-    """Resuming with another model or data would silently mix runs: refuse, naming the first difference."""
-    want = cfg.to_dict()
-    for section in ("model", "data"):
-        old, new = saved.get(section, {}), want[section]
+    """Resuming with another model, data or schedule (steps, lr, seed, ...) would silently mix runs:
+    refuse, naming the first difference."""
+    want, defaults = cfg.to_dict(), Config().to_dict()
+    for section in ("model", "data", "training"):
+        # a key the saved config lacks was added to pcomp later: the run used its default
+        old, new = {**defaults[section], **saved.get(section, {})}, want[section]
         for key in sorted(set(old) | set(new)):
+            if section == "training" and key in RESUME_MAY_CHANGE:
+                continue
             if old.get(key) != new.get(key):
                 raise CheckpointError(
                     f"{path} was written by a run with {section}.{key}={old.get(key)!r}, but this run asks for "
