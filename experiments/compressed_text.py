@@ -11,7 +11,9 @@ One command:
   5. prints one table per M2 size, writes results.md / results.json, a PNG of bits/byte against
      inference FLOPs/byte (the paper's Figure 3 shape), and with --results-md replaces (or appends) the
      section between <!-- compressed_text:begin --> and <!-- compressed_text:end --> of that file.
-Resumable: a method whose result.json exists (with the same config) is not trained again.
+     All of it is rewritten after every finished run (partial tables say how many methods finished).
+Resumable: a method whose result.json exists (with the same config) is not trained again; a dataset is
+prepared just before its first M2 run, so rows finish in `methods()` order.
 
     python experiments/compressed_text.py --preset smoke --out /tmp/ct     # minutes: proves the pipeline
     python experiments/compressed_text.py                                  # CPU study (not yet timed)
@@ -58,16 +60,18 @@ class Method:
 
 
 def methods(names: str | None) -> list[Method]:
-    out = [Method("Bytes", "bytes"), Method("SentencePiece", "sentencepiece"),
-           Method("GZip[v256]", "gzip"), Method("StaticAC[v256]", "static_ac"),
-           Method("AC[v256]", "ac"), Method("AC[v65k]", "ac", token_bits=16)]
-    for b in (16, 32, 64):
-        for n, v in ((8, "v256"), (16, "v65k")):
-            out.append(Method(f"EqualInfoAC[b{b},{v}]", "equal_info", token_bits=n, window_bits=b))
-    for n, v in ((16, "v65k"), (8, "v256")):  # patch-level training over compressed tokens (new)
-        for k in (2, 4):
-            out.append(Method(f"EqualInfoAC[b16,{v}]+patch{k}", "equal_info", token_bits=n, window_bits=16,
-                              patch_size=k, patch_fraction=2 / 3))
+    """Every method, in the order the study runs them: the paper's headline comparison first (so a
+    study cut short by a session's end has the rows that matter), then the window-size series and the
+    patch-level runs."""
+    eq = lambda b, n, v, k=1: Method(f"EqualInfoAC[b{b},{v}]" + (f"+patch{k}" if k > 1 else ""),  # noqa: E731
+                                     "equal_info", token_bits=n, window_bits=b, patch_size=k,
+                                     patch_fraction=2 / 3 if k > 1 else 0.0)
+    out = [Method("Bytes", "bytes"), Method("SentencePiece", "sentencepiece"), Method("AC[v256]", "ac"),
+           eq(16, 16, "v65k"), eq(16, 8, "v256"), Method("StaticAC[v256]", "static_ac"),
+           Method("GZip[v256]", "gzip"), Method("AC[v65k]", "ac", token_bits=16),
+           eq(32, 16, "v65k"), eq(64, 16, "v65k"), eq(32, 8, "v256"), eq(64, 8, "v256")]
+    # patch-level training over compressed tokens (new: neither paper did it)
+    out += [eq(16, n, v, k) for n, v in ((16, "v65k"), (8, "v256")) for k in (2, 4)]
     if names:
         wanted = [w.strip() for w in re.split(r",(?![^\[]*\])", names)]  # commas outside [...]
         unknown = [w for w in wanted if w not in {m.name for m in out}]
@@ -213,30 +217,39 @@ def main(argv=None) -> list[dict]:
         preset["flops"] = args.flops
     chosen = methods(args.methods)
     m1 = train_m1(preset, args.data, out, args.eval_fraction, [])
-    datasets = {m.dataset: prepare_dataset(m, preset, args.data, m1, out, args.eval_fraction) for m in chosen}
-    results, sections = [], []
+    datasets: dict[str, Path] = {}  # prepared on first use, so the first rows finish early
+    results: dict[str, list[dict]] = {model: [] for model in preset["m2"]}
     for model in preset["m2"]:
-        rows = []
         for m in chosen:
+            if m.dataset not in datasets:
+                datasets[m.dataset] = prepare_dataset(m, preset, args.data, m1, out, args.eval_fraction)
             cfg = m2_config(m, preset, model, datasets[m.dataset], out / model / re.sub(r"[^\w.+-]", "_", m.name),
                             args.set)
-            rows.append(run_m2(m, cfg, datasets[m.dataset], model))
-        results += rows
+            results[model].append(run_m2(m, cfg, datasets[m.dataset], model))
+            write_results(results, len(chosen), preset, args, out)  # partial results as they come
+    return [r for rows in results.values() for r in rows]
+
+
+def write_results(results: dict[str, list[dict]], n_methods: int, preset: dict, args, out: Path) -> None:
+    """results.md / results.json / the PNG (and the RESULTS.md section) from the runs finished so far."""
+    sections = []
+    for model, rows in results.items():
+        done = "" if len(rows) == n_methods else f" ({len(rows)} of {n_methods} methods finished so far)"
         sections.append(f"M2 = {model}, {preset['flops']:.3g} training FLOPs per run, seq_len {preset['seq_len']}, "
-                        f"data {args.data}\n\n{markdown_table(rows, COLUMNS)}")
+                        f"data {args.data}{done}\n\n{markdown_table(rows, COLUMNS)}")
     text = (f"### M2 over compressed text (`experiments/compressed_text.py --preset {args.preset}`)\n\n"
             + "\n\n".join(sections) + "\n\nuniform = log2(V) x tokens/byte; unigram = train-split token counts with "
             "add-one smoothing; inference FLOPs/byte = 2N(M2)/(bytes/token) + 2N(M1) for AC and EqualInfoAC, "
             "N = non-embedding parameters.")
-    print("\n" + text)
+    print("\n" + text, flush=True)
+    flat = [r for rows in results.values() for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(text + "\n")
-    write_json(out / "results.json", {"preset": args.preset, "data": args.data, "runs": results})
-    png = plot(results, out / "bpb_vs_flops_per_byte.png", f"M2 over compressed text ({args.preset})")
+    write_json(out / "results.json", {"preset": args.preset, "data": args.data, "runs": flat})
+    png = plot(flat, out / "bpb_vs_flops_per_byte.png", f"M2 over compressed text ({args.preset})")
     if args.results_md:
         write_section(Path(args.results_md), text + f"\n\n![bits/byte vs FLOPs/byte]({png})")
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {png}")
-    return results
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {png}", flush=True)
 
 
 if __name__ == "__main__":
