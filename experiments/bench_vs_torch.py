@@ -142,6 +142,7 @@ def measure(runs: dict, steps: int, repeats: int, warmup: int) -> dict:
 # --- profiling: where each framework's step time goes ---------------------------------------------
 CATEGORIES = ("matmul", "attention", "softmax/CE", "norm/rope/elementwise", "optimizer", "other/overhead")
 _CONTROL_FLOW = {"while", "call", "conditional", "tuple", "get-tuple-element", "parameter", "constant", "bitcast"}
+_DOTS = ("dot", "convolution")
 _HLO_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _HLO_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 
@@ -164,9 +165,10 @@ def _hlo_opcode(rhs: str) -> str:
 
 
 def parse_hlo(text: str) -> tuple[dict, dict]:
-    """Optimized HLO module text (`Compiled.as_text()`) -> ({instruction: (opcode, frame_ids, called
-    computations)}, {stack frame id: (file, function)}), frames from the module's FileNames /
-    FunctionNames / FileLocations / StackFrames tables (the innermost frame each op came from)."""
+    """Optimized HLO module text (`Compiled.as_text()`) -> ({instruction: (opcodes, frame ids, frame ids
+    of its dots)}, {stack frame id: (file, function)}), each instruction expanded with the computations
+    it calls (a fusion's body); frames from the module's FileNames / FunctionNames / FileLocations /
+    StackFrames tables (the innermost Python frame each op came from)."""
     tables: dict[str, dict[int, str]] = {}
     instrs: dict[str, tuple[str, set, list]] = {}
     section = None
@@ -217,6 +219,7 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
     expanded = {}
     for name, (op, fr, called) in instrs.items():
         ops, frs, todo, seen = [op], set(fr), list(called), set()
+        dot_frs = set(fr) if op in _DOTS else set()
         while todo:
             c = todo.pop()
             if c in seen:
@@ -226,14 +229,15 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
                 sop, sfr, scalled = instrs[sub]
                 ops.append(sop)
                 frs |= sfr
+                dot_frs |= sfr if sop in _DOTS else set()
                 todo += scalled
-        expanded[name] = (ops, frs)
+        expanded[name] = (ops, frs, dot_frs)
     return expanded, frames
 
 
 def frame_category(file: str, function: str) -> str:
     """Category of the innermost Python frame an XLA op came from."""
-    fn = function.lower()
+    fn = function.rsplit(".", 1)[-1].lower()  # the function itself: `Attention._qkv` is no attention kernel
     if "/optax/" in file or function.startswith("train_step") and "accumulate" not in function:
         return "optimizer"
     if "attention" in fn:
@@ -245,13 +249,14 @@ def frame_category(file: str, function: str) -> str:
     return "other/overhead"
 
 
-def xla_op_category(ops: list[str], frame_ids: set, frames: dict) -> str:
+def xla_op_category(ops: list[str], frame_ids: set, dot_frame_ids: set, frames: dict) -> str:
     """Category of one executed XLA op (a fusion counts by what it contains): ops with a dot are
-    attention when they come from an attention function, else matmul; the rest by their frames'
+    attention when a dot comes from an attention function, else matmul; the rest by their frames'
     majority (ops without a frame, copies and control flow are other/overhead)."""
+    if any(o in _DOTS for o in ops):
+        dot_cats = {frame_category(*frames.get(f, ("", ""))) for f in dot_frame_ids}
+        return "attention" if "attention" in dot_cats else "matmul"
     cats = [frame_category(*frames.get(f, ("", ""))) for f in sorted(frame_ids)]
-    if any(o in ("dot", "convolution") for o in ops):
-        return "attention" if "attention" in cats else "matmul"
     votes = [c for c in cats if c != "other/overhead"]
     return max(sorted(set(votes)), key=votes.count) if votes else "other/overhead"
 
@@ -266,10 +271,10 @@ def jax_breakdown(trace_events: list, hlo_text: str, steps: int) -> dict:
         args = e.get("args") or {}
         if e.get("ph") != "X" or args.get("hlo_module") != module or "hlo_op" not in args:
             continue
-        op_list, frs = ops.get(args["hlo_op"], (["?"], set()))
+        op_list, frs, dot_frs = ops.get(args["hlo_op"], (["?"], set(), set()))
         if op_list[0] in _CONTROL_FLOW:
             continue  # a while/call thunk's time is that of the ops it runs, which are events too
-        out[xla_op_category(op_list, frs, frames)] += e["dur"] * 1e-6 / steps
+        out[xla_op_category(op_list, frs, dot_frs, frames)] += e["dur"] * 1e-6 / steps
     return out
 
 
@@ -313,6 +318,8 @@ def profile_pcomp(run, trace_dir: str, steps: int) -> tuple[dict, float]:
     import jax
 
     hlo_text = run.hlo_text()
+    with open(os.path.join(trace_dir, "pcomp_step.hlo.txt"), "w") as f:  # the op names the trace refers to
+        f.write(hlo_text)
     before = set(glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True))
     with jax.profiler.trace(trace_dir):
         t0 = time.perf_counter()

@@ -23,6 +23,7 @@ FunctionNames
 3 "scale_by_adam.<locals>.update_fn"
 4 "next_patch_nll"
 5 "RMSNorm.__call__"
+6 "Attention.__call__"
 
 FileLocations
 1 {file_name_id=1 function_name_id=1 line=50 end_line=50 column=1 end_column=9}
@@ -30,6 +31,7 @@ FileLocations
 3 {file_name_id=2 function_name_id=3 line=10 end_line=10 column=1 end_column=9}
 4 {file_name_id=3 function_name_id=4 line=62 end_line=62 column=1 end_column=9}
 5 {file_name_id=1 function_name_id=5 line=38 end_line=38 column=1 end_column=9}
+6 {file_name_id=1 function_name_id=6 line=120 end_line=120 column=1 end_column=9}
 
 StackFrames
 1 {file_location_id=1 parent_frame_id=1}
@@ -37,11 +39,19 @@ StackFrames
 3 {file_location_id=3 parent_frame_id=1}
 4 {file_location_id=4 parent_frame_id=1}
 5 {file_location_id=5 parent_frame_id=1}
+6 {file_location_id=6 parent_frame_id=1}
 
 %fused_computation.1 (p0: f32[4,4], p1: f32[4,4]) -> f32[4,4] {
   %p0 = f32[4,4]{1,0} parameter(0)
   %p1 = f32[4,4]{1,0} parameter(1)
   ROOT %dot.9 = f32[4,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(train_step)/dot_general" stack_frame_id=2}
+}
+
+%fused_computation.4 (p0: f32[4,4], p1: f32[4,4]) -> f32[4,4] {
+  %p0 = f32[4,4]{1,0} parameter(0)
+  %p1 = f32[4,4]{1,0} parameter(1)
+  %d = f32[4,4]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(train_step)/dot_general" stack_frame_id=1}
+  ROOT %t = f32[4,4]{0,1} transpose(%d), dimensions={1,0}, metadata={op_name="jit(train_step)/transpose" stack_frame_id=6}
 }
 
 %fused_computation.2 (p0: f32[4]) -> f32[4] {
@@ -69,6 +79,7 @@ ENTRY %main.7 (x: f32[4,4], w: f32[4,4], v: f32[4]) -> (f32[4,4], f32[4]) {
   %v = f32[4]{0} parameter(2)
   %dot.1 = f32[4,4]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}, metadata={op_name="jit(train_step)/dot_general" stack_frame_id=1}
   %ynn_fusion.3 = f32[4,4]{1,0} fusion(%x, %w), kind=kCustom, calls=%fused_computation.1, metadata={op_name="jit(train_step)/dot_general" stack_frame_id=2}
+  %ynn_fusion.8 = f32[4,4]{0,1} fusion(%x, %w), kind=kCustom, calls=%fused_computation.4, metadata={op_name="jit(train_step)/transpose" stack_frame_id=6}
   %adam_fusion = f32[4]{0} fusion(%v), kind=kLoop, calls=%fused_computation.2, metadata={op_name="jit(train_step)/sqrt" stack_frame_id=3}
   %lse_fusion = f32[4]{0} fusion(%dot.1), kind=kLoop, calls=%fused_computation.3, metadata={op_name="jit(train_step)/exp" stack_frame_id=4}
   %norm.2 = f32[4]{0} rsqrt(%v), metadata={op_name="jit(train_step)/rsqrt" stack_frame_id=5}
@@ -86,6 +97,7 @@ def test_jax_breakdown_maps_each_traced_op_to_its_category():
     events = [
         _event("dot.1", 100.0), _event("dot.1", 300.0),  # two steps: 200 us per step of a dense matmul
         _event("ynn_fusion.3", 40.0),  # a fused dot from an attention function
+        _event("ynn_fusion.8", 10.0),  # a projection's dot fused with a transpose from Attention.__call__
         _event("adam_fusion", 60.0),  # elementwise code from optax
         _event("lse_fusion", 8.0),  # exp + reduce from the loss
         _event("norm.2", 4.0),  # a bare op from the model's norm
@@ -95,7 +107,7 @@ def test_jax_breakdown_maps_each_traced_op_to_its_category():
         {"ph": "X", "name": "ThunkExecutor::Execute", "dur": 9000.0},  # not an op event
     ]
     got = bench.jax_breakdown(events, HLO, steps=2)
-    want = {"matmul": 200e-6, "attention": 20e-6, "optimizer": 30e-6, "softmax/CE": 4e-6,
+    want = {"matmul": 205e-6, "attention": 20e-6, "optimizer": 30e-6, "softmax/CE": 4e-6,
             "norm/rope/elementwise": 2e-6, "other/overhead": 1e-6}
     assert set(got) == set(bench.CATEGORIES)
     for c, v in want.items():
@@ -106,6 +118,7 @@ def test_parse_hlo_expands_fusions_and_frames():
     ops, frames = bench.parse_hlo(HLO)
     assert ops["ynn_fusion.3"][0] == ["fusion", "parameter", "parameter", "dot"]
     assert ops["lse_fusion"][1] == {4}
+    assert ops["ynn_fusion.8"][1:] == ({1, 6}, {1})  # all frames; those of its dots
     assert "add" in ops["lse_fusion"][0]  # the reducer computation called from inside the fusion
     assert frames[3] == ("/venv/site-packages/optax/_src/transform.py", "scale_by_adam.<locals>.update_fn")
     assert ops["tuple.5"][0] == ["tuple"]
