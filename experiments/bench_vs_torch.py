@@ -19,6 +19,15 @@ order of magnitude at 2 threads, while a 1-thread run does not.
     python experiments/bench_vs_torch.py                                   # demo .. 125m, K = 1 and 4
     python experiments/bench_vs_torch.py --sizes demo --steps 2 --repeats 1 --warmup 1 --batch 2 --seq-len 64
     python experiments/bench_vs_torch.py --device cuda                     # GPU: torch on CUDA, JAX default
+    python experiments/bench_vs_torch.py --sizes demo --threads 1 --profile /tmp/prof   # + where the time goes
+
+`--profile DIR` then traces `--profile-steps` more steps of each framework (jax.profiler; torch.profiler,
+with inductor's C++ kernels named) into DIR/SIZE_KK/ and prints, per (size, K), milliseconds per step in
+matmul (weights' dots and their gradients), attention, softmax/cross-entropy, norm/rope/elementwise,
+optimizer (clipping and AdamW) and other/overhead (ops without a category plus the profiled wall time no
+op covers). A pcomp op is an XLA op of the step's trace (a fusion counts as a dot if it contains one),
+assigned by the Python function its HLO metadata names (DIR/SIZE_KK/pcomp_step.hlo.txt); a torch op
+by its name and enclosing optimizer / clip region, self time only. Profiling slows both; compare shares.
 """
 
 from __future__ import annotations
