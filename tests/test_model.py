@@ -26,6 +26,7 @@ TINY = Config.preset("test-tiny").model
 
 # The sharding rules, written independently of pcomp.models.sharding.RULES.
 EXPECTED_RULES = {
+    "layers": None,  # the stacked blocks' leading axis: never sharded
     "embed": "fsdp",
     "vocab": "tensor",
     "heads": "tensor",
@@ -271,14 +272,21 @@ def test_padded_vocabulary(tiny, tie):
 def test_every_parameter_sharded_by_its_logical_axes(sharded_state, mesh):
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     params = _params(sharded_state)
-    # embed, lm_head, final norm; per layer 2 norms + wq, wk, wv, wo + w_gate, w_up, w_down
-    assert len(params) == 3 + TINY.n_layers * 9
+    # embed, lm_head, final norm; the stacked blocks: 2 norms + wq, wk, wv, wo + w_gate, w_up, w_down,
+    # each with a leading layers axis of n_layers entries
+    assert len(params) == 3 + 9
+    stacked = [path for path, _ in params if path.startswith("['blocks']")]
+    assert len(stacked) == 9
     sharded_over = set()
     for path, var in params:
         arr = var[...]
         axes = var.get_metadata().get("logical_axes")
         assert axes is not None, f"{path} has no logical_axes"
         assert len(axes) == arr.ndim, f"{path}: logical_axes {axes} for shape {arr.shape}"
+        if path in stacked:
+            assert axes[0] == "layers" and arr.shape[0] == TINY.n_layers, (path, axes, arr.shape)
+        else:
+            assert "layers" not in axes, (path, axes)
         expected = tuple(EXPECTED_RULES[a] for a in axes)
         spec = tuple(arr.sharding.spec) + (None,) * (arr.ndim - len(arr.sharding.spec))
         assert spec == expected, f"{path}: spec {spec}, expected {expected} from {axes}"
@@ -329,6 +337,7 @@ def test_count_params_matches_state():
         (dict(dtype="float16"), ["model.dtype", "float16"]),
         (dict(param_dtype="int8"), ["model.param_dtype", "int8"]),
         (dict(attention="flash"), ["model.attention", "flash"]),
+        (dict(remat="true"), ["model.remat", "'true'", "'dots_saveable'"]),
         (dict(n_layers=0), ["model.n_layers"]),
     ],
 )

@@ -22,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pcomp.config import ModelConfig, TrainingConfig
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import batch_sharding, param_shardings
-from pcomp.models.transformer import Transformer
+from pcomp.models.transformer import LAYERS, Transformer
 from pcomp.patching import next_patch_nll, patchify
 from pcomp.train.checkpoint import abstract_with_shardings
 
@@ -55,12 +55,25 @@ def make_optimizer(tc: TrainingConfig, steps: int, *, first_stage: bool = True
         decay_steps=max(steps, warmup + 1),
         end_value=tc.lr * tc.min_lr_ratio,
     )
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    decay_mask = lambda params: jax.tree.map(_is_matrix, params, is_leaf=_is_variable)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
     )
     return tx, schedule
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _is_matrix(v) -> bool:
+    """A parameter with two or more axes per layer (the stacked blocks' leading `layers` axis does not
+    count): weight decay applies to these, not to norm scales."""
+    if not isinstance(v, nnx.Variable):
+        return v.ndim >= 2
+    axes = v.get_metadata().get("logical_axes") or (None,) * v.ndim
+    return sum(a != LAYERS for a in axes) >= 2
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
