@@ -311,6 +311,35 @@ def test_every_parameter_sharded_by_its_logical_axes(sharded_state, mesh):
     assert sharded_over == {"fsdp", "tensor"}  # the test really exercised both axes
 
 
+def test_stacked_init_draws_one_key_per_matrix_in_creation_order():
+    """Layer i's matrices are std * normal(key) with the keys of nnx.Rngs(params=seed) in creation order
+    (embed; per layer wq, wk, wv, wo, w_gate, w_up, w_down; lm_head), stacked along the layers axis:
+    the values do not depend on the stacking. Norm scales start at one."""
+    cfg = dataclasses.replace(TINY, n_layers=3, n_kv_heads=2)
+    state = jax.jit(lambda: nnx.split(Transformer(cfg, nnx.Rngs(params=7)))[1])()
+    rngs = nnx.Rngs(params=7)
+    keys = [rngs.params() for _ in range(1 + 7 * cfg.n_layers + 1)]
+    std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    d, n, k, h, f, v = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.d_ff, cfg.padded_vocab
+
+    def normal(key, shape, scale):
+        return np.asarray(scale * jax.random.normal(key, shape, jnp.float32))
+
+    np.testing.assert_array_equal(np.asarray(state["embed"][...]), normal(keys[0], (v, d), std))
+    np.testing.assert_array_equal(np.asarray(state["lm_head"][...]), normal(keys[-1], (d, v), std))
+    blocks = state["blocks"]
+    expected = [("attn", "wq", (d, n, h), std), ("attn", "wk", (d, k, h), std), ("attn", "wv", (d, k, h), std),
+                ("attn", "wo", (n, h, d), out_std), ("mlp", "w_gate", (d, f), std), ("mlp", "w_up", (d, f), std),
+                ("mlp", "w_down", (f, d), out_std)]
+    for i in range(cfg.n_layers):
+        for j, (part, name, shape, scale) in enumerate(expected):
+            got = np.asarray(blocks[part][name][...])
+            assert got.shape == (cfg.n_layers, *shape)
+            np.testing.assert_array_equal(got[i], normal(keys[1 + 7 * i + j], shape, scale), err_msg=f"{name}[{i}]")
+    for norm in ("attn_norm", "mlp_norm"):
+        np.testing.assert_array_equal(np.asarray(blocks[norm]["scale"][...]), np.ones((cfg.n_layers, d), np.float32))
+
+
 def test_count_params_matches_state():
     configs = [
         TINY,

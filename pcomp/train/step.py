@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from pcomp.models.sharding import batch_sharding, param_shardings
 from pcomp.models.transformer import LAYERS, Transformer
 from pcomp.patching import next_patch_nll, patchify
 from pcomp.train.checkpoint import abstract_with_shardings
+from pcomp.train.memory import MemoryUse
 
 TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
 
@@ -172,10 +174,34 @@ class TrainProgram:
     init: Callable[[nnx.State | None], TrainState]
     step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     eval: Callable[[nnx.State, dict], tuple[jax.Array, jax.Array]]
+    batch_sharding: NamedSharding
 
     def abstract_state(self) -> TrainState:
         """The state's shapes with their shardings (an orbax restore target); allocates nothing."""
         return abstract_with_shardings(jax.eval_shape(self.init, None), self.state_sharding)
+
+    def abstract_batch(self, rows: int, seq_tokens: int) -> dict:
+        """A global batch {tokens, mask} of `rows` x `seq_tokens` int32, as shapes with shardings."""
+        shape = jax.ShapeDtypeStruct((rows, seq_tokens), jnp.int32, sharding=self.batch_sharding)
+        return {"tokens": shape, "mask": shape}
+
+    def compile_step(self, rows: int, seq_tokens: int) -> CompiledStep:
+        """`step` compiled ahead of time for global batches of `rows` x `seq_tokens` tokens, from
+        abstract arguments only (nothing is allocated): the executable, the seconds lowering and
+        compiling took, and XLA's per-device memory accounting."""
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):  # the model's sharding constraints apply under the mesh
+            compiled = self.step.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens)).compile()
+        return CompiledStep(compiled, time.perf_counter() - start, MemoryUse.of(compiled))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    """A train step compiled for one batch shape; call `run(state, batch)` like `TrainProgram.step`."""
+
+    run: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    seconds: float  # lowering + compilation
+    memory: MemoryUse | None  # per device; None when the backend reports nothing
 
 
 def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
@@ -194,4 +220,4 @@ def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, s
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef), in_shardings=(state_sh["params"], batch_sh),
                        out_shardings=replicated)
-    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate)
+    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"])
