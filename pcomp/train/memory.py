@@ -2,9 +2,11 @@
 
 `jax.jit(step).lower(abstract args).compile()` gives XLA's own accounting of one device's buffers
 (`compiled.memory_analysis()`): the arguments (this device's shard of the train state and batch),
-the outputs, the temporaries (activations kept for the backward pass, gradients, workspace) and the
-outputs that reuse donated argument buffers (aliased). `MemoryUse.peak_bytes` is what the step holds
-at once; `check_fits` compares it with `device_memory_bytes()` (the allocator's limit; None on
+the outputs, the temporaries (one allocation holding every intermediate buffer, packed by liveness:
+activations kept for the backward pass, gradients, workspace) and the outputs that reuse donated
+argument buffers (aliased). `MemoryUse.peak_bytes`, their sum with donated outputs counted once, is
+what the device must hold for the step (XLA's own `peak_memory_in_bytes` leaves temporaries out on
+CPU, so it is not used); `check_fits` compares it with `device_memory_bytes()` (the allocator's limit; None on
 backends that do not report one, e.g. CPU) and raises a one-line ConfigError when it cannot fit.
 """
 
@@ -42,8 +44,8 @@ class MemoryUse:
 
     def describe(self) -> str:
         return (f"arguments {gib(self.argument_bytes)}, outputs {gib(self.output_bytes)} "
-                f"({gib(self.alias_bytes)} of them in donated buffers), temporaries {gib(self.temp_bytes)}: "
-                f"{gib(self.peak_bytes)} per device")
+                f"({gib(self.alias_bytes)} of them in donated buffers), temporaries {gib(self.temp_bytes)}, "
+                f"peak {gib(self.peak_bytes)} per device")
 
 
 def gib(n: int) -> str:
@@ -72,8 +74,8 @@ def check_fits(use: MemoryUse | None, available: int | None, what: str) -> None:
     if use is None or available is None or use.peak_bytes <= available:
         return
     raise ConfigError(
-        f"{what} needs {use.peak_bytes:,} bytes ({gib(use.peak_bytes)}) per device but the device has "
-        f"{available:,} bytes ({gib(available)}): arguments {use.argument_bytes:,} + outputs {use.output_bytes:,} "
-        f"- donated {use.alias_bytes:,} + temporaries {use.temp_bytes:,}; lower training.batch_size, raise "
+        f"{what} needs {use.peak_bytes:,} bytes ({gib(use.peak_bytes)}) per device at its peak but the device has "
+        f"{available:,} bytes ({gib(available)}) (arguments {use.argument_bytes:,}, outputs {use.output_bytes:,} "
+        f"of which {use.alias_bytes:,} donated, temporaries {use.temp_bytes:,}); lower training.batch_size, raise "
         "training.grad_accum, set model.remat=full or shard over more devices (mesh.fsdp)"
     )
