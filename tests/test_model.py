@@ -7,6 +7,7 @@ and every forward pass goes through the module-level jitted helpers with few dis
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -325,8 +326,10 @@ def test_stacked_init_draws_one_key_per_matrix_in_creation_order():
     def normal(key, shape, scale):
         return np.asarray(scale * jax.random.normal(key, shape, jnp.float32))
 
-    np.testing.assert_array_equal(np.asarray(state["embed"][...]), normal(keys[0], (v, d), std))
-    np.testing.assert_array_equal(np.asarray(state["lm_head"][...]), normal(keys[-1], (d, v), std))
+    # the same draws; eager and compiled normals may round an ulp apart (another key differs at once)
+    same = functools.partial(np.testing.assert_allclose, rtol=3e-7, atol=0)
+    same(np.asarray(state["embed"][...]), normal(keys[0], (v, d), std))
+    same(np.asarray(state["lm_head"][...]), normal(keys[-1], (d, v), std))
     blocks = state["blocks"]
     expected = [("attn", "wq", (d, n, h), std), ("attn", "wk", (d, k, h), std), ("attn", "wv", (d, k, h), std),
                 ("attn", "wo", (n, h, d), out_std), ("mlp", "w_gate", (d, f), std), ("mlp", "w_up", (d, f), std),
@@ -335,7 +338,7 @@ def test_stacked_init_draws_one_key_per_matrix_in_creation_order():
         for j, (part, name, shape, scale) in enumerate(expected):
             got = np.asarray(blocks[part][name][...])
             assert got.shape == (cfg.n_layers, *shape)
-            np.testing.assert_array_equal(got[i], normal(keys[1 + 7 * i + j], shape, scale), err_msg=f"{name}[{i}]")
+            same(got[i], normal(keys[1 + 7 * i + j], shape, scale), err_msg=f"{name}[{i}]")
     for norm in ("attn_norm", "mlp_norm"):
         np.testing.assert_array_equal(np.asarray(blocks[norm]["scale"][...]), np.ones((cfg.n_layers, d), np.float32))
 
