@@ -26,6 +26,10 @@ from typing import Any
 from pcomp.errors import ConfigError
 
 SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what every RNG (numpy, grain, jax) accepts
+# model.remat: none = keep every block's activations for the backward pass (fastest; the default, as
+# the CPU-sized presets have memory to spare); full = keep only each block's input and recompute the
+# block (least memory, ~1/3 more compute); dots_saveable = keep matmul outputs, recompute the rest.
+REMAT_POLICIES = ("none", "full", "dots_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +49,7 @@ class ModelConfig:
     tie_embeddings: bool = False
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
-    remat: bool = False  # recompute each block in the backward pass (saves activation memory)
+    remat: str = "none"  # what the backward pass recomputes per block: none | full | dots_saveable
     attention: str = "auto"  # auto (blocked on CPU, fused XLA/cuDNN elsewhere) | blocked | fused
     init_std: float = 0.02
 
@@ -78,6 +82,9 @@ class ModelConfig:
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in ("float32", "bfloat16"):
                 raise ConfigError(f"model.{key}={getattr(self, key)!r}; expected 'float32' or 'bfloat16'")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"model.remat={self.remat!r}; expected one of "
+                              + ", ".join(repr(p) for p in REMAT_POLICIES))
         if self.attention not in ("auto", "blocked", "fused"):
             raise ConfigError(f"model.attention={self.attention!r}; expected 'auto', 'blocked' or 'fused'")
 
@@ -407,6 +414,8 @@ def from_dict(raw: Any, *, origin: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {name!r} in {origin} is a JSON {_json_kind(values)} "
                               f"({_short(values)}); expected an object of {name}.key values")
+        if name == "model" and isinstance(values.get("remat"), bool):  # config.json before remat policies
+            values = {**values, "remat": "full" if values["remat"] else "none"}
         hints = _hints(cls)
         unknown = set(values) - set(hints)
         if unknown:
@@ -598,7 +607,7 @@ RUN_PRESETS: dict[str, Config] = {
         training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
     ),
     "1b": Config(
-        model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat=True),
+        model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat="full"),
         data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
                         eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),

@@ -149,7 +149,9 @@ def model_config_from_hf(raw: dict, *, name: str = "hf-import") -> ModelConfig:
 
 # --- weights ---------------------------------------------------------------------------------------
 def to_hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
-    """HF Llama tensor name -> numpy array (param dtype; bf16 as ml_dtypes.bfloat16), real vocab rows only."""
+    """HF Llama tensor name -> numpy array (param dtype; bf16 as ml_dtypes.bfloat16), real vocab rows only;
+    layer i's tensors are slice i of pcomp's stacked block parameters."""
+    import jax
     from flax import nnx
 
     p = nnx.to_pure_dict(params)
@@ -157,8 +159,9 @@ def to_hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
     c = np.ascontiguousarray
     out = {"model.embed_tokens.weight": c(np.asarray(p["embed"])[:v]),
            "model.norm.weight": c(np.asarray(p["final_norm"]["scale"]))}
+    layers = p["blocks"]  # every block parameter stacked along a leading layers axis
     for i in range(cfg.n_layers):
-        b, pre = p["blocks"][i], f"model.layers.{i}."
+        b, pre = jax.tree.map(lambda x: np.asarray(x)[i], layers), f"model.layers.{i}."
         a, m = b["attn"], b["mlp"]
         out[pre + "self_attn.q_proj.weight"] = c(np.asarray(a["wq"]).reshape(d, -1).T)
         out[pre + "self_attn.k_proj.weight"] = c(np.asarray(a["wk"]).reshape(d, -1).T)
@@ -175,7 +178,9 @@ def to_hf_state_dict(cfg: ModelConfig, params) -> dict[str, np.ndarray]:
 
 
 def from_hf_state_dict(cfg: ModelConfig, tensors: dict[str, np.ndarray]):
-    """pcomp parameters (nnx.State, `cfg.param_dtype`) from HF Llama tensors; padded vocab rows are zero."""
+    """pcomp parameters (nnx.State, `cfg.param_dtype`) from HF Llama tensors; padded vocab rows are zero;
+    the per-layer tensors are stacked into pcomp's block parameters [n_layers, ...]."""
+    import jax
     import jax.numpy as jnp
     from flax import nnx
 
@@ -197,10 +202,10 @@ def from_hf_state_dict(cfg: ModelConfig, tensors: dict[str, np.ndarray]):
     def pad_rows(x: np.ndarray) -> np.ndarray:
         return np.concatenate([x, np.zeros((pv - v, *x.shape[1:]), x.dtype)], axis=0)
 
-    blocks = {}
+    layers = []
     for i in range(cfg.n_layers):
         pre = f"model.layers.{i}."
-        blocks[i] = {
+        layers.append({
             "attn": {"wq": get(pre + "self_attn.q_proj.weight", (n * h, d)).T.reshape(d, n, h),
                      "wk": get(pre + "self_attn.k_proj.weight", (k * h, d)).T.reshape(d, k, h),
                      "wv": get(pre + "self_attn.v_proj.weight", (k * h, d)).T.reshape(d, k, h),
@@ -210,7 +215,8 @@ def from_hf_state_dict(cfg: ModelConfig, tensors: dict[str, np.ndarray]):
                     "w_up": get(pre + "mlp.up_proj.weight", (cfg.d_ff, d)).T,
                     "w_down": get(pre + "mlp.down_proj.weight", (d, cfg.d_ff)).T},
             "mlp_norm": {"scale": get(pre + "post_attention_layernorm.weight", (d,))},
-        }
+        })
+    blocks = jax.tree.map(lambda *per_layer: np.stack(per_layer), *layers)  # [n_layers, ...] each
     pure = {"embed": pad_rows(get("model.embed_tokens.weight", (v, d))), "blocks": blocks,
             "final_norm": {"scale": get("model.norm.weight", (d,))}}
     if not cfg.tie_embeddings:

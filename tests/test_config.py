@@ -164,6 +164,8 @@ def test_ints_are_accepted_for_float_fields_and_kept_as_float(tmp_path):
         ("model.norm_eps=nan", "model.norm_eps=nan must be a finite number > 0"),
         ("model.init_std=-0.02", "model.init_std=-0.02 must be a finite number > 0"),
         ("model.d_model=66", "model.d_model=66 is not divisible by model.n_heads=4"),
+        ("model.remat=true", "model.remat='true'; expected one of 'none', 'full', 'dots_saveable'"),
+        ("model.remat=dots", "model.remat='dots'; expected one of 'none', 'full', 'dots_saveable'"),
         ("training.lr=nan", "training.lr=nan must be a finite number > 0"),
         ("training.lr=-1", "training.lr=-1.0 must be a finite number > 0"),
         ("training.lr=0", "training.lr=0.0 must be a finite number > 0"),
@@ -201,6 +203,21 @@ def test_ints_are_accepted_for_float_fields_and_kept_as_float(tmp_path):
 def test_out_of_range_values_are_config_errors(override, message):
     msg = _one_line_error(lambda: TINY.override(override).validate())
     assert msg.startswith(message), msg
+
+
+@pytest.mark.parametrize("policy", ["none", "full", "dots_saveable"])
+def test_remat_policies_are_accepted(policy):
+    assert TINY.override(f"model.remat={policy}").validate().model.remat == policy
+
+
+@pytest.mark.parametrize("legacy, policy", [(False, "none"), (True, "full")])
+def test_config_json_with_a_boolean_remat_loads_as_a_policy(tmp_path, legacy, policy):
+    """config.json files written before model.remat named a policy hold true/false."""
+    raw = json.loads(TINY.to_json())
+    raw["model"]["remat"] = legacy
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(raw))
+    assert Config.load(str(path)).validate().model.remat == policy
 
 
 def test_two_rest_axes():

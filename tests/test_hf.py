@@ -45,9 +45,8 @@ def random_run(tmp_path: Path, *, tie: bool, kv_heads: int, tokenizer=None, std:
     params = steplib.init_params(cfg, seed=1)
     pure = nnx.to_pure_dict(params)
     rng = np.random.default_rng(0)
-    for block in pure["blocks"].values():  # norm scales away from 1 so a swapped norm would show
-        for norm in ("attn_norm", "mlp_norm"):
-            block[norm]["scale"] = jnp.asarray(rng.uniform(0.5, 1.5, cfg.d_model), jnp.float32)
+    for norm in ("attn_norm", "mlp_norm"):  # norm scales away from 1 (and per layer) so a swap would show
+        pure["blocks"][norm]["scale"] = jnp.asarray(rng.uniform(0.5, 1.5, (cfg.n_layers, cfg.d_model)), jnp.float32)
     pure["embed"] = pure["embed"].at[cfg.vocab_size:].set(0.0)
     if not tie:
         pure["lm_head"] = pure["lm_head"].at[:, cfg.vocab_size:].set(0.0)

@@ -7,6 +7,7 @@ and every forward pass goes through the module-level jitted helpers with few dis
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -26,6 +27,7 @@ TINY = Config.preset("test-tiny").model
 
 # The sharding rules, written independently of pcomp.models.sharding.RULES.
 EXPECTED_RULES = {
+    "layers": None,  # the stacked blocks' leading axis: never sharded
     "embed": "fsdp",
     "vocab": "tensor",
     "heads": "tensor",
@@ -271,14 +273,21 @@ def test_padded_vocabulary(tiny, tie):
 def test_every_parameter_sharded_by_its_logical_axes(sharded_state, mesh):
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     params = _params(sharded_state)
-    # embed, lm_head, final norm; per layer 2 norms + wq, wk, wv, wo + w_gate, w_up, w_down
-    assert len(params) == 3 + TINY.n_layers * 9
+    # embed, lm_head, final norm; the stacked blocks: 2 norms + wq, wk, wv, wo + w_gate, w_up, w_down,
+    # each with a leading layers axis of n_layers entries
+    assert len(params) == 3 + 9
+    stacked = [path for path, _ in params if path.startswith("['blocks']")]
+    assert len(stacked) == 9
     sharded_over = set()
     for path, var in params:
         arr = var[...]
         axes = var.get_metadata().get("logical_axes")
         assert axes is not None, f"{path} has no logical_axes"
         assert len(axes) == arr.ndim, f"{path}: logical_axes {axes} for shape {arr.shape}"
+        if path in stacked:
+            assert axes[0] == "layers" and arr.shape[0] == TINY.n_layers, (path, axes, arr.shape)
+        else:
+            assert "layers" not in axes, (path, axes)
         expected = tuple(EXPECTED_RULES[a] for a in axes)
         spec = tuple(arr.sharding.spec) + (None,) * (arr.ndim - len(arr.sharding.spec))
         assert spec == expected, f"{path}: spec {spec}, expected {expected} from {axes}"
@@ -301,6 +310,37 @@ def test_every_parameter_sharded_by_its_logical_axes(sharded_state, mesh):
             )
             assert got_index == tuple(want_index), f"{path} on {shard.device}"
     assert sharded_over == {"fsdp", "tensor"}  # the test really exercised both axes
+
+
+def test_stacked_init_draws_one_key_per_matrix_in_creation_order():
+    """Layer i's matrices are std * normal(key) with the keys of nnx.Rngs(params=seed) in creation order
+    (embed; per layer wq, wk, wv, wo, w_gate, w_up, w_down; lm_head), stacked along the layers axis:
+    the values do not depend on the stacking. Norm scales start at one."""
+    cfg = dataclasses.replace(TINY, n_layers=3, n_kv_heads=2)
+    state = jax.jit(lambda: nnx.split(Transformer(cfg, nnx.Rngs(params=7)))[1])()
+    rngs = nnx.Rngs(params=7)
+    keys = [rngs.params() for _ in range(1 + 7 * cfg.n_layers + 1)]
+    std, out_std = cfg.init_std, cfg.init_std / math.sqrt(2 * cfg.n_layers)
+    d, n, k, h, f, v = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim, cfg.d_ff, cfg.padded_vocab
+
+    def normal(key, shape, scale):
+        return np.asarray(scale * jax.random.normal(key, shape, jnp.float32))
+
+    # the same draws; eager and compiled normals may round an ulp apart (another key differs at once)
+    same = functools.partial(np.testing.assert_allclose, rtol=3e-7, atol=0)
+    same(np.asarray(state["embed"][...]), normal(keys[0], (v, d), std))
+    same(np.asarray(state["lm_head"][...]), normal(keys[-1], (d, v), std))
+    blocks = state["blocks"]
+    expected = [("attn", "wq", (d, n, h), std), ("attn", "wk", (d, k, h), std), ("attn", "wv", (d, k, h), std),
+                ("attn", "wo", (n, h, d), out_std), ("mlp", "w_gate", (d, f), std), ("mlp", "w_up", (d, f), std),
+                ("mlp", "w_down", (f, d), out_std)]
+    for i in range(cfg.n_layers):
+        for j, (part, name, shape, scale) in enumerate(expected):
+            got = np.asarray(blocks[part][name][...])
+            assert got.shape == (cfg.n_layers, *shape)
+            same(got[i], normal(keys[1 + 7 * i + j], shape, scale), err_msg=f"{name}[{i}]")
+    for norm in ("attn_norm", "mlp_norm"):
+        np.testing.assert_array_equal(np.asarray(blocks[norm]["scale"][...]), np.ones((cfg.n_layers, d), np.float32))
 
 
 def test_count_params_matches_state():
@@ -329,6 +369,7 @@ def test_count_params_matches_state():
         (dict(dtype="float16"), ["model.dtype", "float16"]),
         (dict(param_dtype="int8"), ["model.param_dtype", "int8"]),
         (dict(attention="flash"), ["model.attention", "flash"]),
+        (dict(remat="true"), ["model.remat", "'true'", "'dots_saveable'"]),
         (dict(n_layers=0), ["model.n_layers"]),
     ],
 )

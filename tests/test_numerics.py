@@ -1,6 +1,6 @@
 """What the README promises about numerics, each against an independent reference on one device:
 greedy generation is the argmax loop over the full forward pass (no KV cache); bfloat16 compute
-trains like float32 with float32 parameters; remat changes nothing; the z-loss objective is the
+trains like float32 with float32 parameters; remat (full or dots_saveable) changes nothing; the z-loss objective is the
 numpy formula and changes the step.
 
 One-step tests build the trainer's own program (`build_program`) on a 1-device mesh with the
@@ -85,7 +85,7 @@ def argmax_loop(model, prompt: list[int], n: int, stop_id: int | None = None) ->
     return ids[len(prompt):], margin
 
 
-@pytest.mark.parametrize("seed, prompt", [(0, [256, 72, 101]), (1, [7])])
+@pytest.mark.parametrize("seed, prompt", [(2, [256, 72, 101]), (1, [7])])  # seeds without near-ties
 def test_greedy_generation_equals_argmax_loop_over_full_forward(seed, prompt):
     graphdef, params = _random_model(seed)
     n = 24
@@ -102,7 +102,7 @@ def test_greedy_generation_equals_argmax_loop_over_full_forward(seed, prompt):
 
 
 def test_greedy_generation_stops_at_stop_id():
-    graphdef, params = _random_model(0)
+    graphdef, params = _random_model(2)  # no near-tie on this prompt
     ref, _ = argmax_loop(nnx.merge(graphdef, params), [256, 72, 101], 24)
     stop = ref[5]
     first = ref.index(stop)
@@ -137,13 +137,13 @@ def test_bfloat16_step_matches_float32_and_keeps_float32_params(mesh1):
 
 # --- remat ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("patch_size", [1, 4])
-def test_remat_step_equals_plain_step(mesh1, patch_size):
-    """Recomputing each block in the backward pass gives the same loss and parameters (to 1e-6)."""
+@pytest.mark.parametrize("patch_size,policy", [(1, "full"), (4, "full"), (1, "dots_saveable")])
+def test_remat_step_equals_plain_step(mesh1, patch_size, policy):
+    """Recomputing (part of) each block in the backward pass gives the same loss and parameters (to 1e-6)."""
     cfg = TINY.override(f"training.patch_size={patch_size}")
     batch = _batch(cfg, seed=2, patch_size=patch_size)
     _, plain, m_plain = _one_step(cfg, mesh1, batch, patch_size)
-    _, remat, m_remat = _one_step(cfg.override("model.remat=true"), mesh1, batch, patch_size)
+    _, remat, m_remat = _one_step(cfg.override(f"model.remat={policy}"), mesh1, batch, patch_size)
     np.testing.assert_allclose(m_remat["loss"], m_plain["loss"], rtol=1e-6)
     np.testing.assert_allclose(m_remat["grad_norm"], m_plain["grad_norm"], rtol=1e-6)
     for a, b in zip(_leaves(plain), _leaves(remat)):

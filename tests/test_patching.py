@@ -306,7 +306,7 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     assert all(not np.asarray(x).any() for x in jax.tree.leaves(init2["opt_state"]))
     # the loss logged at stage 2's first step (computed before its update) is the token-level loss of
     # exactly these parameters on stage 2's first batch
-    ctx = setup(cfg_a)
+    ctx = setup(cfg_a, compile_steps=False)  # the data only
     p1 = ctx.stages[0]
     batch = next(ctx.data.batches(ctx.stages[1].seq_tokens, ctx.data.next_start(p1.seq_tokens, p1.steps, 0, -1)))
     batch = {"tokens": jnp.asarray(batch["tokens"]), "mask": jnp.ones(batch["tokens"].shape, jnp.int32)}

@@ -18,7 +18,7 @@ from pcomp.data.tokenizers import ByteTokenizer
 from pcomp.models.sharding import make_mesh
 from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.evaluation import nats_to_bits_per_byte
-from pcomp.train.step import build_program, eval_step
+from pcomp.train.step import build_program, eval_step, init_params, make_optimizer
 from pcomp.train.trainer import setup, train
 
 TINY = Config.preset("test-tiny").override("training.progress=false", "data.seq_len=32")
@@ -56,15 +56,40 @@ def test_sharded_step_equals_single_device(patch_size):
     batch = _batch(cfg)
     p1, m1, _ = _one_step(cfg, make_mesh(MeshConfig(data=1), jax.devices()[:1]), batch, steps=2)
     p8, m8, state8 = _one_step(cfg, make_mesh(MeshConfig(data=2, fsdp=2, tensor=2)), batch, steps=2)
-    # the 8-device state really is sharded: the MLP weights are split over fsdp x tensor
-    w = state8["params"]["blocks"][0]["mlp"]["w_gate"][...]
-    assert w.sharding.shard_shape(w.shape) == (w.shape[0] // 2, w.shape[1] // 2)
+    # the 8-device state really is sharded: the (stacked) MLP weights are split over fsdp x tensor, every
+    # device holding all layers
+    w = state8["params"]["blocks"]["mlp"]["w_gate"][...]
+    assert w.shape[0] == cfg.model.n_layers
+    assert w.sharding.shard_shape(w.shape) == (w.shape[0], w.shape[1] // 2, w.shape[2] // 2)
     # float32 reductions run in a different order across shards: agree to ~1e-6 relative
     np.testing.assert_allclose(m8["loss"], m1["loss"], rtol=1e-5)
     np.testing.assert_allclose(m8["grad_norm"], m1["grad_norm"], rtol=1e-4)
     # two Adam steps move each weight by up to 2 * lr = 2e-3; the shardings agree far closer than that
     for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
         np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_weight_decay_skips_norm_scales_stacked_or_not():
+    """With zero gradients an AdamW update is -lr * weight_decay * p for matrices (embedding, LM head,
+    the stacked block matrices) and exactly zero for norm scales, including the stacked [layers, d] ones."""
+    cfg = TINY.override("training.lr=0.1", "training.weight_decay=0.5", "training.warmup_steps=0")
+    tx, _ = make_optimizer(cfg.training, 10)
+    params = init_params(cfg.model, 0)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    flat_p = dict(jax.tree_util.tree_leaves_with_path(params))
+    seen = set()
+    for path, u in jax.tree_util.tree_leaves_with_path(updates):
+        name = jax.tree_util.keystr(path)
+        p = np.asarray(flat_p[path])
+        if "norm" in name:
+            assert p.ndim == (2 if "blocks" in name else 1), name
+            np.testing.assert_array_equal(np.asarray(u), 0.0, err_msg=name)
+            seen.add("norm")
+        else:
+            np.testing.assert_allclose(np.asarray(u), -0.1 * 0.5 * p, rtol=1e-6, err_msg=name)
+            seen.add("matrix")
+    assert seen == {"norm", "matrix"}
 
 
 @pytest.mark.slow
@@ -116,7 +141,7 @@ def test_bits_per_byte_of_uniform_model(specials):
 
 def _next_batch_after(workdir, cfg):
     """Restore the latest checkpoint's data iterator and return the batch it yields next."""
-    ctx = setup(cfg)
+    ctx = setup(cfg, compile_steps=False)  # the data only
     ckpt = Checkpointer(workdir / "checkpoints", keep=3)
     step = ckpt.latest()
     meta = ckpt.restore_meta(step)

@@ -38,7 +38,8 @@ from pcomp.train.load import TrainedModel, load_trained
 
 # Bump when M1's step computes differently (layout, quantization, ...): it is part of the fingerprint,
 # so files made by older code fail with a clear "other M1" error instead of decoding differently.
-NUMERICS_VERSION = 3  # 3: projections as 2-D matmuls (pcomp.models.transformer.dense)
+# 3: projections as 2-D matmuls (pcomp.models.transformer.dense); 4: layers under nnx.scan, stacked KV cache
+NUMERICS_VERSION = 4
 BYTES = "bytes"  # 256 symbols: the byte values
 BYTES_EOS = "bytes+eos"  # 257 symbols: bytes, then end-of-document (M1's EOS token)
 

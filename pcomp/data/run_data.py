@@ -42,6 +42,20 @@ from pcomp.data.tokenizers import BUILD_KINDS, Tokenizer, build_tokenizer, load_
 from pcomp.errors import ConfigError, DataError
 
 
+def vocab_size_before_reading(dc: DataConfig, saved_tokenizer: Path) -> int:
+    """The vocabulary the run's model gets, found without reading any text (so a run can be compiled
+    and checked against the device's memory first): a prepared dataset's recorded size, the saved
+    tokenizer's (a resumed run) or the named tokenizer directory's, 258 for bytes; for a SentencePiece
+    tokenizer still to be trained on the data, data.vocab_size (the most it can have)."""
+    if is_prepared(dc.source):
+        return PreparedDataset(dc.source).vocab_size
+    if (saved_tokenizer / "tokenizer.json").exists():
+        return load_tokenizer(saved_tokenizer).vocab_size
+    if dc.tokenizer == "sentencepiece":
+        return dc.vocab_size
+    return build_tokenizer(dc.tokenizer).vocab_size  # bytes, or a saved tokenizer directory
+
+
 @dataclasses.dataclass
 class RunData:
     """See the module docstring. `tokens` (in memory) or `docs` (streaming) hold the training split."""

@@ -30,6 +30,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "act_mlp": "tensor",
     "act_vocab": "tensor",
     # parameters
+    "layers": None,  # the stacked blocks' leading axis: every device holds (its shard of) every layer
     "vocab": "tensor",
     "embed": "fsdp",
     "heads": "tensor",

@@ -3,6 +3,12 @@
 Shapes: b batch, t sequence, d model width, n query heads, k kv heads, h head dim, f MLP width,
 v (padded) vocabulary, s KV-cache length, l layers.
 
+The blocks are ONE stacked module: every block parameter has a leading `layers` axis (logical
+axis "layers", replicated: `pcomp.models.sharding.RULES`), created with `nnx.vmap` and run with
+`nnx.scan`, so the compiled program (and its compile time) does not grow with depth. The KV cache
+is stacked the same way: ([l, b, k, s, h], [l, b, k, s, h]). `model.remat` picks what the backward
+pass recomputes per block (`CHECKPOINT_POLICIES`).
+
 The forward accepts either token ids or an input-embedding override (`embeddings_btd`), so
 patch-level training (`pcomp.patching`) feeds averaged embeddings through the very same blocks.
 `decode_step` runs one position per row against a KV cache (generation and the compressor M1).
@@ -20,11 +26,21 @@ from flax import nnx
 from pcomp.config import ModelConfig
 from pcomp.models.sharding import constrain
 
-KVCache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bksh, v_bksh)
+KVCache = tuple[jax.Array, jax.Array]  # (k_lbksh, v_lbksh): every layer's keys and values, stacked
+
+LAYERS = "layers"  # the logical axis of the stacked blocks (mapped to no mesh axis)
+# nnx.vmap / nnx.scan add (and, inside the scan body, remove) the leading axis in `logical_axes` too
+_STACKED = {nnx.PARTITION_NAME: LAYERS, "logical_axes": LAYERS}
+
+# model.remat (other than "none") -> the jax.checkpoint policy of each block (None: save nothing)
+CHECKPOINT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+}
 
 
-def _param(rngs: nnx.Rngs, shape, axes, std: float, dtype) -> nnx.Param:
-    value = std * jax.random.normal(rngs.params(), shape, dtype)
+def _param(key: jax.Array, shape, axes, std: float, dtype) -> nnx.Param:
+    value = std * jax.random.normal(key, shape, dtype)
     return nnx.Param(value, logical_axes=axes)
 
 
@@ -89,14 +105,16 @@ def blocked_causal_attention(q_btnh, k_btkh, v_btkh, block: int = 64) -> jax.Arr
 
 
 class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    N_KEYS = 4  # random keys its initialisation draws
+
+    def __init__(self, cfg: ModelConfig, keys: jax.Array):
         d, n, k, h = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
         pd = jnp.dtype(cfg.param_dtype)
         out_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
-        self.wq = _param(rngs, (d, n, h), ("embed", "heads", "head_dim"), cfg.init_std, pd)
-        self.wk = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
-        self.wv = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
-        self.wo = _param(rngs, (n, h, d), ("heads", "head_dim", "embed"), out_std, pd)
+        self.wq = _param(keys[0], (d, n, h), ("embed", "heads", "head_dim"), cfg.init_std, pd)
+        self.wk = _param(keys[1], (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
+        self.wv = _param(keys[2], (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
+        self.wo = _param(keys[3], (n, h, d), ("heads", "head_dim", "embed"), out_std, pd)
         self.theta = cfg.rope_theta
         self.dtype = jnp.dtype(cfg.dtype)
         self.attention = cfg.attention
@@ -121,34 +139,38 @@ class Attention(nnx.Module):
             o = jax.nn.dot_product_attention(q, k, v, is_causal=True)
         return self._out(o)
 
-    def decode(self, x_b1d, positions_b, cache_k, cache_v):
-        """One new position per row against the cache [b, k, s, h]; writes this position's k/v first.
+    def decode(self, x_b1d, positions_b, cache_k_lbksh, cache_v_lbksh, layer):
+        """One new position per row against layer `layer` of the stacked cache [l, b, k, s, h]; writes
+        this position's k/v into it first (in place: the cache is the scan's carry).
 
         Heads before positions: each row's keys for one head are contiguous, so the two attention
         contractions are batched matrix-vector products (~9x faster on CPU than [b, s, k, h])."""
         q, k, v = self._qkv(x_b1d, positions_b[:, None])
         b, _, n, h = q.shape
-        kv = cache_k.shape[1]
+        kv = cache_k_lbksh.shape[2]
         rows = jnp.arange(b)
-        cache_k = cache_k.at[rows, :, positions_b].set(k[:, 0].astype(cache_k.dtype))
-        cache_v = cache_v.at[rows, :, positions_b].set(v[:, 0].astype(cache_v.dtype))
+        cache_k_lbksh = cache_k_lbksh.at[layer, rows, :, positions_b].set(k[:, 0].astype(cache_k_lbksh.dtype))
+        cache_v_lbksh = cache_v_lbksh.at[layer, rows, :, positions_b].set(v[:, 0].astype(cache_v_lbksh.dtype))
+        cache_k, cache_v = cache_k_lbksh[layer], cache_v_lbksh[layer]  # [b, k, s, h]
         q_bkgh = q[:, 0].reshape(b, kv, n // kv, h) * (h**-0.5)
         s = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, cache_k.astype(q.dtype), preferred_element_type=jnp.float32)
         visible_bs = jnp.arange(cache_k.shape[2])[None, :] <= positions_b[:, None]
         p = jax.nn.softmax(jnp.where(visible_bs[:, None, None, :], s, -jnp.inf), axis=-1).astype(q.dtype)
         o = jnp.einsum("bkgs,bksh->bkgh", p, cache_v.astype(q.dtype))
-        return self._out(o.reshape(b, 1, n, h)), cache_k, cache_v
+        return self._out(o.reshape(b, 1, n, h)), cache_k_lbksh, cache_v_lbksh
 
 
 class MLP(nnx.Module):
     """SwiGLU: down(silu(x W_gate) * x W_up)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    N_KEYS = 3
+
+    def __init__(self, cfg: ModelConfig, keys: jax.Array):
         d, f = cfg.d_model, cfg.d_ff
         pd = jnp.dtype(cfg.param_dtype)
-        self.w_gate = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, pd)
-        self.w_up = _param(rngs, (d, f), ("embed", "mlp"), cfg.init_std, pd)
-        self.w_down = _param(rngs, (f, d), ("mlp", "embed"), cfg.init_std / math.sqrt(2 * cfg.n_layers), pd)
+        self.w_gate = _param(keys[0], (d, f), ("embed", "mlp"), cfg.init_std, pd)
+        self.w_up = _param(keys[1], (d, f), ("embed", "mlp"), cfg.init_std, pd)
+        self.w_down = _param(keys[2], (f, d), ("mlp", "embed"), cfg.init_std / math.sqrt(2 * cfg.n_layers), pd)
         self.dtype = jnp.dtype(cfg.dtype)
 
     def __call__(self, x_btd):
@@ -160,22 +182,27 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    """One layer; `keys` [N_KEYS] initialise its matrices (the Transformer stacks L of them)."""
+
+    N_KEYS = Attention.N_KEYS + MLP.N_KEYS
+
+    def __init__(self, cfg: ModelConfig, keys: jax.Array):
         pd = jnp.dtype(cfg.param_dtype)
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
-        self.attn = Attention(cfg, rngs)
+        self.attn = Attention(cfg, keys[: Attention.N_KEYS])
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
-        self.mlp = MLP(cfg, rngs)
+        self.mlp = MLP(cfg, keys[Attention.N_KEYS :])
 
     def __call__(self, x_btd, positions_bt):
         x = x_btd + self.attn(self.attn_norm(x_btd), positions_bt)
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed"))
 
-    def decode(self, x_b1d, positions_b, cache_k, cache_v):
-        a, cache_k, cache_v = self.attn.decode(self.attn_norm(x_b1d), positions_b, cache_k, cache_v)
+    def decode(self, x_b1d, positions_b, cache_k_lbksh, cache_v_lbksh, layer):
+        a, cache_k_lbksh, cache_v_lbksh = self.attn.decode(self.attn_norm(x_b1d), positions_b, cache_k_lbksh,
+                                                           cache_v_lbksh, layer)
         x = x_b1d + a
-        return x + self.mlp(self.mlp_norm(x)), cache_k, cache_v
+        return x + self.mlp(self.mlp_norm(x)), cache_k_lbksh, cache_v_lbksh
 
 
 class Transformer(nnx.Module):
@@ -184,11 +211,16 @@ class Transformer(nnx.Module):
         self.cfg = cfg
         pd = jnp.dtype(cfg.param_dtype)
         v, d = cfg.padded_vocab, cfg.d_model
-        self.embed = _param(rngs, (v, d), ("vocab", "embed"), cfg.init_std, pd)
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+        self.embed = _param(rngs.params(), (v, d), ("vocab", "embed"), cfg.init_std, pd)
+        # One key per matrix in creation order (embed, block 0, block 1, ..., lm_head): the values do
+        # not depend on how the blocks are stacked. nnx.vmap builds the L blocks as one module.
+        keys_lk = jnp.stack([rngs.params() for _ in range(cfg.n_layers * Block.N_KEYS)])
+        keys_lk = keys_lk.reshape(cfg.n_layers, Block.N_KEYS)
+        self.blocks = nnx.vmap(lambda keys_k: Block(cfg, keys_k), in_axes=0, out_axes=0,
+                               transform_metadata=_STACKED)(keys_lk)
         self.final_norm = RMSNorm(d, cfg.norm_eps, pd)
         if not cfg.tie_embeddings:
-            self.lm_head = _param(rngs, (d, v), ("embed", "vocab"), cfg.init_std, pd)
+            self.lm_head = _param(rngs.params(), (d, v), ("embed", "vocab"), cfg.init_std, pd)
 
     # --- pieces used by the patch-level path ----------------------------------------------------
     def embed_tokens(self, tokens_bt: jax.Array) -> jax.Array:
@@ -207,12 +239,15 @@ class Transformer(nnx.Module):
         return jnp.where(real, logits, -jnp.inf)
 
     def hidden(self, x_btd: jax.Array, positions_bt: jax.Array) -> jax.Array:
-        for block in self.blocks:
-            if self.cfg.remat:
-                x_btd = nnx.remat(lambda blk, x, p: blk(x, p))(block, x_btd, positions_bt)
-            else:
-                x_btd = block(x_btd, positions_bt)
-        return self.final_norm(x_btd)
+        """The blocks (one `nnx.scan` over the stacked layers) and the final norm."""
+
+        def layer(block, x_btd, positions_bt):
+            return block(x_btd, positions_bt)
+
+        if self.cfg.remat != "none":
+            layer = nnx.remat(layer, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=False)
+        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry, transform_metadata=_STACKED)
+        return self.final_norm(scan(self.blocks, x_btd, positions_bt))
 
     def __call__(self, tokens_bt=None, *, embeddings_btd=None, positions_bt=None) -> jax.Array:
         """Logits [b, t, v] for token ids, or for given input embeddings (e.g. patch embeddings)."""
@@ -225,19 +260,23 @@ class Transformer(nnx.Module):
 
     # --- incremental decoding --------------------------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
+        """Zero keys and values [l, b, k, s, h] for `batch` rows of `length` positions."""
         cfg = self.cfg
-        shape = (batch, cfg.kv_heads, length, cfg.head_dim)
+        shape = (cfg.n_layers, batch, cfg.kv_heads, length, cfg.head_dim)
         dt = jnp.dtype(dtype or cfg.dtype)
-        return [(jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers)]
+        return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
 
     def decode_step(self, tokens_b: jax.Array, positions_b: jax.Array, cache: KVCache):
         """Feed one token per row at its own position; returns (logits_bv float32, new cache)."""
         x = self.embed_tokens(tokens_b[:, None])
-        new_cache = []
-        for block, (ck, cv) in zip(self.blocks, cache):
-            x, ck, cv = block.decode(x, positions_b, ck, cv)
-            new_cache.append((ck, cv))
-        return self.logits(self.final_norm(x))[:, 0], new_cache
+
+        def layer(block, carry, positions_b, index):
+            x_b1d, k_lbksh, v_lbksh = carry
+            return block.decode(x_b1d, positions_b, k_lbksh, v_lbksh, index)
+
+        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None, 0), out_axes=nnx.Carry, transform_metadata=_STACKED)
+        x, k_lbksh, v_lbksh = scan(self.blocks, (x, *cache), positions_b, jnp.arange(self.cfg.n_layers))
+        return self.logits(self.final_norm(x))[:, 0], (k_lbksh, v_lbksh)
 
 
 def count_params(cfg: ModelConfig, *, embeddings: bool = True) -> int:

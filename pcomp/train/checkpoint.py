@@ -2,7 +2,8 @@
 
 A checkpoint holds three items: `state` (params, optimizer, step, rng as sharded arrays), `data`
 (the grain iterator, one JSON per process) and `meta` (stage, steps and tokens so far). The last
-`keep` are kept; `latest()` finds where to resume.
+`keep` are kept; `latest()` finds where to resume. `meta` also records the checkpoint's format
+(`CHECKPOINT_FORMAT`); reading a checkpoint of another format is a one-line CheckpointError.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import orbax.checkpoint as ocp
 from grain.checkpoint import CheckpointRestore, CheckpointSave
 
 from pcomp.errors import CheckpointError
+
+# Bump when the train state's layout changes: a checkpoint of another format cannot be restored.
+# 1 (unrecorded): one parameter per block and layer; 2: the blocks stacked along a leading layers axis.
+CHECKPOINT_FORMAT = 2
+_FORMATS = {1: "one set of parameters per layer", 2: "the layers' parameters stacked, under nnx.scan"}
 
 
 class _OrbaxFailureFilter(logging.Filter):
@@ -61,7 +67,7 @@ class Checkpointer:
                 args=ocp.args.Composite(
                     state=ocp.args.StandardSave(state),
                     data=CheckpointSave(data_iterator),
-                    meta=ocp.args.JsonSave(meta),
+                    meta=ocp.args.JsonSave({**meta, "format": CHECKPOINT_FORMAT}),
                 ),
                 force=True,
             )
@@ -82,6 +88,7 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state, data_iterator):
         """Returns (state, meta); `data_iterator` is advanced in place to the saved position."""
+        self.restore_meta(step)  # the format first: another layout fails clearly, not inside orbax
         try:
             out = self._mngr.restore(
                 step,
@@ -96,10 +103,21 @@ class Checkpointer:
         return out["state"], out["meta"]
 
     def restore_meta(self, step: int) -> dict:
-        return self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        """The run position saved with checkpoint `step`; a CheckpointError if its format is not this
+        pcomp's (`CHECKPOINT_FORMAT`)."""
+        meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        found = meta.get("format", 1) if isinstance(meta, dict) else None
+        if found != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} has format {found} "
+                f"({_FORMATS.get(found, 'unknown')}); this pcomp reads format {CHECKPOINT_FORMAT} "
+                f"({_FORMATS[CHECKPOINT_FORMAT]}): train again, or export the run with the pcomp that wrote it "
+                f"(pcomp export-hf) and import it here (pcomp import-hf)")
+        return meta
 
     def restore_params(self, step: int, abstract_state):
         """Only the train state (for eval / generate, where no data iterator exists)."""
+        self.restore_meta(step)
         return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
             "state"
         ]

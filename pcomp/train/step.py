@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +23,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pcomp.config import ModelConfig, TrainingConfig
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import batch_sharding, param_shardings
-from pcomp.models.transformer import Transformer
+from pcomp.models.transformer import LAYERS, Transformer
 from pcomp.patching import next_patch_nll, patchify
 from pcomp.train.checkpoint import abstract_with_shardings
+from pcomp.train.memory import MemoryUse
 
 TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
 
@@ -55,12 +57,25 @@ def make_optimizer(tc: TrainingConfig, steps: int, *, first_stage: bool = True
         decay_steps=max(steps, warmup + 1),
         end_value=tc.lr * tc.min_lr_ratio,
     )
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    decay_mask = lambda params: jax.tree.map(_is_matrix, params, is_leaf=_is_variable)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
     )
     return tx, schedule
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _is_matrix(v) -> bool:
+    """A parameter with two or more axes per layer (the stacked blocks' leading `layers` axis does not
+    count): weight decay applies to these, not to norm scales."""
+    if not isinstance(v, nnx.Variable):
+        return v.ndim >= 2
+    axes = v.get_metadata().get("logical_axes") or (None,) * v.ndim
+    return sum(a != LAYERS for a in axes) >= 2
 
 
 def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
@@ -159,10 +174,34 @@ class TrainProgram:
     init: Callable[[nnx.State | None], TrainState]
     step: Callable[[TrainState, dict], tuple[TrainState, dict]]
     eval: Callable[[nnx.State, dict], tuple[jax.Array, jax.Array]]
+    batch_sharding: NamedSharding
 
     def abstract_state(self) -> TrainState:
         """The state's shapes with their shardings (an orbax restore target); allocates nothing."""
         return abstract_with_shardings(jax.eval_shape(self.init, None), self.state_sharding)
+
+    def abstract_batch(self, rows: int, seq_tokens: int) -> dict:
+        """A global batch {tokens, mask} of `rows` x `seq_tokens` int32, as shapes with shardings."""
+        shape = jax.ShapeDtypeStruct((rows, seq_tokens), jnp.int32, sharding=self.batch_sharding)
+        return {"tokens": shape, "mask": shape}
+
+    def compile_step(self, rows: int, seq_tokens: int) -> CompiledStep:
+        """`step` compiled ahead of time for global batches of `rows` x `seq_tokens` tokens, from
+        abstract arguments only (nothing is allocated): the executable, the seconds lowering and
+        compiling took, and XLA's per-device memory accounting."""
+        start = time.perf_counter()
+        with jax.set_mesh(self.mesh):  # the model's sharding constraints apply under the mesh
+            compiled = self.step.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens)).compile()
+        return CompiledStep(compiled, time.perf_counter() - start, MemoryUse.of(compiled))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+    """A train step compiled for one batch shape; call `run(state, batch)` like `TrainProgram.step`."""
+
+    run: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    seconds: float  # lowering + compilation
+    memory: MemoryUse | None  # per device; None when the backend reports nothing
 
 
 def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
@@ -181,4 +220,4 @@ def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, s
                    in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef), in_shardings=(state_sh["params"], batch_sh),
                        out_shardings=replicated)
-    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate)
+    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"])

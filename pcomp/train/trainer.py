@@ -18,17 +18,18 @@ import numpy as np
 from jax.sharding import Mesh
 
 from pcomp.config import Config
-from pcomp.data.run_data import RunData
+from pcomp.data.run_data import RunData, vocab_size_before_reading
 from pcomp.errors import CheckpointError, ConfigError, DivergenceError, os_error
 from pcomp.models.sharding import make_mesh
 from pcomp.patching import Stage, plan_stages, relative_cost
+from pcomp.train import memory
 from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.evaluation import evaluate, global_batch
 from pcomp.train.lock import WorkdirLock
 from pcomp.train.metrics import MetricsWriter, flops_per_position, peak_flops_per_device
 from pcomp.train.profiling import StepProfiler
 from pcomp.train.signals import StopSignals
-from pcomp.train.step import TrainProgram, build_program
+from pcomp.train.step import CompiledStep, TrainProgram, build_program
 
 
 def checkpoint_dir(cfg: Config) -> str:
@@ -40,6 +41,14 @@ def is_main() -> bool:
 
 
 # --- run set-up ----------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StageProgram:
+    """One stage's program and its train step, compiled ahead of time for the stage's batch shape."""
+
+    program: TrainProgram
+    step: CompiledStep
+
+
 @dataclasses.dataclass
 class RunContext:
     cfg: Config  # with model.vocab_size set from the data
@@ -47,11 +56,37 @@ class RunContext:
     mesh: Mesh
     data: RunData
     stages: list[Stage]
+    programs: list[StageProgram] | None  # one per stage (None: set up without compiling)
 
 
-def setup(cfg: Config) -> RunContext:
-    """Validate, plan the stages, read the data; `config.json` and the tokenizer are written only
-    once all of that succeeded (a failed set-up leaves nothing a later run could pick up)."""
+def compile_stages(cfg: Config, mesh: Mesh, stages: list[Stage]) -> list[StageProgram]:
+    """Build and compile every stage's train step before step 1 (`TrainProgram.compile_step`), log the
+    compile seconds and the per-device memory against the device's, and raise a one-line ConfigError
+    for a stage that cannot fit (`memory.check_fits`), before anything runs."""
+    device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
+    available = memory.device_memory_bytes(device)
+    out = []
+    for i, stage in enumerate(stages):
+        program = build_program(cfg.model, cfg.training, mesh, steps=stage.steps, patch_size=stage.patch_size,
+                                first_stage=i == 0)
+        compiled = program.compile_step(cfg.training.batch_size, stage.seq_tokens)
+        where = f"of {memory.gib(available)} on {device.platform}" if available else \
+            f"({device.platform} reports no memory limit)"
+        use = compiled.memory.describe() if compiled.memory else "no memory analysis"
+        _print(f"pcomp: compiled the {stage.name} step ({cfg.model.name}, batch {cfg.training.batch_size} x "
+               f"{stage.seq_tokens} tokens, model.remat={cfg.model.remat}) in {compiled.seconds:.1f} s; {use} {where}")
+        memory.check_fits(compiled.memory, available,
+                          f"the {stage.name} step of model {cfg.model.name} (batch {cfg.training.batch_size} x "
+                          f"{stage.seq_tokens} tokens, model.remat={cfg.model.remat})")
+        out.append(StageProgram(program, compiled))
+    return out
+
+
+def setup(cfg: Config, *, compile_steps: bool = True) -> RunContext:
+    """Validate, plan the stages, compile every stage's step and check it fits the device's memory
+    (`compile_stages`, before any data is read; skipped with `compile_steps=False`), read the data;
+    `config.json` and the tokenizer are written only once all of that succeeded (a failed set-up
+    leaves nothing a later run could pick up)."""
     cfg.validate()
     tc, dc = cfg.training, cfg.data
     workdir = Path(tc.workdir)
@@ -69,37 +104,52 @@ def setup(cfg: Config) -> RunContext:
         patch_size=tc.patch_size,
         patch_fraction=tc.patch_fraction,
     )
+    vocab = vocab_size_before_reading(dc, workdir / "tokenizer")
+    saved = workdir / "config.json"
+    if saved.exists():  # a resume with other settings fails before compiling
+        _check_same_run(json.loads(saved.read_text()), _with_vocab(cfg, vocab), saved)
+    programs = compile_stages(_with_vocab(cfg, vocab), mesh, stages) if compile_steps else None
     data = RunData.load(dc, saved_tokenizer=workdir / "tokenizer", global_batch=tc.batch_size,
                         block_tokens=tc.patch_size * dc.seq_len)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=data.vocab_size))
-    saved = workdir / "config.json"
-    if saved.exists():
-        _check_same_run(json.loads(saved.read_text()), cfg, saved)
+    if programs is not None and data.vocab_size != vocab:  # a SentencePiece vocabulary came out smaller
+        programs = compile_stages(_with_vocab(cfg, data.vocab_size), mesh, stages)
+    cfg = _with_vocab(cfg, data.vocab_size)
     if is_main():
         workdir.mkdir(parents=True, exist_ok=True)
         if not (workdir / "tokenizer" / "tokenizer.json").exists():
             data.save_tokenizer(workdir / "tokenizer")
         if not saved.exists():
             saved.write_text(cfg.to_json())
-    return RunContext(cfg, workdir, mesh, data, stages)
+    return RunContext(cfg, workdir, mesh, data, stages, programs)
 
 
-# Training settings a resumed run may change: they do not touch the trajectory (grad_accum splits the
-# same batch into micro-batches, so a run can resume on a machine with less memory).
-RESUME_MAY_CHANGE = frozenset({"grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                               "workdir", "checkpoint_dir", "progress", "profile_steps"})
+def _with_vocab(cfg: Config, vocab_size: int) -> Config:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+
+
+def _print(msg: str) -> None:
+    if is_main():
+        print(msg, flush=True)
+
+
+# Settings a resumed run may change: they do not touch the trajectory. model.remat trades memory for
+# compute (the same model); grad_accum splits the same batch into micro-batches, so a run can resume on
+# a machine with less memory.
+RESUME_MAY_CHANGE = {
+    "model": frozenset({"remat"}),
+    "training": frozenset({"grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
+                           "workdir", "checkpoint_dir", "progress", "profile_steps"}),
+}
 
 
 def _check_same_run(saved: dict, cfg: Config, path: Path) -> None:
     """Resuming with another model, data or schedule (steps, lr, seed, ...) would silently mix runs:
-    refuse, naming the first difference."""
+    refuse, naming the first difference. What may change is in RESUME_MAY_CHANGE."""
     want, defaults = cfg.to_dict(), Config().to_dict()
     for section in ("model", "data", "training"):
         # a key the saved config lacks was added to pcomp later: the run used its default
         old, new = {**defaults[section], **saved.get(section, {})}, want[section]
-        for key in sorted(set(old) | set(new)):
-            if section == "training" and key in RESUME_MAY_CHANGE:
-                continue
+        for key in sorted((set(old) | set(new)) - RESUME_MAY_CHANGE.get(section, frozenset())):
             if old.get(key) != new.get(key):
                 raise CheckpointError(
                     f"{path} was written by a run with {section}.{key}={old.get(key)!r}, but this run asks for "
@@ -139,7 +189,7 @@ def save_initial_checkpoint(cfg: Config, params) -> None:
     its start. `train(cfg)` then continues from those parameters."""
     cfg.validate()
     with WorkdirLock(cfg.training.workdir):
-        ctx = setup(cfg)
+        ctx = setup(cfg, compile_steps=False)  # no step runs here
         stage = ctx.stages[0]
         program = build_program(ctx.cfg.model, cfg.training, ctx.mesh, steps=stage.steps,
                                 patch_size=stage.patch_size)
@@ -210,8 +260,7 @@ class _Run:
         with jax.set_mesh(ctx.mesh):
             while pos.stage < len(ctx.stages):
                 stage = ctx.stages[pos.stage]
-                program = build_program(cfg.model, cfg.training, ctx.mesh, steps=stage.steps,
-                                        patch_size=stage.patch_size, first_stage=pos.stage == 0)
+                program, step = ctx.programs[pos.stage].program, ctx.programs[pos.stage].step
                 iterator = ctx.data.batches(stage.seq_tokens, pos.data_start)
                 if resume_step is not None:  # resume inside (or at the end of) this stage
                     state, _ = self.ckpt.restore(resume_step, program.abstract_state(), iterator)
@@ -219,7 +268,7 @@ class _Run:
                 else:  # a fresh stage: new optimizer state over new or carried-over parameters
                     state = program.init(params)
                 if pos.stage_step < stage.steps:
-                    state = self._run_stage(program, state, iterator, pos)
+                    state = self._run_stage(program, step, state, iterator, pos)
                     gstep = self.offsets[pos.stage] + pos.stage_step
                     if gstep == self.stop_at or self.stop.received:  # preempted here (or as if)
                         if self.stop.received:
@@ -262,9 +311,9 @@ class _Run:
         return evaluate(program.eval, params, self.ctx.data.eval_set, self.ctx.cfg.training.batch_size,
                         self.ctx.mesh)
 
-    def _run_stage(self, program: TrainProgram, state, iterator, pos: _Position):
-        """Steps of stage `pos.stage` from `pos.stage_step` (advancing `pos`); returns the state at
-        the stage's end or at `stop_at`."""
+    def _run_stage(self, program: TrainProgram, step: CompiledStep, state, iterator, pos: _Position):
+        """Steps of stage `pos.stage` from `pos.stage_step` (advancing `pos`) with the stage's compiled
+        `step`; returns the state at the stage's end or at `stop_at`."""
         ctx, tc = self.ctx, self.ctx.cfg.training
         stage = ctx.stages[pos.stage]
         stats = self._stage_stats(pos.stage)
@@ -284,7 +333,7 @@ class _Run:
             batch = next(iterator)
             if "doc" in batch:
                 pos.last_doc = max(pos.last_doc, int(batch["doc"].max()))
-            state, metrics = program.step(state, {"tokens": global_batch(batch["tokens"], ctx.mesh), "mask": mask})
+            state, metrics = step.run(state, {"tokens": global_batch(batch["tokens"], ctx.mesh), "mask": mask})
             if pending is not None:
                 self._check_finite(*pending)
             pos.stage_step += 1
@@ -302,7 +351,7 @@ class _Run:
                 now = time.perf_counter()
                 scalars = {loss_key: m["loss"], "train/lr": m["lr"], "train/grad_norm": m["grad_norm"],
                            "train/stage": pos.stage, "train/tokens_seen": tokens_before + pos.stage_step * tokens_step}
-                if t_last is not None:  # the first logged step includes compilation
+                if t_last is not None:  # the first logged step includes start-up (the step is compiled before)
                     dt = (now - t_last) / steps_since
                     scalars.update({"perf/step_time_s": dt, "perf/tokens_per_s": tokens_step / dt,
                                     "perf/model_flops_per_s": flops_step / dt,
