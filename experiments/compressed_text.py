@@ -34,10 +34,9 @@ from pcomp.compress.report import account_prepared
 from pcomp.config import CompressConfig, Config
 from pcomp.data.prepared import PreparedDataset
 from pcomp.patching import relative_cost
-from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, write_json
+from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json
 from pcomp.train.load import load_trained
 from pcomp.train.metrics import flops_per_position
-from pcomp.train.trainer import train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +106,7 @@ def train_m1(preset: dict, data: str, out: Path, eval_fraction: float, overrides
         print(f"M1: reusing {workdir}", flush=True)
         return workdir
     m1 = preset["m1"]
-    train(Config().override(
+    train_to_end(Config().override(
         f"model={m1['model']}", f"data.source={data}", "data.tokenizer=bytes", "data.bos_first=true",
         f"data.eval_fraction={eval_fraction}", f"data.seq_len={m1['seq_len']}", f"training.batch_size={m1['batch']}",
         f"training.steps={m1['steps']}", f"training.lr={m1['lr']}",
@@ -153,7 +152,7 @@ def run_m2(method: Method, cfg: Config, dataset: Path, model: str) -> dict:
         raise SystemExit(f"{workdir} holds a finished run with another config ({diff}); use another --out")
     print(f"\n=== {method.name} on {model}: {cfg.training.tokens:,} tokens ===", flush=True)
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = train_to_end(cfg)
     wall = time.perf_counter() - t0
     acc = account_prepared(load_trained(workdir), dataset, "eval")
     result = {"method": method.name, "model": model, "tokenizer": method.tokenizer, "K": method.patch_size,

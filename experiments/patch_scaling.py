@@ -45,7 +45,7 @@ import traceback
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pcomp.report import markdown_table, pyplot, save_png, write_json
+from pcomp.report import markdown_table, pyplot, save_png, train_to_end, write_json
 from pcomp.config import Config
 from pcomp.data.sources import load_documents, split_documents
 from pcomp.errors import DataError
@@ -375,13 +375,12 @@ def rises_late(curve: Sequence[tuple[int, float]], start: int, end: int, tol: fl
 def execute(run: Run, preset: dict, source: str, eval_fraction: float | None, workdirs: Path,
             train_tokens: int | None) -> dict:
     """Train (or resume) one run and return its compact summary."""
-    from pcomp.train.trainer import train
 
     workdir = workdirs / run.name
     overrides = run_overrides(run, preset, source, eval_fraction, workdir)
     cfg = Config.load(run.model).override(*overrides).validate()
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = train_to_end(cfg)
     wall = time.perf_counter() - t0
     stages = summary["stages"]
     tokens = sum(s["tokens"] for s in stages)
@@ -415,7 +414,6 @@ def train_tokens_of(source: str | None, eval_fraction: float | None, tokenizer: 
 def measure_tokens_per_s(model: str, preset: dict, steps: int = 40) -> float:
     """Token-level training tokens/s of `model`, from a short run on the embedded corpus (median of the
     logged rates after compilation). The CPU is shared, so this is a rough projection only."""
-    from pcomp.train.trainer import train
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Config.load(model).override(
@@ -423,7 +421,7 @@ def measure_tokens_per_s(model: str, preset: dict, steps: int = 40) -> float:
             f"training.batch_size={preset['batch']}", f"training.steps={steps}", "training.log_every=5",
             "training.progress=false", "training.checkpoint_every=100000", f"training.workdir={tmp}",
             "data.eval_max_bytes=20000", *[e for e in preset["extra"] if not e.startswith(("mesh.", "data.data_dir"))])
-        train(cfg)
+        train_to_end(cfg)
         rates = [json.loads(line).get("perf/tokens_per_s") for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
         rates = [r for r in rates if r]
     return statistics.median(rates[1:] or rates)

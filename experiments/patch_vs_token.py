@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 
 from pcomp.config import Config
-from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, write_json
-from pcomp.train.trainer import train
+from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json
 
 # Model / data / schedule per preset. `tokens` is the token budget D of the baseline (a).
 PRESETS = {
@@ -105,7 +104,7 @@ def run_one(cfg: Config, run: Run, fresh: bool) -> dict:
     print(f"\n=== {run.name}: K={run.patch_size}, lambda={run.patch_fraction:.3g}, "
           f"D={cfg.training.tokens:,} tokens ===", flush=True)
     t0 = time.perf_counter()
-    summary = train(cfg)
+    summary = train_to_end(cfg)
     wall = time.perf_counter() - t0
     stages = summary["stages"]
     result = {

@@ -1,4 +1,5 @@
-"""Reporting helpers for the experiment scripts: `--data`, timing summaries, markdown tables, JSON and PNG.
+"""Helpers for the experiment scripts: `--data`, training a run to its end, timing summaries, markdown
+tables, JSON and PNG.
 
 Top layer (beside cli/demo): nothing in the library imports it."""
 
@@ -9,6 +10,18 @@ import json
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+
+def train_to_end(cfg) -> dict:
+    """`pcomp.train.trainer.train(cfg)`, or SystemExit when a signal (SIGTERM: preemption; Ctrl-C) stopped
+    the run before its end. The trainer checkpointed, so the same command resumes; a script must never
+    score a stopped run and record it as finished."""
+    from pcomp.train.trainer import train
+
+    summary = train(cfg)
+    if summary.get("interrupted"):
+        raise SystemExit(130 if summary["interrupted"] == "SIGINT" else 0)
+    return summary
 
 
 def add_data_arg(parser: argparse.ArgumentParser, default: str = "embedded") -> None:
