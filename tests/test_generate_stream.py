@@ -174,12 +174,7 @@ def test_random_m2_streams_decode_or_stop_through_the_documented_path(kind, n, s
         ids = encode_stream_prompt(tok, prompt)
         sampled = generate(run.graphdef, run.params, ids, max_new_tokens=24, max_len=128, temperature=1.0,
                            top_k=0, seed=seed)
-        ref = stream_decoder(tok)
-        full = b""
-        for t in [*ids, *sampled]:
-            full += ref.feed(t)
-            if ref.done:
-                break
+        full, ref = _replay(tok, [*ids, *sampled])
         assert full == prompt + out and ref.done == dec.done and ref.error == dec.error
 
 
@@ -208,10 +203,17 @@ def test_random_m2_over_arith_tokens_generates_through_m1(m1_run, static_tok):
     ids = encode_stream_prompt(tok, b"The ")
     sampled = generate(run.graphdef, run.params, ids, max_new_tokens=12, max_len=128, temperature=1.0, top_k=0,
                        seed=1)
+    full, _ = _replay(tok, [*ids, *sampled])
+    assert full == b"The " + out
+
+
+def _replay(tok, token_ids):
+    """The independent reference: a fresh decoder fed the same tokens, stopped where it says the
+    document ends; returns (its bytes, the decoder)."""
     ref = stream_decoder(tok)
     full = b""
-    for t in [*ids, *sampled]:
+    for t in token_ids:
         full += ref.feed(t)
         if ref.done:
             break
-    assert full == b"The " + out
+    return full, ref

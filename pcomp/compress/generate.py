@@ -101,15 +101,8 @@ def generate_text(run: TrainedModel, prompt: bytes, *, max_windows: int, tempera
     if not isinstance(tok, EqualInfoTokenizer):
         raise ConfigError(f"generation through M1 needs an M2 over equal_info windows; this run's tokenizer is "
                           f"{tok.name}")
-    if max_windows < 1:
-        raise ConfigError(f"max_windows={max_windows} must be >= 1")
     ids = encode_prompt(tok, prompt)
-    if len(ids) == 0:
-        raise ConfigError("--prompt is empty and an M2 over compressed tokens has no BOS to start from; give a prompt")
-    context = run.cfg.model.max_seq_len
-    if len(ids) > context:
-        raise ConfigError(f"--prompt compresses to {len(ids)} tokens ({len(ids) // tokens_per_window(tok)} windows) "
-                          f"but the model's context is {context} tokens (model.max_seq_len); shorten the prompt")
+    _check_prompt(run, ids, "max_windows", max_windows, f" ({len(ids) // tokens_per_window(tok)} windows)")
     if echo_prompt and on_bytes is not None:
         on_bytes(bytes(prompt))
     decoder = WindowDecoder(tok, on_skip)
@@ -122,7 +115,7 @@ def generate_text(run: TrainedModel, prompt: bytes, *, max_windows: int, tempera
             if on_bytes is not None:
                 on_bytes(data)
 
-    generate(run.graphdef, run.params, ids, max_new_tokens=max_windows * decoder.per, max_len=context,
+    generate(run.graphdef, run.params, ids, max_new_tokens=max_windows * decoder.per, max_len=run.cfg.model.max_seq_len,
              temperature=temperature, top_k=top_k, seed=seed, on_token=emit)
     return b"".join(out), decoder
 
@@ -290,15 +283,8 @@ def generate_stream(run: TrainedModel, prompt: bytes, *, max_tokens: int, temper
     tok = run.tokenizer
     if tok.name not in STREAM_KINDS:
         raise ConfigError(f"tokenizer {tok.name} is not a stream code; expected one of {', '.join(STREAM_KINDS)}")
-    if max_tokens < 1:
-        raise ConfigError(f"max_tokens={max_tokens} must be >= 1")
     ids = encode_stream_prompt(tok, prompt)
-    if len(ids) == 0:
-        raise ConfigError("--prompt is empty and an M2 over compressed tokens has no BOS to start from; give a prompt")
-    context = run.cfg.model.max_seq_len
-    if len(ids) > context:
-        raise ConfigError(f"--prompt compresses to {len(ids)} tokens but the model's context is {context} tokens "
-                          f"(model.max_seq_len); shorten the prompt")
+    _check_prompt(run, ids, "max_tokens", max_tokens)
     decoder = stream_decoder(tok, on_error)
     head = b"".join(decoder.feed(t) for t in ids)
     if head[: len(prompt)] != bytes(prompt):
@@ -320,7 +306,7 @@ def generate_stream(run: TrainedModel, prompt: bytes, *, max_tokens: int, temper
         return decoder.done
 
     if not decoder.done:  # (the prompt's bits may already determine the end of the document)
-        generate(run.graphdef, run.params, ids, max_new_tokens=max_tokens, max_len=context,
+        generate(run.graphdef, run.params, ids, max_new_tokens=max_tokens, max_len=run.cfg.model.max_seq_len,
                  temperature=temperature, top_k=top_k, seed=seed, on_token=on_token)
     emit(decoder.finish())
     return b"".join(out), decoder
@@ -343,3 +329,16 @@ class Utf8Stream:
         text = self._dec.decode(b"", final=True)
         if text:
             self.write(text)
+
+
+def _check_prompt(run, ids, length_name: str, length: int, detail: str = "") -> None:
+    """The checks every M2-over-compressed-tokens generation makes before sampling: a positive length,
+    a non-empty prompt (such an M2 has no BOS) that fits the model's context."""
+    if length < 1:
+        raise ConfigError(f"{length_name}={length} must be >= 1")
+    if len(ids) == 0:
+        raise ConfigError("--prompt is empty and an M2 over compressed tokens has no BOS to start from; give a prompt")
+    context = run.cfg.model.max_seq_len
+    if len(ids) > context:
+        raise ConfigError(f"--prompt compresses to {len(ids)} tokens{detail} but the model's context is {context} "
+                          f"tokens (model.max_seq_len); shorten the prompt")
