@@ -30,6 +30,12 @@ SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what every RNG (numpy, grain
 # the CPU-sized presets have memory to spare); full = keep only each block's input and recompute the
 # block (least memory, ~1/3 more compute); dots_saveable = keep matmul outputs, recompute the rest.
 REMAT_POLICIES = ("none", "full", "dots_saveable")
+# model.scan_unroll: the blocks run as one scanned loop; 1 block per iteration keeps the compiled program
+# and its compile time independent of depth (what large models and pods want). Unrolling the loop
+# (scan_unroll >= n_layers) computes the same step, but on CPU the loop's per-iteration slicing of the
+# stacked parameters and gradients costs the small presets a lot: a demo train step ran 1.32x faster
+# fully unrolled (experiments/bench_vs_torch.py, 2,322 -> 3,059 tokens/s), 25m 1.04x. So the CPU-sized
+# presets (<= 4 layers) unroll fully and the rest keep 1. Decoding (decode_step) always loops.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +56,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32 | bfloat16
     param_dtype: str = "float32"
     remat: str = "none"  # what the backward pass recomputes per block: none | full | dots_saveable
+    scan_unroll: int = 1  # blocks per iteration of the scanned layer loop (>= n_layers: fully unrolled)
     attention: str = "auto"  # auto (blocked on CPU, fused XLA/cuDNN elsewhere) | blocked | fused
     init_std: float = 0.02
 
@@ -67,7 +74,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         _check_types(self, "model")
-        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+        for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "scan_unroll"):
             _at_least(self, "model", key, 1)
         _at_least(self, "model", "n_kv_heads", 0, " (0 = n_heads)")
         for key in ("rope_theta", "norm_eps", "init_std"):
@@ -541,16 +548,16 @@ def _model(name: str, **kw: Any) -> ModelConfig:
 
 MODEL_PRESETS: dict[str, ModelConfig] = {
     # CPU unit-test size.
-    "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+    "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
     # Patch-scaling study (experiments/patch_scaling.py), bytes vocabulary (258, padded to 384):
     # 92,400 parameters with embeddings (55,536 without); the CPU reaches ~300 tokens per parameter.
-    "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128),
+    "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
     # 516,960 parameters with embeddings (443,232 without).
-    "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128),
+    "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128, scan_unroll=4),
     # The CPU demo: ~1.9M parameters, trains in minutes.
-    "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256),
+    "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256, scan_unroll=4),
     # The Equal-Info Windows paper's compressor model M1: 3 layers, d=256, 4 heads, MLP 1024, bytes.
-    "m1-3m": _model("m1-3m", d_model=256, n_layers=3, n_heads=4, d_ff=1024, max_seq_len=128),
+    "m1-3m": _model("m1-3m", d_model=256, n_layers=3, n_heads=4, d_ff=1024, max_seq_len=128, scan_unroll=3),
     "25m": _model("25m", d_model=512, n_layers=8, n_heads=8, d_ff=1408, max_seq_len=512),
     "125m": _model("125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, max_seq_len=1024),
     "370m": _model("370m", d_model=1024, n_layers=24, n_heads=16, d_ff=2816, max_seq_len=2048),

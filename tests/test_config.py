@@ -165,6 +165,7 @@ def test_ints_are_accepted_for_float_fields_and_kept_as_float(tmp_path):
         ("model.init_std=-0.02", "model.init_std=-0.02 must be a finite number > 0"),
         ("model.d_model=66", "model.d_model=66 is not divisible by model.n_heads=4"),
         ("model.remat=true", "model.remat='true'; expected one of 'none', 'full', 'dots_saveable'"),
+        ("model.scan_unroll=0", "model.scan_unroll=0 must be >= 1"),
         ("model.remat=dots", "model.remat='dots'; expected one of 'none', 'full', 'dots_saveable'"),
         ("training.lr=nan", "training.lr=nan must be a finite number > 0"),
         ("training.lr=-1", "training.lr=-1.0 must be a finite number > 0"),

@@ -284,6 +284,19 @@ def test_m1_first_cum_is_a_cumulative_table(m1):
     assert np.all(np.diff(cum) >= 1)
 
 
+def test_fingerprint_ignores_only_the_layer_loop_unroll(trained):
+    """model.scan_unroll compiles the training forward only (M1 codes through decode_step, which always
+    runs one block per loop iteration): the same weights under another unroll are the same M1, while any
+    other model field makes another M1."""
+    def fingerprint(**model) -> str:
+        cfg = dataclasses.replace(trained.cfg, model=dataclasses.replace(trained.cfg.model, **model))
+        return M1.for_windows(dataclasses.replace(trained, cfg=cfg), None, precision=PRECISION,
+                              batch=BATCH).fingerprint
+    assert trained.cfg.model.scan_unroll == 2
+    assert fingerprint(scan_unroll=1) == fingerprint()
+    assert fingerprint(rope_theta=20_000.0) != fingerprint()
+
+
 # ----------------------------------------------------------------------------- each window alone
 @pytest.mark.parametrize("b", WINDOW_BITS)
 def test_each_window_decodes_alone(m1, text, b):

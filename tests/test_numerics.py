@@ -150,6 +150,19 @@ def test_remat_step_equals_plain_step(mesh1, patch_size, policy):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
+def test_scan_unroll_step_equals_looped_step(mesh1):
+    """The layer loop fully unrolled (the CPU presets) and one block per iteration compute the same step."""
+    assert TINY.model.scan_unroll == TINY.model.n_layers == 2
+    batch = _batch(TINY, seed=3)
+    _, unrolled, m_unrolled = _one_step(TINY, mesh1, batch)
+    _, looped, m_looped = _one_step(TINY.override("model.scan_unroll=1"), mesh1, batch)
+    np.testing.assert_allclose(m_looped["loss"], m_unrolled["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m_looped["grad_norm"], m_unrolled["grad_norm"], rtol=1e-6)
+    for a, b in zip(_leaves(unrolled), _leaves(looped)):
+        np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+
+
 # --- z-loss -----------------------------------------------------------------------------------------
 def numpy_objective(logits_bnv: np.ndarray, tokens_bt: np.ndarray, mask_bt: np.ndarray, k: int, z: float):
     """(sum NLL + z * K * sum over patch positions of logsumexp^2) / number of real targets, in float64

@@ -103,7 +103,8 @@ def test_resume_with_another_schedule_is_refused_but_logging_may_change(tmp_path
         train(cfg.override("training.steps=4"))
     with pytest.raises(CheckpointError, match=r"training\.lr=0\.003, but this run asks for training\.lr=0\.001"):
         train(cfg.override("training.lr=1e-3"))
-    summary = train(cfg.override("training.log_every=1", "training.checkpoint_every=5", "training.keep_checkpoints=2"))
+    summary = train(cfg.override("training.log_every=1", "training.checkpoint_every=5", "training.keep_checkpoints=2",
+                                 "model.scan_unroll=1"))
     assert sum(s["steps"] for s in summary["stages"]) == 2
 
 

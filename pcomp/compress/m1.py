@@ -166,7 +166,9 @@ class M1:
         """sha256 over M1's config, parameters, precision, symbol set and numerics version: which M1
         (computing how) made a file. The KV-cache length and batch are recorded beside it."""
         h = hashlib.sha256()
-        h.update(json.dumps(dataclasses.asdict(self.trained.cfg.model), sort_keys=True).encode())
+        model = dataclasses.asdict(self.trained.cfg.model)
+        model.pop("scan_unroll")  # compiles the training forward only; M1 codes through decode_step
+        h.update(json.dumps(model, sort_keys=True).encode())
         h.update(f"precision={self.precision};symbols={self.symbols};numerics={NUMERICS_VERSION}".encode())
         for path, leaf in sorted(jax.tree_util.tree_leaves_with_path(self.trained.params), key=lambda x: str(x[0])):
             arr = np.asarray(leaf)

@@ -7,7 +7,9 @@ The blocks are ONE stacked module: every block parameter has a leading `layers` 
 axis "layers", replicated: `pcomp.models.sharding.RULES`), created with `nnx.vmap` and run with
 `nnx.scan`, so the compiled program (and its compile time) does not grow with depth. The KV cache
 is stacked the same way: ([l, b, k, s, h], [l, b, k, s, h]). `model.remat` picks what the backward
-pass recomputes per block (`CHECKPOINT_POLICIES`).
+pass recomputes per block (`CHECKPOINT_POLICIES`); `model.scan_unroll` how many blocks one loop
+iteration runs in the forward (the CPU-sized presets unroll fully: `pcomp.config`). `decode_step`
+always runs one block per iteration (unrolling did not speed it up: experiments/bench_equal_info.py).
 
 The forward accepts either token ids or an input-embedding override (`embeddings_btd`), so
 patch-level training (`pcomp.patching`) feeds averaged embeddings through the very same blocks.
@@ -246,7 +248,8 @@ class Transformer(nnx.Module):
 
         if self.cfg.remat != "none":
             layer = nnx.remat(layer, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=False)
-        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry, transform_metadata=_STACKED)
+        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry, transform_metadata=_STACKED,
+                        unroll=min(self.cfg.scan_unroll, self.cfg.n_layers))
         return self.final_norm(scan(self.blocks, x_btd, positions_bt))
 
     def __call__(self, tokens_bt=None, *, embeddings_btd=None, positions_bt=None) -> jax.Array:
