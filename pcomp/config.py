@@ -601,14 +601,17 @@ RUN_PRESETS: dict[str, Config] = {
     ),
     # Large presets evaluate on at most EVAL_MAX_BYTES_LARGE (10 MB) of held-out text: the held-out
     # set is held in host memory on every process (0 = all of a corpus's validation split).
+    # 125m and up recompute each block in the backward pass: at the paper's global batches the kept
+    # activations would not fit a single-host slice (experiments/bench_compile.py, per device of 8:
+    # 125m 81 GiB with remat none, 35 with dots_saveable, 10 with full; 370m 1,173 / 381 / 62 GiB)
     "125m": Config(
-        model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16"),
+        model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16", remat="full"),
         data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000,
                         eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000, workdir="runs/125m"),
     ),
     "370m": Config(
-        model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16"),
+        model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16", remat="full"),
         data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
                         eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
