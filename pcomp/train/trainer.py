@@ -133,8 +133,9 @@ def _print(msg: str) -> None:
 
 
 # Settings a resumed run may change: they do not touch the trajectory. model.remat trades memory for
-# compute (the same model); model.scan_unroll changes how the layer loop is compiled, not what it computes; grad_accum splits the same batch into micro-batches, so a run can resume on
-# a machine with less memory.
+# compute (the same model); model.scan_unroll changes how the layer loop is compiled, not what it
+# computes; grad_accum splits the same batch into micro-batches, so a run can resume on a machine with
+# less memory.
 RESUME_MAY_CHANGE = {
     "model": frozenset({"remat", "scan_unroll"}),
     "training": frozenset({"grad_accum", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
