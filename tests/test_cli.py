@@ -129,7 +129,9 @@ def test_empty_data_file_says_so(tmp_path, capsys):
     data.write_bytes(b"")
     argv = ["train", "--config", "test-tiny", *FAST, f"data.source={data}", f"training.workdir={tmp_path / 'w'}"]
     assert main(argv) == 2
-    assert _one_line(capsys) == f"pcomp: error: data file {data} is empty; expected text"
+    out = capsys.readouterr()
+    assert "compiled" not in out.out  # reported before the step is compiled
+    assert out.err.strip() == f"pcomp: error: data file {data} is empty; expected text" and "Traceback" not in out.err
 
 
 def test_data_file_too_small_for_the_held_out_split_gives_the_sizes(tmp_path, capsys):

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pcomp.data.embedded import embedded_documents
-from pcomp.data.sources import TfdsDocuments, describe_source, load_documents, split_documents
+from pcomp.data.sources import TfdsDocuments, check_source, describe_source, load_documents, split_documents
 from pcomp.errors import ConfigError, DataError
 
 # --- embedded corpus ---------------------------------------------------------
@@ -194,6 +194,26 @@ def test_empty_sources_say_so(tmp_path):
     blank.write_text('\n{"text": ""}\n')
     with pytest.raises(DataError, match="blank.jsonl has no non-empty 'text' field"):
         load_documents(str(blank), "eval")
+
+
+def test_check_source_reports_missing_and_empty_sources_without_reading(tmp_path):
+    """The trainer calls it before compiling: the same messages as reading the source would give."""
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(DataError, match=f"^data source {re.escape(str(missing))} does not exist"):
+        check_source(str(missing))
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    with pytest.raises(DataError, match=f"^data file {re.escape(str(empty))} is empty; expected text$"):
+        check_source(str(empty))
+    (tmp_path / "d").mkdir()
+    with pytest.raises(DataError, match="data directory .*d has no \\(non-hidden\\) files"):
+        check_source(str(tmp_path / "d"))
+    (tmp_path / "d" / "a.txt").write_bytes(b"")
+    with pytest.raises(DataError, match="data directory .*d holds only empty files"):
+        check_source(str(tmp_path / "d"))
+    (tmp_path / "d" / "b.txt").write_bytes(b"text")
+    for fine in (str(tmp_path / "d"), str(tmp_path / "d" / "b.txt"), "embedded", "tfds:not_read_here"):
+        check_source(fine)
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from pcomp.config import DataConfig
 from pcomp.data import pipeline
 from pcomp.data.prepared import PreparedDataset, RecordTokens, is_prepared
-from pcomp.data.sources import load_documents
+from pcomp.data.sources import check_source, load_documents
 from pcomp.data.tokenizers import BUILD_KINDS, Tokenizer, build_tokenizer, load_tokenizer
 from pcomp.errors import ConfigError, DataError
 
@@ -46,9 +46,11 @@ def vocab_size_before_reading(dc: DataConfig, saved_tokenizer: Path) -> int:
     """The vocabulary the run's model gets, found without reading any text (so a run can be compiled
     and checked against the device's memory first): a prepared dataset's recorded size, the saved
     tokenizer's (a resumed run) or the named tokenizer directory's, 258 for bytes; for a SentencePiece
-    tokenizer still to be trained on the data, data.vocab_size (the most it can have)."""
+    tokenizer still to be trained on the data, data.vocab_size (the most it can have). A local source
+    that is missing or empty is a DataError here (`sources.check_source`)."""
     if is_prepared(dc.source):
         return PreparedDataset(dc.source).vocab_size
+    check_source(dc.source)  # a missing or empty source fails here, not after compiling
     if (saved_tokenizer / "tokenizer.json").exists():
         return load_tokenizer(saved_tokenizer).vocab_size
     if dc.tokenizer == "sentencepiece":

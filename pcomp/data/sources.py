@@ -73,6 +73,20 @@ def describe_source(source: str, *, text_field: str = "text", data_dir: str | No
     return f"{what}: {len(docs)} docs, {num_bytes / 1e6:.1f} MB"
 
 
+def check_source(source: str) -> None:
+    """The checks that need no reading, so a mistyped or empty source is reported before a run spends
+    its compile time: a local path exists, a directory holds files, a plain text file (or a
+    directory's files) is not empty. TFDS names and JSONL fields are checked when read."""
+    if source.startswith(TFDS_PREFIX) or source == EMBEDDED:
+        return
+    key = _local_key(source)
+    if os.path.isdir(key):
+        if not any(os.path.getsize(path) for path in _directory_files(key)):
+            raise DataError(f"data directory {key} holds only empty files; expected text")
+    elif os.path.getsize(key) == 0:
+        raise DataError(f"data file {key} is empty; expected text")
+
+
 # ---------------------------------------------------------------------------
 # Local sources
 
