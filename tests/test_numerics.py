@@ -189,11 +189,12 @@ def numpy_objective(logits_bnv: np.ndarray, tokens_bt: np.ndarray, mask_bt: np.n
 
 def _patch_logits(graphdef, params, tokens_bt, k):
     """The model's logits on the mean of every K token embeddings (numpy mean, not pcomp.patching)."""
-    model = nnx.merge(graphdef, params)
-    x_btd = np.asarray(model.embed_tokens(jnp.asarray(tokens_bt)), np.float32)
+    embed = jax.jit(lambda params, tokens: nnx.merge(graphdef, params).embed_tokens(tokens))
+    x_btd = np.asarray(embed(params, jnp.asarray(tokens_bt)), np.float32)
     b, t, d = x_btd.shape
     p_bnd = x_btd.reshape(b, t // k, k, d).mean(axis=2)
-    return np.asarray(model(embeddings_btd=jnp.asarray(p_bnd)))
+    forward = jax.jit(lambda params, p: nnx.merge(graphdef, params)(embeddings_btd=p))
+    return np.asarray(forward(params, jnp.asarray(p_bnd)))
 
 
 @pytest.mark.slow
@@ -211,19 +212,22 @@ def test_z_loss_objective_matches_numpy_and_changes_the_step(mesh1, patch_size, 
 
     ref_obj, ref_nll = numpy_objective(_patch_logits(program.graphdef, params, batch["tokens"], patch_size),
                                        batch["tokens"], batch["mask"], patch_size, z)
-    obj, (nll, count) = objective(params, program.graphdef, tokens, mask, patch_size, z, total)
+    # jitted (graphdef and K static): eager op-by-op dispatch through the scanned layers took minutes
+    objective_ = jax.jit(objective, static_argnums=(1, 4))
+    grad_ = jax.jit(jax.grad(_jnp_objective), static_argnums=(1, 4))
+    obj, (nll, count) = objective_(params, program.graphdef, tokens, mask, patch_size, z, total)
     assert float(count) == float(total)
     np.testing.assert_allclose(float(obj), ref_obj, rtol=1e-5)
     np.testing.assert_allclose(float(nll) / float(total), ref_nll, rtol=1e-5)
-    obj0, _ = objective(params, program.graphdef, tokens, mask, patch_size, 0.0, total)
+    obj0, _ = objective_(params, program.graphdef, tokens, mask, patch_size, 0.0, total)
     np.testing.assert_allclose(float(obj0), ref_nll, rtol=1e-5)
     assert float(obj) - float(obj0) > 1e-3 * z  # logsumexp^2 ~ log(258)^2 ~ 31: the z term is there
 
     # the trainer's step takes the gradient of this objective: its norm is that of the gradient of a jnp
     # reference written here (rtol 1e-5), and differs from the z_loss = 0 gradient's by far more (the
     # parameters after one Adam step are ~lr * sign(g) either way, so the norm is what tells them apart)
-    grads = jax.grad(_jnp_objective)(params, program.graphdef, tokens, mask, patch_size, z)
-    grads0 = jax.grad(_jnp_objective)(params, program.graphdef, tokens, mask, patch_size, 0.0)
+    grads = grad_(params, program.graphdef, tokens, mask, patch_size, z)
+    grads0 = grad_(params, program.graphdef, tokens, mask, patch_size, 0.0)
     with jax.set_mesh(mesh1):
         _, metrics = program.step(state, batch)
     np.testing.assert_allclose(float(metrics["loss"]), ref_nll, rtol=1e-5)  # the logged loss is the NLL only
