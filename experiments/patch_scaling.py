@@ -159,6 +159,7 @@ PRESETS = {
 ARMS = {"a": (1, 0.0, 1.0), "b": (4, 2 / 3, 1.0), "c": (1, 0.0, 0.5)}  # arm: (K, lambda, share of D)
 WARMUP_FRACTION = 0.04  # every stage warms up for 4% of its steps (the paper's stage 2: 2000 of 45000)
 CLOSE = 0.03  # bits/byte: (b) this close to (a) or (c) gets 3 seeds
+PURPOSES = frozenset({"main", "lr", "seed", "side"})  # why a run is in the plan (see `plan`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,7 +264,8 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
             for dn in preset["dns"] + preset["late_dns"]:
                 bpb = point_bpb(done, [arm_run(model, series, dn, arm, lr) for arm in "abc"])
                 if bpb and is_close(bpb):
-                    out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed") for s in (1, 2) for arm in "abc"]
+                    # the 0.5x arms (b, c) of both seeds first: they are cheaper and usually the close pair
+                    out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed") for arm in "bca" for s in (1, 2)]
     model = preset["models"][0]  # side study on the first model, at its best unique-data D/N
     best = best_dn(model, preset["series"][0], lrs[model], preset["dns"], done) if lrs[model] else None
     if best is not None:
@@ -574,8 +576,14 @@ def main(argv=None) -> None:
     p.add_argument("--build-corpus", action="store_true", help="build the unique-data corpus and stop")
     p.add_argument("--print-commands", action="store_true", help="print a tpu_scripts/tpu.sh line per pending run")
     p.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (0 = all)")
+    p.add_argument("--purposes", default="main,lr,seed,side",
+                   help="train only pending runs of these purposes (comma-separated: main, lr, seed, side),"
+                        " e.g. to spend a sitting on the seeds before the remaining main points")
     args = p.parse_args(argv)
     preset, out, workdirs = PRESETS[args.preset], Path(args.out), Path(args.workdirs)
+    purposes = {x.strip() for x in args.purposes.split(",") if x.strip()}
+    if not purposes or purposes - PURPOSES:
+        p.error(f"--purposes {args.purposes!r}: expected a comma-separated subset of {', '.join(sorted(PURPOSES))}")
 
     if args.report:
         done = finished(out)
@@ -628,7 +636,7 @@ def main(argv=None) -> None:
         print(f"projected wall time of the pending runs: {total / 3600:.2f} h", flush=True)
         if args.plan or not pending or (args.max_runs and ran >= args.max_runs):
             return
-        pending = [r for r in pending if r.name not in failed]
+        pending = [r for r in pending if r.name not in failed and r.purpose in purposes]
         if not pending:
             return
         run = pending[0]

@@ -208,3 +208,12 @@ def test_run_overrides_make_a_valid_config_with_the_planned_budget(tmp_path):
     assert cfg.training.patch_fraction == pytest.approx(2 / 3) and cfg.training.seed == cfg.data.seed == 2
     assert cfg.training.warmup_fraction == ps.WARMUP_FRACTION
     assert n == 92_400 and ps.n_params("ps-100k")[1] == 55_536
+
+
+@pytest.mark.parametrize("purposes", ["", "main,seeds", "lr, x"])
+def test_unknown_purposes_are_refused_before_any_work(purposes, capsys):
+    with pytest.raises(SystemExit) as exc:
+        ps.main(["--purposes", purposes, "--out", "/nonexistent/never-written"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--purposes {purposes!r}" in err and "lr, main, seed, side" in err
