@@ -1,12 +1,25 @@
 """Run the suite on 8 simulated CPU devices so sharding is really exercised."""
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
+# One persistent XLA compilation cache per test session, shared by the xdist workers and the
+# subprocesses the tests start (they inherit the environment): most tests compile the same few
+# test-tiny programs, and a cache hit loads the executable XLA compiled the first time (the same
+# program, so no result changes). Set before jax is imported; a fresh directory per session, so a
+# run never depends on an earlier one. An explicit JAX_COMPILATION_CACHE_DIR is kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="pcomp-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # the process that made it
 
-import shutil  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from pcomp.cli import main
 from pcomp.config import Config
@@ -92,12 +94,13 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     # the generated text after the (echoed) prompt is the model's own continuation: greedy = an argmax
     # loop over the full forward pass (no KV cache); sampled = pcomp.models.generate with the same seed
     trained = load_trained(run)
-    tok, model = trained.tokenizer, trained.model()
+    tok = trained.tokenizer
+    forward = jax.jit(lambda params, ids: nnx.merge(trained.graphdef, params)(ids))  # one compile
     prompt = [tok.bos_id, *tok.encode(b"Hello")]
     greedy = list(prompt)
     for _ in range(12):  # causal: zero padding after the last real position leaves its logits alone
         padded = jnp.asarray([greedy + [0] * (len(prompt) + 12 - len(greedy))], jnp.int32)
-        nxt = int(np.argmax(np.asarray(model(padded))[0, len(greedy) - 1]))
+        nxt = int(np.argmax(np.asarray(forward(trained.params, padded))[0, len(greedy) - 1]))
         if nxt == tok.eos_id:
             break
         greedy.append(nxt)

@@ -7,10 +7,12 @@ import inspect
 import re
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcomp.data.embedded import embedded_documents
@@ -118,8 +120,8 @@ def test_text_file(tmp_path):
     assert len(train) == 1 and len(eval_) == 1
     assert train[0] + eval_[0] == path.read_bytes()
     assert eval_[0].startswith(b"line")
-    assert load_documents(str(path), "train", eval_fraction=0.0) == (path.read_bytes(),)
-    assert load_documents(str(path), "eval", eval_fraction=0.0) == ()
+    assert tuple(load_documents(str(path), "train", eval_fraction=0.0)) == (path.read_bytes(),)
+    assert tuple(load_documents(str(path), "eval", eval_fraction=0.0)) == ()
 
 
 def test_directory(tmp_path):
@@ -133,7 +135,7 @@ def test_directory(tmp_path):
     (tmp_path / ".git" / "x").write_bytes(b"no\n")
     (tmp_path / "empty.txt").write_bytes(b"")
     docs = load_documents(str(tmp_path), "train", eval_fraction=0.0)
-    assert docs == (b"a\n", b"b10\n", b"b2\n", b"raw\n")
+    assert tuple(docs) == (b"a\n", b"b10\n", b"b2\n", b"raw\n")
     assert describe_source(str(tmp_path)) == f"{tmp_path}: 4 docs, 0.0 MB"
 
 
@@ -146,7 +148,7 @@ def test_jsonl(tmp_path, suffix):
     path.write_bytes(gzip.compress(raw) if suffix.endswith(".gz") else raw)
     train = load_documents(str(path), "train", eval_fraction=0.25)
     eval_ = load_documents(str(path), "eval", eval_fraction=0.25)
-    assert train + eval_ == tuple(f"doc {i} é\n".encode() for i in range(20))
+    assert tuple(train) + tuple(eval_) == tuple(f"doc {i} é\n".encode() for i in range(20))
     assert len(eval_) == 4  # 190 bytes, cut at 142 falls in doc 15: it stays in train
 
 
@@ -230,7 +232,7 @@ def test_source_too_small_for_both_splits_gives_the_sizes(tmp_path, content, eva
             f"data source {path} ({len(content)} bytes) is too small to hold out eval_fraction={eval_fraction}: "
             f"that leaves {n_train} bytes to train on and {n_eval} held out")
     # without a held-out split the same file is fine
-    assert load_documents(str(path), "train", eval_fraction=0.0) == (content,)
+    assert tuple(load_documents(str(path), "train", eval_fraction=0.0)) == (content,)
 
 
 # --- TFDS (a tiny ArrayRecord dataset written without TensorFlow) ----------------------
@@ -329,3 +331,88 @@ def test_streaming_training_from_tfds_resumes_across_the_stage_boundary(tfds_dir
     b = train(b)
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+# --- lazy local sources: the same split as in memory, reading only what is accessed ---------------
+
+
+def _naive_split(docs: list[bytes], fraction: float) -> tuple[list[bytes], list[bytes]]:
+    """The held-out cut over the concatenated text, byte by byte (reference for `split_documents`)."""
+    docs = [d for d in docs if d]
+    text = b"".join(docs)
+    starts = np.cumsum([0] + [len(d) for d in docs])
+    cut = len(text) - round(len(text) * fraction)
+    if cut < len(text):
+        k = int(np.searchsorted(starts, cut, side="right")) - 1  # the document holding byte `cut`
+        if cut > starts[k] and text[cut - 1] != ord("\n"):
+            for j in range(cut, starts[k + 1]):
+                if text[j] == ord("\n"):
+                    if j + 1 < len(text):  # not the very last byte
+                        cut = j + 1
+                    break
+    train, eval_ = [], []
+    for d, s in zip(docs, starts):
+        head, tail = d[: max(0, cut - s)], d[max(0, cut - s):]
+        train += [head] if head else []
+        eval_ += [tail] if tail else []
+    return train, eval_
+
+
+LINES = st.lists(st.sampled_from([b"ab", b"\n", b"c\n", "é".encode(), b"xyz\n"]), max_size=6).map(b"".join)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(LINES, min_size=1, max_size=8), st.floats(0.0, 0.95), st.integers(1, 3), st.integers(0, 2))
+def test_lazy_directory_and_jsonl_split_like_the_naive_reference(docs, fraction, step, start):
+    if not any(docs):
+        return
+    want = _naive_split(docs, fraction)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "dir"
+        root.mkdir()
+        for i, d in enumerate(docs):
+            (root / f"{i:03d}.txt").write_bytes(d)
+        jsonl = Path(tmp) / "docs.jsonl"
+        jsonl.write_text("".join(json.dumps({"text": d.decode()}) + "\n" for d in docs))
+        for source in (str(root), str(jsonl)):
+            if fraction > 0 and not (want[0] and want[1]):  # too small for both splits: refused
+                with pytest.raises(DataError, match="too small to hold out"):
+                    load_documents(source, "train", eval_fraction=fraction)
+                continue
+            got = [load_documents(source, split, eval_fraction=fraction) for split in SPLITS_]
+            assert [list(g) for g in got] == list(want)
+            # a slice is a lazy view with the same documents and byte counts
+            part = got[0][start::step]
+            assert list(part) == want[0][start::step]
+            assert part.num_bytes == sum(map(len, want[0][start::step]))
+
+
+SPLITS_ = ("train", "eval")
+
+
+def test_a_process_opens_only_its_shard_of_a_directory(tmp_path, monkeypatch):
+    """Process 0 of 2 reads its own training files, the held-out ones and the one the cut falls in;
+    never a file of process 1's shard."""
+    import builtins
+
+    from pcomp.config import DataConfig
+    from pcomp.data.run_data import RunData
+
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(40):
+        (root / f"{i:03d}.txt").write_bytes(f"doc {i:03d}\n".encode() * 20)  # 160 bytes each
+    opened: list[str] = []
+    real_open = builtins.open
+
+    def recording_open(file, *args, **kwargs):
+        if str(file).startswith(str(root)):
+            opened.append(Path(file).name)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    cfg = DataConfig(source=str(root), seq_len=16, tokenizer="bytes", eval_fraction=0.1, read_threads=1)
+    RunData.load(cfg, saved_tokenizer=tmp_path / "none", global_batch=4, block_tokens=16, process_index=0,
+                 process_count=2)
+    # 40 equal files, 10% held out: files 0..35 train, 36..39 held out (the cut at a file boundary)
+    assert set(opened) == {f"{i:03d}.txt" for i in range(0, 36, 2)} | {f"{i:03d}.txt" for i in range(36, 40)}

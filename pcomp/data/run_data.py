@@ -8,8 +8,9 @@ pipeline. A prepared dataset gives its vocabulary from its own `dataset.json`: t
 loads the compressor (M1, numba) it was made with.
 
 Per-process shards: each JAX process holds, tokenizes and reads only its own part of the training
-split: documents `process_index::process_count` of a local source (the text itself is still read
-whole: the train/eval cut is by bytes, and a trained tokenizer must be the same on every host),
+split: documents `process_index::process_count` of a local source (a directory or plain JSONL is
+read lazily, `sources.LocalDocuments`: only this process's documents, the held-out ones, the one the
+held-out cut falls in and a SentencePiece sample, the same on every host, are read),
 records `process_index::process_count` of a prepared dataset (read lazily, never the whole split),
 documents `process_index::process_count` of a TFDS corpus (streamed). Each process packs and
 shuffles its shard alone and yields its `global_batch / process_count` rows; with one process the

@@ -1,10 +1,16 @@
 """Document sources: the embedded corpus, local files/directories/JSONL, and TFDS.
 
 `load_documents(source, split)` returns a random-access sequence of documents
-(UTF-8 bytes). Local sources are read whole, cached per process, and split into
-train/eval by bytes (the last `eval_fraction` of the text, cut at a line
-boundary) so no text is in both splits. TFDS sources are read lazily through
-`tfds.data_source` (ArrayRecord; no TensorFlow needed) from already prepared data.
+(UTF-8 bytes). Local sources are split into train/eval by bytes (the last
+`eval_fraction` of the text, cut at a line boundary) so no text is in both splits.
+A directory or a plain .jsonl file is read lazily (`LocalDocuments`): opening it
+learns only each document's place and length (file sizes; for JSONL one parsing
+pass that keeps no text), and a document's text is read when it is accessed, so a
+process that tokenizes documents `p::P` of a split reads only those (plus the
+one document the held-out cut falls in). The embedded corpus, a single text file
+and a .jsonl.gz file (gzip has no random access) are held in memory. TFDS sources
+are read lazily through `tfds.data_source` (ArrayRecord; no TensorFlow needed)
+from already prepared data.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import functools
 import gzip
 import json
 import os
-from typing import Sequence
+from typing import Callable, Sequence
+
+import numpy as np
 
 from pcomp.errors import ConfigError, DataError
 
@@ -51,7 +59,7 @@ def load_documents(
         raise ConfigError(f"eval_fraction={eval_fraction!r} must be in [0, 1)")
     train_docs, eval_docs = _split_local(_local_key(source), text_field, float(eval_fraction))
     if eval_fraction > 0 and not (train_docs and eval_docs):
-        n_train, n_eval = sum(map(len, train_docs)), sum(map(len, eval_docs))
+        n_train, n_eval = train_docs.num_bytes, eval_docs.num_bytes
         raise DataError(
             f"data source {source} ({n_train + n_eval} bytes) is too small to hold out "
             f"eval_fraction={eval_fraction}: that leaves {n_train} bytes to train on and {n_eval} held out; "
@@ -68,7 +76,7 @@ def describe_source(source: str, *, text_field: str = "text", data_dir: str | No
         counts = ", ".join(f"{split} {info.num_examples} docs" for split, info in sorted(builder.info.splits.items()))
         return f"TFDS {name} (field {text_field!r}) in {builder.data_dir}: {counts}"
     docs = _load_local(_local_key(source), text_field)
-    num_bytes = sum(len(doc) for doc in docs)
+    num_bytes = docs.num_bytes
     what = "embedded corpus" if source == EMBEDDED else source
     return f"{what}: {len(docs)} docs, {num_bytes / 1e6:.1f} MB"
 
@@ -104,27 +112,106 @@ def _local_key(source: str) -> str:
     return path
 
 
+class LocalDocuments(Sequence[bytes]):
+    """Lazy random access to a local source's documents, or to a byte range of them.
+
+    `read(i)` returns document i whole; `doc_bytes[i]` is its length. A view (a split, or a slice
+    such as `docs[p::P]`) is three arrays: which document, and the byte range of it that the view
+    holds, so slicing reads nothing and a view's text is read only when accessed."""
+
+    def __init__(self, read: Callable[[int], bytes], doc_bytes: np.ndarray, index: np.ndarray | None = None,
+                 lo: np.ndarray | None = None, hi: np.ndarray | None = None):
+        self._read, self.doc_bytes = read, np.asarray(doc_bytes, np.int64)
+        self._index = np.arange(len(self.doc_bytes)) if index is None else np.asarray(index, np.int64)
+        self._lo = np.zeros(len(self._index), np.int64) if lo is None else np.asarray(lo, np.int64)
+        self._hi = self.doc_bytes[self._index] if hi is None else np.asarray(hi, np.int64)
+
+    def view(self, index, lo, hi) -> "LocalDocuments":
+        """Byte ranges [lo, hi) of documents `index` of the underlying source."""
+        return LocalDocuments(self._read, self.doc_bytes, index, lo, hi)
+
+    def split(self, eval_fraction: float) -> tuple["LocalDocuments", "LocalDocuments"]:
+        """`split_documents` as two views (train, eval), reading only the document the cut falls in."""
+        lengths = self.lengths()
+        ends = np.cumsum(lengths)
+        total_bytes = int(ends[-1]) if len(ends) else 0
+        cut = total_bytes - round(total_bytes * eval_fraction)
+        index = int(np.searchsorted(ends, cut, side="right"))  # the first document that ends after the cut
+        if index == len(self):
+            return self, self[len(self):]
+        start, size = int(ends[index] - lengths[index]), int(lengths[index])
+        local_cut = cut - start
+        if local_cut > 0:
+            doc = self[index]
+            if doc[local_cut - 1:local_cut] != b"\n":
+                newline = doc.find(b"\n", local_cut)
+                # A newline that would leave eval empty (the last byte of the
+                # last document) counts as none: cut exactly instead.
+                if newline != -1 and (newline + 1 < size or start + size < total_bytes):
+                    local_cut = newline + 1
+        i, lo, hi = self._index, self._lo, self._hi
+        head = [index] if local_cut > 0 else []  # the cut document's part before / after the cut
+        tail = [index] if local_cut < size else []
+        train = self.view(np.r_[i[:index], i[head]], np.r_[lo[:index], lo[head]], np.r_[hi[:index], lo[head] + local_cut])
+        eval_ = self.view(np.r_[i[tail], i[index + 1:]], np.r_[lo[tail] + local_cut, lo[index + 1:]],
+                          np.r_[hi[tail], hi[index + 1:]])
+        return train, eval_
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    @property
+    def num_bytes(self) -> int:
+        """Total bytes of the view, known without reading any text."""
+        return int(np.sum(self._hi - self._lo))
+
+    def lengths(self) -> np.ndarray:
+        """Each document's length in bytes (no text read)."""
+        return self._hi - self._lo
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.view(self._index[k], self._lo[k], self._hi[k])
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"document index {k} out of range for {len(self)} documents")
+        i, lo, hi = int(self._index[k]), int(self._lo[k]), int(self._hi[k])
+        doc = self._read(i)
+        if len(doc) != self.doc_bytes[i]:
+            raise DataError(f"document {i} of a local data source changed while training read it "
+                            f"({self.doc_bytes[i]} bytes when opened, {len(doc)} now)")
+        return doc if (lo, hi) == (0, len(doc)) else doc[lo:hi]
+
+
 @functools.lru_cache(maxsize=8)
-def _load_local(key: str, text_field: str) -> tuple[bytes, ...]:
-    """All non-empty documents of a local source, in order."""
+def _load_local(key: str, text_field: str) -> LocalDocuments:
+    """All non-empty documents of a local source, in order (see `LocalDocuments`)."""
     if key == EMBEDDED:
         from pcomp.data.embedded import embedded_documents
 
-        docs = embedded_documents()
+        docs = _in_memory(embedded_documents())
     elif os.path.isdir(key):
-        docs = tuple(_read_file(path) for path in _directory_files(key))
-    elif key.endswith((".jsonl", ".jsonl.gz")):
-        docs = _read_jsonl(key, text_field)
+        paths = _directory_files(key)
+        sizes = np.array([os.path.getsize(path) for path in paths], np.int64)
+        kept = [path for path, size in zip(paths, sizes) if size]
+        docs = LocalDocuments(lambda i: _read_file(kept[i]), sizes[sizes > 0])
+    elif key.endswith(".jsonl"):
+        docs = _jsonl_documents(key, text_field)
+    elif key.endswith(".jsonl.gz"):
+        docs = _in_memory(_read_jsonl(key, text_field))
     else:
-        docs = (_read_file(key),)
-    docs = tuple(doc for doc in docs if doc)
-    if not docs:
+        docs = _in_memory((_read_file(key),))
+    if not len(docs):
         if os.path.isdir(key):
             raise DataError(f"data directory {key} holds only empty files; expected text")
         if key.endswith((".jsonl", ".jsonl.gz")):
             raise DataError(f"data file {key} has no non-empty {text_field!r} field; expected JSON lines with text")
         raise DataError(f"data file {key} is empty; expected text")
     return docs
+
+
+def _in_memory(docs: Sequence[bytes]) -> LocalDocuments:
+    kept = tuple(doc for doc in docs if doc)
+    return LocalDocuments(kept.__getitem__, np.array([len(d) for d in kept], np.int64))
 
 
 def _read_file(path: str) -> bytes:
@@ -149,39 +236,76 @@ def _directory_files(root: str) -> list[str]:
     return [os.path.join(root, *rel.split("/")) for rel in sorted(rel_paths)]
 
 
+def _jsonl_text(path: str, line_number: int, line: bytes, text_field: str) -> bytes | None:
+    """The UTF-8 text of one JSONL line (None for a blank line), or a DataError naming the line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} line {line_number}: not valid JSON ({e})") from None
+    if not isinstance(record, dict) or text_field not in record:
+        raise DataError(
+            f"{path} line {line_number}: no field {text_field!r}; expected a JSON object "
+            f"with a string field {text_field!r} (set text_field to choose another)"
+        )
+    text = record[text_field]
+    if not isinstance(text, str):
+        raise DataError(f"{path} line {line_number}: field {text_field!r} is a {type(text).__name__}, expected a string")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:  # an unpaired surrogate escape such as "\ud800"
+        raise DataError(
+            f"{path} line {line_number}: field {text_field!r} is not valid Unicode "
+            f"(unpaired surrogate at character {e.start})"
+        ) from None
+
+
 def _read_jsonl(path: str, text_field: str) -> tuple[bytes, ...]:
-    """One document per non-blank line, from the string field `text_field`."""
+    """One document per non-blank line, from the string field `text_field` (held in memory)."""
     opener = gzip.open if path.endswith(".gz") else open
     docs: list[bytes] = []
     try:
         with opener(path, "rb") as f:
             for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise DataError(f"{path} line {line_number}: not valid JSON ({e})") from None
-                if not isinstance(record, dict) or text_field not in record:
-                    raise DataError(
-                        f"{path} line {line_number}: no field {text_field!r}; expected a JSON object "
-                        f"with a string field {text_field!r} (set text_field to choose another)"
-                    )
-                text = record[text_field]
-                if not isinstance(text, str):
-                    raise DataError(
-                        f"{path} line {line_number}: field {text_field!r} is a {type(text).__name__}, expected a string"
-                    )
-                try:
-                    docs.append(text.encode("utf-8"))
-                except UnicodeEncodeError as e:  # an unpaired surrogate escape such as "\ud800"
-                    raise DataError(
-                        f"{path} line {line_number}: field {text_field!r} is not valid Unicode "
-                        f"(unpaired surrogate at character {e.start})"
-                    ) from None
+                text = _jsonl_text(path, line_number, line, text_field)
+                if text is not None:
+                    docs.append(text)
     except (OSError, EOFError, gzip.BadGzipFile) as e:
         raise DataError(f"cannot read {path}: {e}") from None
     return tuple(docs)
+
+
+def _jsonl_documents(path: str, text_field: str) -> LocalDocuments:
+    """A plain JSONL file, lazily: one pass parses every line (so a bad line fails here, naming it)
+    and keeps only where each non-empty document's line is and its text's length; a document is
+    re-read from its line when accessed."""
+    offsets, line_bytes, numbers, doc_bytes = [], [], [], []
+    try:
+        with open(path, "rb") as f:
+            offset = 0
+            for line_number, line in enumerate(f, start=1):
+                text = _jsonl_text(path, line_number, line, text_field)
+                if text:
+                    offsets.append(offset)
+                    line_bytes.append(len(line))
+                    numbers.append(line_number)
+                    doc_bytes.append(len(text))
+                offset += len(line)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from None
+    offsets, line_bytes, numbers = (np.array(x, np.int64) for x in (offsets, line_bytes, numbers))
+
+    def read(i: int) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(int(offsets[i]))
+                line = f.read(int(line_bytes[i]))
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e}") from None
+        return _jsonl_text(path, int(numbers[i]), line, text_field) or b""
+
+    return LocalDocuments(read, np.array(doc_bytes, np.int64))
 
 
 def split_documents(
@@ -195,30 +319,13 @@ def split_documents(
     would leave eval empty is ignored. Concatenating
     train then eval gives back the documents' bytes; empty documents are dropped.
     """
-    docs = tuple(doc for doc in docs if doc)
-    total_bytes = sum(len(doc) for doc in docs)
-    cut = total_bytes - round(total_bytes * eval_fraction)
-    start = 0
-    for index, doc in enumerate(docs):
-        if start + len(doc) > cut:
-            local_cut = cut - start
-            if local_cut > 0 and doc[local_cut - 1:local_cut] != b"\n":
-                newline = doc.find(b"\n", local_cut)
-                # A newline that would leave eval empty (the last byte of the
-                # last document) counts as none: cut exactly instead.
-                if newline != -1 and (newline + 1 < len(doc) or start + len(doc) < total_bytes):
-                    local_cut = newline + 1
-            head, tail = doc[:local_cut], doc[local_cut:]
-            train_docs = docs[:index] + ((head,) if head else ())
-            eval_docs = ((tail,) if tail else ()) + docs[index + 1:]
-            return train_docs, eval_docs
-        start += len(doc)
-    return docs, ()
+    train, eval_ = _in_memory(docs).split(eval_fraction)
+    return tuple(train), tuple(eval_)
 
 
 @functools.lru_cache(maxsize=8)
-def _split_local(key: str, text_field: str, eval_fraction: float) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    return split_documents(_load_local(key, text_field), eval_fraction)
+def _split_local(key: str, text_field: str, eval_fraction: float) -> tuple[LocalDocuments, LocalDocuments]:
+    return _load_local(key, text_field).split(eval_fraction)
 
 
 # ---------------------------------------------------------------------------
