@@ -466,7 +466,7 @@ def point_rows(done: dict[str, dict]) -> list[dict]:
             continue
         row = {"model": model, "series": series, "dn": dn, "lr": lr, "N": arms["a"][0]["N"],
                "D": arms["a"][0]["D"], "epochs": arms["a"][0]["epochs"],
-               "seeds": min(len(arms[a]) for a in "abc")}
+               "seeds": min(len(arms[a]) for a in "abc"), "seeds_txt": "/".join(str(len(arms[a])) for a in "abc")}
         for a in "abc":
             row[a], row[a + "_sd"] = mean_sd([x["bpb"] for x in arms[a]])
             row[a + "_train"] = statistics.fmean([x["train_loss_bits_per_token"] for x in arms[a]])
@@ -494,7 +494,7 @@ def report_markdown(done: dict[str, dict]) -> str:
         cols = [("series", "series", "s"), ("dn", "D/N", "d"), ("D", "D tokens", ","), ("epochs", "epochs (a)", ".2f"),
                 ("lr", "lr", "g"), ("a_txt", "(a) token D", "s"), ("b_txt", "(b) patch 0.5×", "s"),
                 ("c_txt", "(c) token D/2", "s"), ("b_a", "(b)−(a)", "+.3f"), ("b_c", "(b)−(c)", "+.3f"),
-                ("train", "train a/b/c", "s"), ("seeds", "seeds", "d")]
+                ("train", "train a/b/c", "s"), ("seeds_txt", "seeds a/b/c", "s")]
         table = []
         for r in rows:
             if r["model"] != model:
