@@ -416,3 +416,15 @@ def test_a_process_opens_only_its_shard_of_a_directory(tmp_path, monkeypatch):
                  process_count=2)
     # 40 equal files, 10% held out: files 0..35 train, 36..39 held out (the cut at a file boundary)
     assert set(opened) == {f"{i:03d}.txt" for i in range(0, 36, 2)} | {f"{i:03d}.txt" for i in range(36, 40)}
+
+
+def test_a_file_changed_after_opening_is_an_error_not_other_text(tmp_path):
+    root = tmp_path / "docs"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.txt").write_bytes(b"line\n" * 4)
+    docs = load_documents(str(root), "train", eval_fraction=0.0)
+    (root / "1.txt").write_bytes(b"longer line\n" * 4)
+    assert docs[0] == b"line\n" * 4
+    with pytest.raises(DataError, match=r"document 1 of a local data source changed after it was opened \(20 bytes then, 48 now\)"):
+        docs[1]

@@ -177,8 +177,8 @@ class LocalDocuments(Sequence[bytes]):
         i, lo, hi = int(self._index[k]), int(self._lo[k]), int(self._hi[k])
         doc = self._read(i)
         if len(doc) != self.doc_bytes[i]:
-            raise DataError(f"document {i} of a local data source changed while training read it "
-                            f"({self.doc_bytes[i]} bytes when opened, {len(doc)} now)")
+            raise DataError(f"document {i} of a local data source changed after it was opened "
+                            f"({self.doc_bytes[i]} bytes then, {len(doc)} now); expected the text to stay as it was")
         return doc if (lo, hi) == (0, len(doc)) else doc[lo:hi]
 
 
