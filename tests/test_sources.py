@@ -379,15 +379,13 @@ def test_lazy_directory_and_jsonl_split_like_the_naive_reference(docs, fraction,
                 with pytest.raises(DataError, match="too small to hold out"):
                     load_documents(source, "train", eval_fraction=fraction)
                 continue
-            got = [load_documents(source, split, eval_fraction=fraction) for split in SPLITS_]
+            got = [load_documents(source, split, eval_fraction=fraction) for split in ("train", "eval")]
             assert [list(g) for g in got] == list(want)
             # a slice is a lazy view with the same documents and byte counts
             part = got[0][start::step]
             assert list(part) == want[0][start::step]
             assert part.num_bytes == sum(map(len, want[0][start::step]))
 
-
-SPLITS_ = ("train", "eval")
 
 
 def test_a_process_opens_only_its_shard_of_a_directory(tmp_path, monkeypatch):
