@@ -4,6 +4,7 @@ import gzip
 import hashlib
 import json
 import inspect
+import os
 import re
 import subprocess
 import sys
@@ -425,4 +426,38 @@ def test_a_file_changed_after_opening_is_an_error_not_other_text(tmp_path):
     (root / "1.txt").write_bytes(b"longer line\n" * 4)
     assert docs[0] == b"line\n" * 4
     with pytest.raises(DataError, match=r"document 1 of a local data source changed after it was opened \(20 bytes then, 48 now\)"):
+        docs[1]
+
+
+def test_jsonl_documents_are_read_through_one_descriptor_from_many_threads(tmp_path, monkeypatch):
+    """A lazy JSONL source opens its file once per process and reads lines with pread, so reader
+    threads share it without a file position to race on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"document {i} " * (i % 7 + 1) + "\n" for i in range(200)]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    opens: list[str] = []
+    real_os_open = os.open
+
+    def recording_os_open(file, *args, **kwargs):
+        opens.append(str(file))
+        return real_os_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", recording_os_open)
+    docs = load_documents(str(path), "train", eval_fraction=0.0)
+    order = list(range(len(texts))) * 5
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(docs.__getitem__, order))
+    assert got == [texts[i].encode() for i in order]
+    assert opens.count(str(path)) == 1
+
+
+def test_a_jsonl_file_changed_after_opening_is_an_error_not_other_text(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one\n", "two\n", "three\n"]))
+    docs = load_documents(str(path), "train", eval_fraction=0.0)
+    assert docs[0] == b"one\n"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one\n", "TWO!\n", "three\n"]))
+    with pytest.raises(DataError, match=r"document 1 of a local data source changed after it was opened \(4 bytes then, 5 now\)"):
         docs[1]

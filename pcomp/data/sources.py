@@ -19,6 +19,8 @@ import functools
 import gzip
 import json
 import os
+import threading
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -295,17 +297,43 @@ def _jsonl_documents(path: str, text_field: str) -> LocalDocuments:
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from None
     offsets, line_bytes, numbers = (np.array(x, np.int64) for x in (offsets, line_bytes, numbers))
+    reader = _PositionalReader(path)
 
     def read(i: int) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                f.seek(int(offsets[i]))
-                line = f.read(int(line_bytes[i]))
-        except OSError as e:
-            raise DataError(f"cannot read {path}: {e}") from None
+        line = reader.read(int(offsets[i]), int(line_bytes[i]))
         return _jsonl_text(path, int(numbers[i]), line, text_field) or b""
 
     return LocalDocuments(read, np.array(doc_bytes, np.int64))
+
+
+class _PositionalReader:
+    """Reads byte ranges of one file through a descriptor kept open (one per process, opened on first
+    use), with `os.pread`: no open per document (costly on network file systems such as gcsfuse), no
+    shared file position, so grain's reader threads may call it at once."""
+
+    def __init__(self, path: str):
+        self.path, self._fd, self._pid = path, None, None
+        self._lock = threading.Lock()
+
+    def _descriptor(self) -> int:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child: open its own
+                self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+                weakref.finalize(self, os.close, self._fd)
+            return self._fd
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            fd, parts = self._descriptor(), []
+            while size:
+                part = os.pread(fd, size, offset)
+                if not part:
+                    break  # the file is shorter than when it was indexed: the caller's length check says so
+                parts.append(part)
+                offset, size = offset + len(part), size - len(part)
+        except OSError as e:
+            raise DataError(f"cannot read {self.path}: {e.strerror or e}") from None
+        return b"".join(parts)
 
 
 def split_documents(
