@@ -12,7 +12,7 @@ in two series:
     README "Patch-level training" for exactly what stage 2 reads.
 N counts all parameters, embeddings included (the paper's "370M" is its total count). The learning
 rate is chosen per model on the token baseline (a) at D/N = 10 of the unique series. Then: 3 seeds
-where (b) is within 0.03 bits/byte of (a) or (c); K in {2, 8} and lambda in {1/2, 4/5} at the D/N
+of (b) and of each arm it is within 0.03 bits/byte of ((a) and/or (c)); K in {2, 8} and lambda in {1/2, 4/5} at the D/N
 where (b) - (a) is lowest; the stage-2 warm-up fraction at 0 (old rule) and 0.1 there too.
 
 Every run has its own work directory (--workdirs/NAME, outside git; a long run resumes from its
@@ -224,9 +224,12 @@ def point_bpb(done: dict[str, dict], runs: Iterable[Run]) -> dict[str, float] | 
     return out
 
 
-def is_close(bpb: dict[str, float], tol: float = CLOSE) -> bool:
-    """(b) within `tol` bits/byte of (a) or of (c): a crossing there could be seed noise."""
-    return abs(bpb["b"] - bpb["a"]) < tol or abs(bpb["b"] - bpb["c"]) < tol
+def close_arms(bpb: dict[str, float], tol: float = CLOSE) -> str:
+    """The arms that need more seeds at a point: (b) and whichever of (c), (a) it is within `tol`
+    bits/byte of (a crossing there could be seed noise); "" when (b) is clear of both. An arm far from
+    (b) gets no seeds: they would not change which side of it (b) is on."""
+    near = "".join(arm for arm in "ca" if abs(bpb["b"] - bpb[arm]) < tol)
+    return "b" + near if near else ""
 
 
 def reachable(dn: int, n: int, series: str, train_tokens: int | None, seq_len: int) -> bool:
@@ -263,9 +266,9 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         for series in preset["series"]:
             for dn in preset["dns"] + preset["late_dns"]:
                 bpb = point_bpb(done, [arm_run(model, series, dn, arm, lr) for arm in "abc"])
-                if bpb and is_close(bpb):
-                    # the 0.5x arms (b, c) of both seeds first: they are cheaper and usually the close pair
-                    out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed") for arm in "bca" for s in (1, 2)]
+                if bpb and close_arms(bpb):  # (b) first, then (c) (0.5x, cheaper), then (a)
+                    out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed")
+                            for arm in close_arms(bpb) for s in (1, 2)]
     model = preset["models"][0]  # side study on the first model, at its best unique-data D/N
     best = best_dn(model, preset["series"][0], lrs[model], preset["dns"], done) if lrs[model] else None
     if best is not None:

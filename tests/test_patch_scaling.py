@@ -157,10 +157,12 @@ def test_unique_points_beyond_the_corpus_are_not_planned():
                                                                                       33_000_000, 128)
 
 
-@pytest.mark.parametrize("b, expected", [(2.58, True), (2.571, True), (2.63, True), (2.40, False), (2.70, False), (2.5, False)])
+@pytest.mark.parametrize("b, expected", [(2.58, "ba"), (2.571, "ba"), (2.63, "bca"), (2.66, "bc"), (2.40, ""),
+                                         (2.70, ""), (2.5, "")])
 def test_three_seeds_only_where_patch_is_close(b, expected):
+    """(b) and the arms within 0.03 bits/byte of it get seeds 1 and 2; an arm far from (b) gets none."""
     bpb = {"a": 2.60, "b": b, "c": 2.65}
-    assert ps.is_close(bpb) is expected
+    assert ps.close_arms(bpb) == expected
     preset = {**ps.PRESETS["cpu"], "models": ("ps-100k",), "series": ("unique",), "dns": (10,), "late_dns": ()}
     lr_runs = [ps.arm_run("ps-100k", "unique", 10, "a", lr) for lr in preset["lrs"]]
     done = _done(lr_runs, lambda r: 2.60 if r.lr == 3e-3 else 2.9)
@@ -168,10 +170,7 @@ def test_three_seeds_only_where_patch_is_close(b, expected):
                  for arm, v in (("b", b), ("c", 2.65))})
     rest = ps.pending_runs(preset, done, TOKENS)
     seeds = [r for r in rest if r.purpose == "seed"]
-    if expected:
-        assert sorted((r.arm, r.seed) for r in seeds) == [(a, s) for a in "abc" for s in (1, 2)]
-    else:
-        assert not seeds
+    assert [(r.arm, r.seed) for r in seeds] == [(a, s) for a in expected for s in (1, 2)]
     side = [r for r in rest if r.purpose == "side"]  # the side study sits at the best (only) D/N
     assert {(r.K, round(r.lam, 3), r.warmup_fraction) for r in side} == {
         (2, 0.667, 0.04), (8, 0.667, 0.04), (4, 0.5, 0.04), (4, 0.8, 0.04), (4, 0.667, 0.0), (4, 0.667, 0.1)}
