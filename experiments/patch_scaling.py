@@ -12,8 +12,9 @@ in two series:
     README "Patch-level training" for exactly what stage 2 reads.
 N counts all parameters, embeddings included (the paper's "370M" is its total count). The learning
 rate is chosen per model on the token baseline (a) at D/N = 10 of the unique series. Then: 3 seeds
-of (b) and of each arm it is within 0.03 bits/byte of ((a) and/or (c)); K in {2, 8} and lambda in {1/2, 4/5} at the D/N
-where (b) - (a) is lowest; the stage-2 warm-up fraction at 0 (old rule) and 0.1 there too.
+of (b) and of each arm within 0.03 bits/byte of it ((a) and/or (c)); K in {2, 8} and lambda in
+{1/2, 4/5} at the D/N where (b) - (a) is lowest; the stage-2 warm-up fraction at 0 (old rule) and
+0.1 there too.
 
 Every run has its own work directory (--workdirs/NAME, outside git; a long run resumes from its
 checkpoint) and, when finished, a compact JSON (--out/runs/NAME.json, committed). Rerunning skips
