@@ -267,9 +267,8 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         for series in preset["series"]:
             for dn in preset["dns"] + preset["late_dns"]:
                 bpb = point_bpb(done, [arm_run(model, series, dn, arm, lr) for arm in "abc"])
-                if bpb and close_arms(bpb):  # (b) first, then (c) (0.5x, cheaper), then (a)
-                    out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed")
-                            for arm in close_arms(bpb) for s in (1, 2)]
+                arms = close_arms(bpb) if bpb else ""  # (b) first, then (c) (0.5x, cheaper), then (a)
+                out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed") for arm in arms for s in (1, 2)]
     model = preset["models"][0]  # side study on the first model, at its best unique-data D/N
     best = best_dn(model, preset["series"][0], lrs[model], preset["dns"], done) if lrs[model] else None
     if best is not None:

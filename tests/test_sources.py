@@ -388,7 +388,6 @@ def test_lazy_directory_and_jsonl_split_like_the_naive_reference(docs, fraction,
             assert part.num_bytes == sum(map(len, want[0][start::step]))
 
 
-
 def test_a_process_opens_only_its_shard_of_a_directory(tmp_path, monkeypatch):
     """Process 0 of 2 reads its own training files, the held-out ones and the one the cut falls in;
     never a file of process 1's shard."""

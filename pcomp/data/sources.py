@@ -19,7 +19,6 @@ import functools
 import gzip
 import json
 import os
-import threading
 import weakref
 from typing import Callable, Sequence
 
@@ -294,10 +293,10 @@ def _jsonl_documents(path: str, text_field: str) -> LocalDocuments:
                     numbers.append(line_number)
                     doc_bytes.append(len(text))
                 offset += len(line)
+        reader = _PositionalReader(path)
     except OSError as e:
         raise DataError(f"cannot read {path}: {e}") from None
     offsets, line_bytes, numbers = (np.array(x, np.int64) for x in (offsets, line_bytes, numbers))
-    reader = _PositionalReader(path)
 
     def read(i: int) -> bytes:
         line = reader.read(int(offsets[i]), int(line_bytes[i]))
@@ -307,26 +306,19 @@ def _jsonl_documents(path: str, text_field: str) -> LocalDocuments:
 
 
 class _PositionalReader:
-    """Reads byte ranges of one file through a descriptor kept open (one per process, opened on first
-    use), with `os.pread`: no open per document (costly on network file systems such as gcsfuse), no
-    shared file position, so grain's reader threads may call it at once."""
+    """Reads byte ranges of one file through one descriptor kept open, with `os.pread`: no open per
+    document (costly on network file systems such as gcsfuse), and no shared file position, so
+    grain's reader threads (and a forked child, which inherits the descriptor) may read at once."""
 
     def __init__(self, path: str):
-        self.path, self._fd, self._pid = path, None, None
-        self._lock = threading.Lock()
-
-    def _descriptor(self) -> int:
-        with self._lock:
-            if self._pid != os.getpid():  # first use, or a forked child: open its own
-                self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
-                weakref.finalize(self, os.close, self._fd)
-            return self._fd
+        self.path, self._fd = path, os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
 
     def read(self, offset: int, size: int) -> bytes:
+        parts = []
         try:
-            fd, parts = self._descriptor(), []
             while size:
-                part = os.pread(fd, size, offset)
+                part = os.pread(self._fd, size, offset)
                 if not part:
                     break  # the file is shorter than when it was indexed: the caller's length check says so
                 parts.append(part)
