@@ -14,8 +14,7 @@ XLA's memory accounting of one device (`compiled.memory_analysis()`: arguments, 
     python experiments/bench_compile.py --presets test-tiny --depths ""  # one tiny configuration
     python experiments/bench_compile.py --remat full --json out.json
 
-The script uses only APIs that predate `nnx.scan` in pcomp (`build_program`, `abstract_state`,
-`batch_sharding`), so running it with PYTHONPATH at an older checkout measures the layer loop.
+The script lowers through `TrainProgram.lower_step` (the trainer's own path).
 Compile times depend on the machine and on its load: time on an otherwise idle machine.
 """
 
@@ -41,10 +40,9 @@ def _setup_devices(platform: str, devices: int) -> None:
 def measure(cfg, label: str) -> dict:
     """Compile `cfg`'s first-stage train step on an fsdp mesh over all devices; seconds and bytes."""
     import jax
-    import jax.numpy as jnp
 
     from pcomp.config import MeshConfig
-    from pcomp.models.sharding import batch_sharding, make_mesh
+    from pcomp.models.sharding import make_mesh
     from pcomp.models.transformer import count_params
     from pcomp.train.step import build_program
 
@@ -52,9 +50,8 @@ def measure(cfg, label: str) -> dict:
     tc, rows, seq = cfg.training, cfg.training.batch_size, cfg.data.seq_len
     start = time.perf_counter()
     program = build_program(cfg.model, tc, mesh, steps=max(tc.steps, 1))
-    batch = jax.ShapeDtypeStruct((rows, seq), jnp.int32, sharding=batch_sharding(mesh))
     with jax.set_mesh(mesh):
-        lowered = program.step.lower(program.abstract_state(), {"tokens": batch, "mask": batch})
+        lowered = program.lower_step(rows, seq)
         lowered_s = time.perf_counter() - start
         compiled = lowered.compile()
     seconds = time.perf_counter() - start

@@ -26,7 +26,8 @@ from pcomp.patching import (check_patch_size, next_patch_loss, next_patch_nll, p
 from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.load import evaluate, load_trained
 from pcomp.train.metrics import flops_per_position
-from pcomp.train.step import abstract_model, build_program, eval_step, make_optimizer, objective, warmup_steps
+from pcomp.train.step import (LRSchedule, abstract_model, build_program, eval_step, learning_rate, make_optimizer,
+                              objective, warmup_steps)
 from pcomp.train.trainer import setup, train
 
 TINY = Config.preset("test-tiny").override("training.progress=false", "data.seq_len=32")
@@ -374,6 +375,50 @@ def test_stage_warmup_is_a_fraction_of_a_later_stage_and_the_old_rule_otherwise(
                 progress = min((t - w) / max(steps - w, 1), 1.0)
                 want = 2e-4 + (2e-3 - 2e-4) * 0.5 * (1 + math.cos(math.pi * progress))
             np.testing.assert_allclose(float(schedule(t)), want, rtol=1e-5, atol=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.integers(1, 50_000), warmup=st.integers(0, 3000), lr=st.floats(1e-5, 1.0),
+       min_ratio=st.sampled_from([0.0, 0.1, 0.5, 1.0]), first=st.booleans())
+def test_traced_schedule_agrees_with_optax_warmup_cosine(steps, warmup, lr, min_ratio, first):
+    """The train step computes its learning rate from the schedule's values (`learning_rate`), so one
+    compiled step serves every stage length. At every step it agrees with optax's own
+    warmup_cosine_decay_schedule compiled with the lengths as constants (what the step computed before),
+    and both with the exact schedule in float64, to float32 rounding of the peak (XLA folds constants
+    into the constant-length program, e.g. x / 7 into x * f32(1/7), so the last bit may differ)."""
+    tc = TrainingConfig(lr=lr, min_lr_ratio=min_ratio, warmup_steps=warmup, warmup_fraction=0.04)
+    s = LRSchedule.of(tc, steps, first_stage=first)
+    reference = optax.warmup_cosine_decay_schedule(init_value=s.init, peak_value=s.peak, warmup_steps=s.warmup,
+                                                   decay_steps=s.decay_steps, end_value=s.end)
+    counts = sorted({0, 1, s.warmup - 1, s.warmup, s.warmup + 1, steps // 2, steps - 1, steps, steps + 7} - {-1})
+    exact = [s.init + (s.peak - s.init) * t / s.warmup if t < s.warmup else
+             s.end + (s.peak - s.end) * 0.5 * (1 + math.cos(math.pi * min(t - s.warmup, s.decay_steps - s.warmup)
+                                                               / (s.decay_steps - s.warmup)))
+             for t in counts]
+    c = jnp.asarray(counts, jnp.int32)
+    want = np.asarray(jax.jit(jax.vmap(reference))(c), np.float64)
+    got = np.asarray(jax.jit(jax.vmap(learning_rate, in_axes=(0, None)))(c, s.args()), np.float64)
+    tol = 4 * 2.0**-24 * s.peak
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    np.testing.assert_allclose(got, exact, rtol=0, atol=tol)
+    np.testing.assert_allclose(want, exact, rtol=0, atol=tol)
+
+
+def test_steps_of_any_length_compile_to_one_program():
+    """The schedule is an argument of the train step, not constants in it: stages of other lengths, warm-up
+    and learning rate lower to the same program text (so JAX's compilation cache serves them all)."""
+    cfg = Config.preset("test-tiny")
+    mesh = make_mesh(cfg.mesh, model=cfg.model)
+
+    def hlo(training, steps, first_stage=True):
+        program = build_program(cfg.model, training, mesh, steps=steps, first_stage=first_stage)
+        with jax.set_mesh(mesh):
+            return program.lower_step(cfg.training.batch_size, cfg.data.seq_len).as_text()
+
+    base = hlo(cfg.training, 10)
+    assert hlo(cfg.training, 45_000, first_stage=False) == base
+    assert hlo(cfg.override("training.lr=0.5", "training.warmup_steps=3").training, 7) == base
+    assert hlo(cfg.override("training.weight_decay=0.3").training, 10) != base  # a constant of the step
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.0, 2.0])

@@ -42,27 +42,78 @@ def warmup_steps(tc: TrainingConfig, steps: int, *, first_stage: bool = True) ->
     return round(tc.warmup_fraction * steps)
 
 
-def make_optimizer(tc: TrainingConfig, steps: int, *, first_stage: bool = True
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW with linear warmup (`warmup_steps`) and cosine decay to lr * min_lr_ratio at `steps`;
-    global-norm clipping.
+@dataclasses.dataclass(frozen=True)
+class LRSchedule:
+    """A stage's learning rate: linear warm-up from `init` to `peak` over `warmup` steps, then cosine decay
+    to `end` at step `decay_steps` (optax.warmup_cosine_decay_schedule's rule, value for value).
 
-    Weight decay applies to matrices only (not to norm scales).
-    """
-    warmup = warmup_steps(tc, steps, first_stage=first_stage)
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else tc.lr,
-        peak_value=tc.lr,
-        warmup_steps=warmup,
-        decay_steps=max(steps, warmup + 1),
-        end_value=tc.lr * tc.min_lr_ratio,
-    )
+    The schedule enters the compiled train step as values (`args()`, replicated scalars), not as
+    constants baked into the program: steps of any length, warm-up or learning rate compile to the same
+    executable, so a run with another `training.steps` (a study's next data budget, a test) reuses the
+    compiled step from JAX's persistent compilation cache."""
+
+    warmup: int
+    decay_steps: int
+    init: float
+    peak: float
+    end: float
+
+    @classmethod
+    def of(cls, tc: TrainingConfig, steps: int, *, first_stage: bool = True) -> LRSchedule:
+        """The schedule of a stage of `steps` steps (warm-up by `warmup_steps(..., first_stage)`)."""
+        warmup = warmup_steps(tc, steps, first_stage=first_stage)
+        return cls(warmup=warmup, decay_steps=max(steps, warmup + 1), init=0.0 if warmup else tc.lr,
+                   peak=tc.lr, end=tc.lr * tc.min_lr_ratio)
+
+    def args(self) -> dict[str, jax.Array]:
+        """The scalars `learning_rate` reads: each Python float optax would fold into the program,
+        rounded to float32 exactly as optax's weakly typed constants are."""
+        alpha = 0.0 if self.peak == 0.0 else self.end / self.peak
+        f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+        return {"warmup": jnp.asarray(self.warmup, jnp.int32), "cosine_steps": f32(float(self.decay_steps - self.warmup)),
+                "init": f32(self.init), "peak": f32(self.peak), "init_minus_peak": f32(self.init - self.peak),
+                "alpha": f32(alpha), "one_minus_alpha": f32(1 - alpha)}
+
+    def __call__(self, count) -> jax.Array:
+        return learning_rate(jnp.asarray(count, jnp.int32), self.args())
+
+
+def learning_rate(count: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
+    """The learning rate at optimizer step `count` under `LRSchedule.args()` `s`, traceable with the
+    schedule's lengths as arrays. The operations are optax's (join_schedules of linear_schedule and
+    cosine_decay_schedule, exponent 1) in the same order and precision, so the value is bit for bit
+    optax.warmup_cosine_decay_schedule's (tests/test_patching.py checks it)."""
+    warmup = s["warmup"]
+    # linear warm-up (optax.polynomial_schedule, power 1; constant `init` when there is no warm-up)
+    ramp_count = jnp.clip(count, 0, jnp.maximum(warmup, 1))
+    frac = 1 - ramp_count / jnp.maximum(warmup, 1)
+    ramp = jnp.where(warmup > 0, s["init_minus_peak"] * (frac**1) + s["peak"], s["init"])
+    # cosine decay over the remaining steps (optax.cosine_decay_schedule)
+    decay_count = jnp.minimum(count - warmup, s["cosine_steps"])
+    cosine_decay = 0.5 * (1 + jnp.cos(jnp.pi * decay_count / s["cosine_steps"]))
+    decayed = s["one_minus_alpha"] * cosine_decay**1.0 + s["alpha"]
+    return jnp.where(count < warmup, ramp, s["peak"] * decayed)
+
+
+def make_optimizer(tc: TrainingConfig, steps: int, *, first_stage: bool = True
+                   ) -> tuple[optax.GradientTransformation, LRSchedule]:
+    """AdamW with linear warmup (`warmup_steps`) and cosine decay to lr * min_lr_ratio at `steps`;
+    global-norm clipping (`adamw`), and its schedule."""
+    schedule = LRSchedule.of(tc, steps, first_stage=first_stage)
+    return adamw(tc, schedule), schedule
+
+
+def adamw(tc: TrainingConfig, lr: optax.ScalarOrSchedule) -> optax.GradientTransformation:
+    """Global-norm clipping, then AdamW at learning rate `lr` (a number or a function of the step).
+
+    Weight decay applies to matrices only (not to norm scales). The optimizer state's structure does
+    not depend on `lr`, so a state made with one `lr` is updated by a transformation with another (the
+    train step builds its own over the traced schedule)."""
     decay_mask = lambda params: jax.tree.map(_is_matrix, params, is_leaf=_is_variable)  # noqa: E731
-    tx = optax.chain(
+    return optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
-        optax.adamw(schedule, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
+        optax.adamw(lr, b1=tc.b1, b2=tc.b2, weight_decay=tc.weight_decay, mask=decay_mask),
     )
-    return tx, schedule
 
 
 def _is_variable(x) -> bool:
@@ -118,10 +169,15 @@ def objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: flo
     return objective, (nll, count)
 
 
-def train_step(graphdef, tx, schedule, state: TrainState, batch: dict, *, patch_size: int, z_loss: float,
+def train_step(graphdef, tc: TrainingConfig, state: TrainState, batch: dict, schedule: dict, *, patch_size: int,
                grad_accum: int) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch {tokens [B, K*T], mask [B, K*T]}, accumulating over
-    `grad_accum` micro-batches; the loss is the mean NLL over every target token of the batch."""
+    `grad_accum` micro-batches; the loss is the mean NLL over every target token of the batch.
+
+    `schedule` is the stage's `LRSchedule.args()`: the learning rate is computed from it in the step,
+    so the compiled program does not depend on the stage's length."""
+    tx = adamw(tc, lambda count: learning_rate(count, schedule))
+    z_loss = tc.z_loss
     tokens, mask = batch["tokens"], batch["mask"]
     b, t = tokens.shape
     total = jnp.maximum(mask[:, patch_size:].astype(jnp.float32).sum(), 1.0)
@@ -142,7 +198,7 @@ def train_step(graphdef, tx, schedule, state: TrainState, batch: dict, *, patch_
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     loss, grad_norm = nll / jnp.maximum(count, 1.0), optax.tree.norm(grads)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state["step"]),
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(state["step"], schedule),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
     new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, metrics
@@ -161,20 +217,32 @@ class TrainProgram:
     """One stage's compiled functions on a mesh: the only way pcomp builds a train state and step.
 
     `init(params)` makes a sharded train state (fresh parameters when `params` is None, else the given
-    ones, e.g. carried over from stage 1) with a fresh optimizer state; `step(state, batch)` is the
-    jitted, buffer-donating `train_step`; `eval(params, batch)` the jitted `eval_step`. The trainer,
-    the loader, the benchmarks and the tests all call `build_program`.
+    ones, e.g. carried over from stage 1) with a fresh optimizer state; `step(state, batch)` runs the
+    jitted, buffer-donating `train_step` (`train_step_jit`, which takes the stage's schedule as its third
+    argument); `eval(params, batch)` the jitted `eval_step`. The trainer, the loader, the benchmarks and
+    the tests all call `build_program`.
     """
 
     graphdef: nnx.GraphDef
-    tx: optax.GradientTransformation
-    schedule: optax.Schedule
+    tx: optax.GradientTransformation  # the optimizer at the stage's schedule (what `init` initialises)
+    schedule: LRSchedule
     mesh: Mesh
     state_sharding: Any  # pytree of NamedSharding matching the train state
     init: Callable[[nnx.State | None], TrainState]
-    step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    train_step_jit: Any  # jax.jit of `train_step`: (state, batch, schedule args) -> (state, metrics)
     eval: Callable[[nnx.State, dict], tuple[jax.Array, jax.Array]]
     batch_sharding: NamedSharding
+    schedule_args: dict  # `schedule.args()`, replicated on the mesh
+
+    def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One optimizer step of this stage (donates `state`)."""
+        return self.train_step_jit(state, batch, self.schedule_args)
+
+    def lower_step(self, rows: int, seq_tokens: int):
+        """`train_step_jit` lowered for global batches of `rows` x `seq_tokens` tokens from abstract
+        state and batch (call under `jax.set_mesh(self.mesh)`)."""
+        return self.train_step_jit.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens),
+                                         self.schedule_args)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes with their shardings (an orbax restore target); allocates nothing."""
@@ -191,8 +259,10 @@ class TrainProgram:
         compiling took, and XLA's per-device memory accounting."""
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):  # the model's sharding constraints apply under the mesh
-            compiled = self.step.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens)).compile()
-        return CompiledStep(compiled, time.perf_counter() - start, MemoryUse.of(compiled))
+            compiled = self.lower_step(rows, seq_tokens).compile()
+        seconds = time.perf_counter() - start
+        args = self.schedule_args
+        return CompiledStep(lambda state, batch: compiled(state, batch, args), seconds, MemoryUse.of(compiled))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +277,8 @@ class CompiledStep:
 def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
                   patch_size: int = 1, first_stage: bool = True) -> TrainProgram:
     """The optimizer for a stage of `steps` steps (warm-up by `warmup_steps(..., first_stage)`) and its
-    init / train / eval functions on `mesh`."""
+    init / train / eval functions on `mesh`. The compiled train step does not depend on `steps` (the
+    schedule is an argument), so stages and runs of other lengths share it."""
     graphdef, _ = abstract_model(model)
     tx, schedule = make_optimizer(training, steps, first_stage=first_stage)
     shapes = jax.eval_shape(lambda: init_state(model, tx, training.seed))
@@ -215,9 +286,12 @@ def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, s
     batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}
     replicated = NamedSharding(mesh, P())
     init = jax.jit(lambda params: init_state(model, tx, training.seed, params), out_shardings=state_sh)
-    step = jax.jit(functools.partial(train_step, graphdef, tx, schedule, patch_size=patch_size,
-                                     z_loss=training.z_loss, grad_accum=training.grad_accum),
-                   in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    step = jax.jit(functools.partial(train_step, graphdef, training, patch_size=patch_size,
+                                     grad_accum=training.grad_accum),
+                   in_shardings=(state_sh, batch_sh, replicated), out_shardings=(state_sh, replicated),
+                   donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef), in_shardings=(state_sh["params"], batch_sh),
                        out_shardings=replicated)
-    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"])
+    schedule_args = jax.device_put(schedule.args(), replicated)
+    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"],
+                        schedule_args)
