@@ -9,7 +9,7 @@ in two series:
     linux-doc-6.1 and python3.11-doc reStructuredText sources, ~35 MB; the paper's Table 4 claim);
   * epochs: the ~1 MB embedded corpus read for many epochs (the paper's multi-epoch Table 2). With
     N epochs, stage 1 reads N*lambda epochs' worth of blocks and stage 2 the next N*(1-lambda): see
-    README "Patch-level training" for exactly what stage 2 reads.
+    docs/design.md "Patch-level training" for exactly what stage 2 reads.
 N counts all parameters, embeddings included (the paper's "370M" is its total count). The learning
 rate is chosen per model on the token baseline (a) at D/N = 10 of the unique series. Then: 3 seeds
 of (b) and of each arm within 0.03 bits/byte of it ((a) and/or (c)); K in {2, 8} and lambda in

@@ -643,10 +643,10 @@ def test_compress_reports_tokens_and_the_real_header_size(m1_run, payload, tmp_p
 
 @pytest.mark.slow
 def test_readme_compression_example_runs(m1_run, monkeypatch):
-    """The README's Compression block, with its M1 (runs/m1) replaced by the test M1 and a small batch."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    """docs/compression.md's Python API block, with its M1 (runs/m1) replaced by the test M1 and a small batch."""
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "compression.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, flags=re.S) if "M1.for_windows" in b)
     block = block.replace('"runs/m1"', repr(str(m1_run))).replace("batch=cfg.m1_batch", "batch=8")
     scope = {}
-    exec(compile(block, "README.md", "exec"), scope)
+    exec(compile(block, "docs/compression.md", "exec"), scope)
     assert scope["tok"].decode(scope["ids"]) == b"hello world" and scope["data"] == b"some textmore text"

@@ -1,4 +1,5 @@
-"""The README's examples work as written: every ```python block runs (in a fresh interpreter, in a
+"""The documentation's examples work as written (README.md, docs/*.md, experiments/README.md): every
+```python block runs (in a fresh interpreter, in a
 temporary directory, at tiny sizes; the compression example against the test session's trained M1),
 every `pcomp ...` command line of its ```bash blocks parses with the real argument parser and config
 overrides, and its `make` targets exist and run what it says."""
@@ -20,10 +21,11 @@ from pcomp.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "experiments" / "README.md"]
 
 
 def _blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text(), flags=re.S)
+    return [b for doc in DOCS for b in re.findall(rf"```{lang}\n(.*?)```", doc.read_text(), flags=re.S)]
 
 
 def _needs_training(block: str) -> bool:
@@ -44,6 +46,8 @@ def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_readme_has_the_examples_these_tests_run():
+    assert len(DOCS) >= 6 and all(doc.is_file() for doc in DOCS)
+    assert len(README.read_text().splitlines()) <= 160  # details live in docs/
     assert len(PYTHON_BLOCKS) >= 3
     assert sum(not _needs_training(p.values[0]) for p in PYTHON_BLOCKS) >= 1
     assert len(_cli_lines()) >= 10
