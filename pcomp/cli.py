@@ -34,7 +34,7 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from pcomp.compress.report import account_prepared, account_text
+    from pcomp.compress.report import account_prepared, account_text, text_tokens
     from pcomp.config import Config
     from pcomp.data.prepared import is_prepared
     from pcomp.data.sources import load_documents
@@ -57,7 +57,7 @@ def _cmd_eval(args) -> None:
         docs = {split: load_documents(source, split, eval_fraction=run.cfg.data.eval_fraction,
                                       text_field=dc.text_field, data_dir=dc.data_dir or None)
                 for split in {args.split, "train"}}
-        acc = account_text(run, docs[args.split], docs["train"], args.max_bytes, args.batch_size)
+        acc = account_text(run, docs[args.split], text_tokens(run, docs["train"]), args.max_bytes, args.batch_size)
     loss = acc.nll_bits * math.log(2) / max(acc.n_tokens, 1)
     print(f"{source} [{args.split}]: {acc.n_bytes} bytes, {acc.n_tokens} tokens, "
           f"loss {loss:.4f} nats/token, bits/byte {acc.bits_per_byte:.4f}")
