@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import sys
 
-from pcomp.errors import ConfigError, PcompError, os_error
+from pcomp.errors import ConfigError, DataError, PcompError, os_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,34 +36,104 @@ def _cmd_train(args) -> None:
 
 
 def _cmd_eval(args) -> None:
-    from pcomp.compress.report import account_prepared, account_text
-    from pcomp.config import Config
-    from pcomp.data.prepared import is_prepared
-    from pcomp.data.sources import load_documents
-    from pcomp.errors import ConfigError
+    """`pcomp eval`: bits/byte of a trained run. Default: the held-out split of the run's own source.
+    `--data` names other text (files, .jsonl, directories, TFDS, prepared datasets; several at once):
+    a local source other than the run's own is scored whole, since the run's cut (`data.eval_fraction`)
+    means nothing for text it never saw, unless `--split` asks for that cut; a directory is scored
+    file by file. Each scored text gets one line saying which bytes it covers, several a total line
+    (their bits over their bytes), then the accounting of all of it (`Accounting.summary`)."""
+    from pcomp.compress.report import Accounting
     from pcomp.train.load import load_trained
 
     _at_least("--batch-size", args.batch_size, 1)
     _at_least("--max-bytes", args.max_bytes, 0, " (0 = all)")
+    sources, overrides = _eval_sources(args.data or [], args.overrides)
     # data.key=value or key=value, both meaning a key of the data section
-    overrides = [o if o.startswith("data.") else f"data.{o}" for o in args.overrides]
-    dc = Config().override(*overrides).data if overrides else None
+    overrides = [o if o.startswith("data.") else f"data.{o}" for o in overrides]
     run = load_trained(args.checkpoint)
-    dc = dc or run.cfg.data
-    source = args.data or run.cfg.data.source
+    dc = run.cfg.override(*overrides).data
+    reference = _UnigramReference(run, dc)
+    scored = []
+    for source in sources or [run.cfg.data.source]:
+        for name, part, acc in _score_source(run, source, dc, args, reference):
+            print(_eval_line(name, part, acc), flush=True)  # as each is scored: a test set takes a while
+            scored.append(acc)
+    total = Accounting.combine(scored)
+    if len(scored) > 1:
+        print(_eval_line("total", f"{len(scored)} texts", total))
+    print(total.summary())
+
+
+_PARTS = {"train": "train part", "eval": "held-out part"}
+WHOLE = "whole file"
+
+
+def _eval_line(name: str, part: str, acc) -> str:
+    loss = acc.nll_bits * math.log(2) / max(acc.n_tokens, 1)
+    return (f"{name} [{part}]: {acc.n_bytes} bytes, {acc.n_tokens} tokens, "
+            f"loss {loss:.4f} nats/token, bits/byte {acc.bits_per_byte:.4f}")
+
+
+def _eval_sources(data: list[str], overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(sources, overrides): `--data a.txt b.txt text_field=x` takes the override into --data (argparse
+    gives every following word to a list option), so a `key=value` / `data.key=value` word that is no
+    existing path is an override wherever it stands."""
+    is_override = lambda w: re.fullmatch(r"(data\.)?\w+=.*", w) is not None and not os.path.exists(w)  # noqa: E731
+    return [w for w in data if not is_override(w)], [w for w in data if is_override(w)] + list(overrides)
+
+
+class _UnigramReference:
+    """The run's own train split in its tokens (`run_train_tokens`), read once and only if needed; for
+    the run's own source read as `--data` reads it (`data_dir`, `text_field` overrides), for other text
+    with the run's settings. None, after one warning line, when it cannot be read here (a run copied
+    away from its data): the model's bits/byte need no reference."""
+
+    def __init__(self, run, dc):
+        self.run, self.dc, self.cache = run, dc, {}
+
+    def __call__(self, own: bool):
+        from pcomp.compress.report import run_train_tokens
+
+        if own not in self.cache:
+            try:
+                self.cache[own] = run_train_tokens(self.run, self.dc if own else None)
+            except (PcompError, OSError) as e:
+                print(f"pcomp: warning: no unigram reference: the run's train split "
+                      f"({self.run.cfg.data.source}) cannot be read here: {e}", file=sys.stderr)
+                self.cache[own] = None
+        return self.cache[own]
+
+
+def _score_source(run, source: str, dc, args, reference):
+    """(name, which bytes, Accounting) of each text of one `--data` source, as it is scored (see
+    `_cmd_eval`)."""
+    from pcomp.compress.report import account_prepared, account_text
+    from pcomp.data.prepared import is_prepared
+    from pcomp.data.sources import (TFDS_PREFIX, directory_documents, load_documents, same_source,
+                                    whole_documents)
+
     if is_prepared(source):  # M2 over compressed text: the dataset's own token stream and byte count
         if args.max_bytes:
             raise ConfigError("--max-bytes is not supported for a prepared dataset (bytes per token vary)")
-        acc = account_prepared(run, source, args.split, args.batch_size)
-    else:
-        docs = {split: load_documents(source, split, eval_fraction=run.cfg.data.eval_fraction,
-                                      text_field=dc.text_field, data_dir=dc.data_dir or None)
-                for split in {args.split, "train"}}
-        acc = account_text(run, docs[args.split], docs["train"], args.max_bytes, args.batch_size)
-    loss = acc.nll_bits * math.log(2) / max(acc.n_tokens, 1)
-    print(f"{source} [{args.split}]: {acc.n_bytes} bytes, {acc.n_tokens} tokens, "
-          f"loss {loss:.4f} nats/token, bits/byte {acc.bits_per_byte:.4f}")
-    print(acc.summary())
+        split = args.split or "eval"
+        yield source, _PARTS[split], account_prepared(run, source, split, args.batch_size)
+        return
+    own = same_source(source, run.cfg.data.source)
+    kw = dict(text_field=dc.text_field, data_dir=dc.data_dir or None)
+    if own or args.split or source.startswith(TFDS_PREFIX):  # a cut: the run's, or a TFDS dataset's own splits
+        split = args.split or "eval"
+        docs = load_documents(source, split, eval_fraction=run.cfg.data.eval_fraction, **kw)
+        yield source, _PARTS[split], account_text(run, docs, reference(own), args.max_bytes, args.batch_size)
+        return
+    whole = whole_documents(source, text_field=dc.text_field)
+    names = directory_documents(source)
+    if names is None:
+        yield source, WHOLE, account_text(run, whole, reference(own), args.max_bytes, args.batch_size)
+        return
+    if len(names) != len(whole):
+        raise DataError(f"data directory {source} changed while it was read; expected its files to stay as they were")
+    for i, name in enumerate(names):
+        yield name, WHOLE, account_text(run, whole[i : i + 1], reference(own), args.max_bytes, args.batch_size)
 
 
 def _cmd_generate(args) -> None:
@@ -162,11 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=1e-3 mesh.fsdp=2 model=25m")
     t.set_defaults(fn=_cmd_train)
 
-    e = sub.add_parser("eval", help="held-out bits/byte of a trained run")
+    e = sub.add_parser("eval", help="bits/byte of a trained run: its held-out split, or whole files")
     e.add_argument("--checkpoint", required=True, help="the run's work directory")
-    e.add_argument("--data", default=None, help="source to evaluate (default: the run's own); embedded | PATH | tfds:NAME")
-    e.add_argument("--split", default="eval", choices=["eval", "train"])
-    e.add_argument("--max-bytes", type=int, default=0, help="evaluate at most this many bytes (0 = all)")
+    e.add_argument("--data", nargs="+", default=None,
+                   help="sources to score (default: the run's own): embedded | FILE | DIR | tfds:NAME | prepared "
+                        "dataset; a file or directory other than the run's own source is scored whole (a "
+                        "directory file by file), one line each and a total")
+    e.add_argument("--split", default=None, choices=["eval", "train"],
+                   help="score this part of the run's cut (data.eval_fraction): the default for the run's own "
+                        "source (eval), TFDS and prepared datasets; for other files only when given")
+    e.add_argument("--max-bytes", type=int, default=0,
+                   help="score at most this many bytes of each source, or of each file of a directory (0 = all)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("overrides", nargs="*", help="data.key=value for the evaluated source (text_field, data_dir)")
     e.set_defaults(fn=_cmd_eval)

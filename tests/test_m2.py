@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -101,6 +102,19 @@ def test_flops_per_byte_counts_m2_per_token_and_m1_per_byte():
     with_m1 = Accounting(n_bytes=1000, n_tokens=250, vocab_size=256, nll_bits=1.0, unigram_bits=1.0, n_m2=n,
                          n_m1=12345)
     assert with_m1.flops_per_byte == pytest.approx(2 * n * 250 / 1000 + 2 * 12345)
+
+
+def test_combined_accounting_adds_bits_bytes_and_tokens():
+    parts = [Accounting(n_bytes=1000, n_tokens=250, vocab_size=256, nll_bits=2000.0, unigram_bits=4000.0, n_m2=7,
+                        n_m1=0),
+             Accounting(n_bytes=3000, n_tokens=1001, vocab_size=256, nll_bits=3000.0, unigram_bits=9000.0, n_m2=7,
+                        n_m1=0)]
+    total = Accounting.combine(parts)
+    assert (total.n_bytes, total.n_tokens, total.nll_bits, total.unigram_bits) == (4000, 1251, 5000.0, 13000.0)
+    assert total.bits_per_byte == 1.25  # (2000 + 3000) / 4000: the byte-weighted mean, not the mean of 2 and 1
+    no_reference = Accounting.combine([parts[0], dataclasses.replace(parts[1], unigram_bits=None)])
+    assert no_reference.unigram_bits is None and no_reference.unigram_bits_per_byte is None
+    assert "unigram n/a" in no_reference.summary() and no_reference.to_dict()["unigram_bits_per_byte"] is None
 
 
 # ----------------------------------------------------------------------------- generation through M1

@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcomp.data.embedded import embedded_documents
-from pcomp.data.sources import TfdsDocuments, check_source, describe_source, load_documents, split_documents
+from pcomp.data.sources import (TfdsDocuments, check_source, describe_source, directory_documents, load_documents,
+                                same_source, split_documents, whole_documents)
 from pcomp.errors import ConfigError, DataError
 
 # --- embedded corpus ---------------------------------------------------------
@@ -460,3 +461,40 @@ def test_a_jsonl_file_changed_after_opening_is_an_error_not_other_text(tmp_path)
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["one\n", "TWO!\n", "three\n"]))
     with pytest.raises(DataError, match=r"document 1 of a local data source changed after it was opened \(4 bytes then, 5 now\)"):
         docs[1]
+
+
+# --- naming a source: the run's own, a directory's documents -----------------------------------------
+
+
+def test_same_source_resolves_local_spellings_only(tmp_path, monkeypatch):
+    f = tmp_path / "a.txt"
+    f.write_text("text\n")
+    link = tmp_path / "link.txt"
+    link.symlink_to(f)
+    monkeypatch.chdir(tmp_path)
+    assert same_source("a.txt", str(f)) and same_source("./a.txt", str(link)) and same_source("embedded", "embedded")
+    assert not same_source("embedded", str(f)) and not same_source("a.txt", str(tmp_path / "b.txt"))
+    (tmp_path / "embedded").write_text("a file named like the corpus\n")
+    assert not same_source("embedded", str(tmp_path / "embedded"))  # the name means the corpus, not the file
+    assert same_source("tfds:x", "tfds:x") and not same_source("tfds:x", "tfds:y")
+
+
+def test_directory_documents_name_the_documents_load_documents_gives(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    files = (("b.txt", b"bee\n"), ("sub/a.txt", b"ay\n"), ("empty", b""), (".hidden", b"no\n"), ("a.txt", b"a\n"))
+    for rel, text in files:
+        (tmp_path / "d" / rel).write_bytes(text)
+    names = directory_documents(str(tmp_path / "d"))
+    docs = load_documents(str(tmp_path / "d"), "train", eval_fraction=0.0)
+    assert [Path(n).read_bytes() for n in names] == list(docs) == [b"a\n", b"bee\n", b"ay\n"]
+    assert [Path(n).relative_to(tmp_path / "d").as_posix() for n in names] == ["a.txt", "b.txt", "sub/a.txt"]
+    assert directory_documents(str(tmp_path / "d" / "a.txt")) is None and directory_documents("embedded") is None
+
+
+def test_whole_documents_are_a_local_source_without_its_cut(tmp_path):
+    f = tmp_path / "a.txt"
+    f.write_bytes(b"line one\nline two\n" * 50)
+    assert list(whole_documents(str(f))) == [f.read_bytes()]
+    assert b"".join(load_documents(str(f), "train")) != f.read_bytes()  # the default cut would drop a tenth
+    with pytest.raises(ConfigError, match="read by split"):
+        whole_documents("tfds:c4/en")

@@ -9,7 +9,10 @@ vocabulary V:
                        x tokens/byte for V = 2**N)
     unigram bits/byte  -sum log2 p(t) / B over the held-out targets, p the unigram distribution of the
                        TRAIN split's tokens of the same dataset and tokenizer with add-one (Laplace)
-                       smoothing over the V ids: p(t) = (count(t) + 1) / (n_train + V)
+                       smoothing over the V ids: p(t) = (count(t) + 1) / (n_train + V). For text
+                       from elsewhere (`pcomp eval --data FILE`) the TRAIN split is the run's own
+                       (`run_train_tokens`): the data the model learned from, so the unigram model
+                       learned from the same text and is never fitted on the bytes it scores.
     bytes/token        B / T
     inference FLOPs/byte  2 N(M2) / (bytes/token), plus 2 N(M1) for tokenizers that run M1 once per
                        byte (arith, equal_info). N counts non-embedding parameters (the matmul weights,
@@ -32,7 +35,8 @@ from flax import nnx
 
 from pcomp.config import Config
 from pcomp.data import pipeline
-from pcomp.data.prepared import PreparedDataset
+from pcomp.data.prepared import PreparedDataset, is_prepared
+from pcomp.data.sources import load_documents
 from pcomp.data.tokenizers import Tokenizer
 from pcomp.models.transformer import count_params
 from pcomp.train.load import TrainedModel, check_prepared_tokenizer
@@ -46,7 +50,7 @@ class Accounting:
     n_tokens: int  # scored targets
     vocab_size: int
     nll_bits: float  # the model's total cross-entropy, bits
-    unigram_bits: float  # the train-split unigram model's total cross-entropy, bits
+    unigram_bits: float | None  # the train-split unigram model's total cross-entropy, bits (None: no train split)
     n_m2: int  # non-embedding parameters of the model
     n_m1: int  # non-embedding parameters of the M1 the tokenizer runs (0: none)
 
@@ -63,8 +67,8 @@ class Accounting:
         return self.token_bits * self.n_tokens / self.n_bytes
 
     @property
-    def unigram_bits_per_byte(self) -> float:
-        return self.unigram_bits / self.n_bytes
+    def unigram_bits_per_byte(self) -> float | None:
+        return None if self.unigram_bits is None else self.unigram_bits / self.n_bytes
 
     @property
     def bytes_per_token(self) -> float:
@@ -81,12 +85,24 @@ class Accounting:
             out[k] = getattr(self, k)
         return out
 
+    @classmethod
+    def combine(cls, parts: "list[Accounting]") -> "Accounting":
+        """The accounting of several separately scored texts as one: bits, bytes and tokens add up, so
+        the total bits/byte is the byte-weighted mean of the parts'. All parts come from one run."""
+        first = parts[0]
+        unigram = [p.unigram_bits for p in parts]
+        return cls(n_bytes=sum(p.n_bytes for p in parts), n_tokens=sum(p.n_tokens for p in parts),
+                   vocab_size=first.vocab_size, nll_bits=sum(p.nll_bits for p in parts),
+                   unigram_bits=None if None in unigram else sum(unigram), n_m2=first.n_m2, n_m1=first.n_m1)
+
     def summary(self) -> str:
         m1 = f" + 2*N(M1)={2 * self.n_m1:,}" if self.n_m1 else ""
+        unigram = ("unigram n/a, no train split to count" if self.unigram_bits is None else
+                   f"unigram {self.unigram_bits_per_byte:.4f}, train-split counts, add-one smoothing")
         return (f"{self.n_bytes} bytes, {self.n_tokens} tokens ({self.bytes_per_token:.4f} bytes/token)\n"
                 f"  bits/byte {self.bits_per_byte:.4f}  (uniform {self.uniform_bits_per_byte:.4f} = "
                 f"{self.token_bits:g} token bits x {1 / self.bytes_per_token:.4f} tokens/byte; "
-                f"unigram {self.unigram_bits_per_byte:.4f}, train-split counts, add-one smoothing)\n"
+                f"{unigram})\n"
                 f"  inference FLOPs/byte {self.flops_per_byte:,.0f}  (2*N(M2)={2 * self.n_m2:,} / bytes/token{m1}; "
                 f"N = non-embedding parameters)")
 
@@ -140,14 +156,15 @@ def m1_params(tokenizer: Tokenizer) -> int:
     return non_embedding_params(Config.load(str(Path(path) / "config.json")).model)
 
 
-def account(run: TrainedModel, data: pipeline.EvalSet, train_tokens: np.ndarray, batch_size: int = 16) -> Accounting:
-    """The accounting of `run` on `data` (an `EvalSet`), the unigram fitted on `train_tokens`."""
+def account(run: TrainedModel, data: pipeline.EvalSet, train_tokens, batch_size: int = 16) -> Accounting:
+    """The accounting of `run` on `data` (an `EvalSet`), the unigram fitted on `train_tokens` (None: no
+    unigram reference)."""
     bits, count = nll_bits(run, data, batch_size)
     valid = data.mask[:, 1:].astype(bool)
     targets = data.tokens[:, 1:][valid]
     vocab = run.cfg.model.vocab_size
-    return Accounting(n_bytes=data.n_bytes, n_tokens=count, vocab_size=vocab, nll_bits=bits,
-                      unigram_bits=unigram_bits(train_tokens, targets, vocab),
+    unigram = None if train_tokens is None else unigram_bits(train_tokens, targets, vocab)
+    return Accounting(n_bytes=data.n_bytes, n_tokens=count, vocab_size=vocab, nll_bits=bits, unigram_bits=unigram,
                       n_m2=non_embedding_params(run.cfg.model), n_m1=m1_params(run.tokenizer))
 
 
@@ -163,11 +180,29 @@ def account_prepared(run: TrainedModel, path, split: str = "eval", batch_size: i
     return account(run, data, train_tokens, batch_size)
 
 
-def account_text(run: TrainedModel, eval_docs, train_docs, max_bytes: int = 0, batch_size: int = 16) -> Accounting:
-    """`account` on text documents tokenized by the run's tokenizer, the unigram fitted on `train_docs`
-    (tokenized the same way)."""
+def account_text(run: TrainedModel, eval_docs, train_tokens, max_bytes: int = 0, batch_size: int = 16) -> Accounting:
+    """`account` on text documents tokenized by the run's tokenizer (every token of their stream but
+    the first scored once, `pipeline.eval_set`), the unigram fitted on `train_tokens`: `text_tokens` of
+    a train split, usually `run_train_tokens(run)`; None for no unigram reference."""
     data = pipeline.eval_set(eval_docs, run.tokenizer, run.cfg.data.seq_len, max_bytes,
                              bos_first=run.cfg.data.bos_first)
-    parts = [np.asarray(run.tokenizer.encode(d), np.int64) for d in train_docs]
-    train_tokens = np.concatenate(parts + [np.zeros(0, np.int64)])
     return account(run, data, train_tokens, batch_size)
+
+
+def text_tokens(run: TrainedModel, docs) -> np.ndarray:
+    """Documents in the run's tokens, concatenated without BOS/EOS: what the unigram model counts."""
+    parts = [np.asarray(run.tokenizer.encode(d), np.int64) for d in docs]
+    return np.concatenate(parts + [np.zeros(0, np.int64)])
+
+
+def run_train_tokens(run: TrainedModel, data_cfg=None):
+    """The run's own training split in its tokens: the unigram reference for any text the run is scored
+    on, since the model learned from exactly these. A prepared dataset's train tokens are read lazily;
+    a text source is loaded with the run's cut (`data.eval_fraction`) and tokenized. `data_cfg` (default
+    the run's `data` section) may say where to read the same source on this machine (`data_dir`)."""
+    dc = data_cfg or run.cfg.data
+    if is_prepared(dc.source):
+        return PreparedDataset(dc.source).tokens("train")
+    docs = load_documents(dc.source, "train", eval_fraction=run.cfg.data.eval_fraction, text_field=dc.text_field,
+                          data_dir=dc.data_dir or None)
+    return text_tokens(run, docs)

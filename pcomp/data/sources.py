@@ -69,6 +69,15 @@ def load_documents(
     return train_docs if split == "train" else eval_docs
 
 
+def whole_documents(source: str, *, text_field: str = "text") -> Sequence[bytes]:
+    """Every document of a local source with no held-out cut (`load_documents` with eval_fraction 0):
+    for text scored or prepared as a whole, e.g. a file the model never saw, where a train/eval cut
+    would drop part of it. TFDS sources have only their own splits."""
+    if source.startswith(TFDS_PREFIX):
+        raise ConfigError(f"{source} has no whole: a TFDS dataset is read by split (train or eval)")
+    return load_documents(source, "train", eval_fraction=0.0, text_field=text_field)
+
+
 def describe_source(source: str, *, text_field: str = "text", data_dir: str | None = None) -> str:
     """One line for logs, e.g. "embedded corpus: 140 docs, 1.0 MB"."""
     if source.startswith(TFDS_PREFIX):
@@ -94,6 +103,28 @@ def check_source(source: str) -> None:
             raise DataError(f"data directory {key} holds only empty files; expected text")
     elif os.path.getsize(key) == 0:
         raise DataError(f"data file {key} is empty; expected text")
+
+
+def same_source(a: str, b: str) -> bool:
+    """Whether two source strings name the same data: equal names, or local paths that resolve to the
+    same file or directory (so `pcomp eval --data` given a run's own source in another spelling still
+    gets that run's train/eval cut)."""
+    if a == b:
+        return True
+    if any(s == EMBEDDED or s.startswith(TFDS_PREFIX) or not s for s in (a, b)):
+        return False
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
+def directory_documents(source: str) -> list[str] | None:
+    """The paths of a directory source's documents in `load_documents` order (its non-empty files,
+    as the loader keeps them), so a caller can name each document; None for any other source."""
+    if source == EMBEDDED or source.startswith(TFDS_PREFIX):
+        return None
+    key = _local_key(source)
+    if not os.path.isdir(key):
+        return None
+    return [path for path in _directory_files(key) if os.path.getsize(path)]
 
 
 # ---------------------------------------------------------------------------
