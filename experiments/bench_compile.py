@@ -66,7 +66,7 @@ def measure(cfg, label: str) -> dict:
 
 
 def _configs(presets: list[str], depths: list[int], width: str, remat: str | None, batch: int, seq: int):
-    from pcomp.config import MODEL_PRESETS, RUN_PRESETS
+    from pcomp.presets import MODEL_PRESETS, RUN_PRESETS
 
     def adjust(cfg, **model):
         if remat is not None:

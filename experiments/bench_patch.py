@@ -18,7 +18,8 @@ import time
 import jax
 import numpy as np
 
-from pcomp.config import MODEL_PRESETS, RUN_PRESETS, Config, MeshConfig
+from pcomp.config import Config, MeshConfig
+from pcomp.presets import MODEL_PRESETS, RUN_PRESETS
 from pcomp.models.sharding import batch_sharding, make_mesh
 from pcomp.models.transformer import count_params
 from pcomp.report import markdown_table, min_median, write_json

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pcomp.config import MODEL_PRESETS, MeshConfig, TrainingConfig
+from pcomp.config import MeshConfig, TrainingConfig
+from pcomp.presets import MODEL_PRESETS
 from pcomp.models.sharding import make_mesh
 from pcomp.models.transformer import count_params
 from pcomp.train.step import build_program

@@ -395,7 +395,8 @@ def main(argv=None) -> None:
     import jax
     import torch
 
-    from pcomp.config import MODEL_PRESETS, Config
+    from pcomp.config import Config
+    from pcomp.presets import MODEL_PRESETS
     from pcomp.models.transformer import count_params
     from pcomp.report import markdown_table, write_json
 

@@ -1,4 +1,5 @@
-"""Frozen dataclass configs, one per concern, named presets and `key=value` overrides.
+"""Frozen dataclass configs, one per concern, and `key=value` overrides (the named presets are in
+`pcomp.presets`).
 
 A run is described by one `Config` made of `ModelConfig`, `DataConfig`, `TrainingConfig` and
 `MeshConfig`. Start from a preset (`Config.preset("m1-3m")`) or a JSON file written by a
@@ -32,11 +33,10 @@ SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what every RNG (numpy, grain
 REMAT_POLICIES = ("none", "full", "dots_saveable")
 # model.scan_unroll: the blocks run as one scanned loop; 1 block per iteration keeps the compiled program
 # and its compile time independent of depth (what large models and pods want). Unrolling the loop
-# (scan_unroll >= n_layers) computes the same step, but on CPU the loop's per-iteration slicing of the
-# stacked parameters and gradients costs the small presets a lot: a demo train step ran 1.32x faster
-# fully unrolled (experiments/bench_vs_torch.py, 2,322 -> 3,059 tokens/s), 25m 1.04x. So the CPU-sized
-# presets (<= 4 layers) unroll fully and the rest keep 1. Decoding (decode_step) always loops.
-
+# (scan_unroll >= n_layers) computes the same step and runs the small presets faster on CPU, where the
+# loop's per-iteration slicing of the stacked parameters costs them most (RESULTS.md, "Against
+# PyTorch"), so the CPU-sized presets (<= 4 layers) unroll fully and the rest keep 1. Decoding
+# (decode_step) always loops.
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -300,15 +300,11 @@ class CompressConfig:
     def override(self, *assignments: str) -> CompressConfig:
         """Apply `key=value` strings, e.g. `window_bits=32` (parsed like `Config.override`)."""
         cfg = self
-        fields = {f.name for f in dataclasses.fields(CompressConfig)}
-        hints = typing.get_type_hints(CompressConfig)
         for item in assignments:
             key, eq, value = item.partition("=")
             if not eq:
                 raise ConfigError(f"override {item!r} is not of the form key=value")
-            if key not in fields:
-                raise ConfigError(f"unknown compression setting {key!r}; expected one of {sorted(fields)}")
-            cfg = dataclasses.replace(cfg, **{key: parse_value(value, hints[key], key, text=True)})
+            cfg = with_value(cfg, key, value, key, f"unknown compression setting {key!r}")
         return cfg
 
     def to_dict(self) -> dict[str, Any]:
@@ -325,6 +321,9 @@ class Config:
     # --- construction -------------------------------------------------------------------------
     @staticmethod
     def preset(name: str) -> Config:
+        """A named run preset (`pcomp.presets.RUN_PRESETS`)."""
+        from pcomp.presets import RUN_PRESETS
+
         if name not in RUN_PRESETS:
             raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(RUN_PRESETS)} or a .json file")
         return RUN_PRESETS[name]
@@ -357,7 +356,9 @@ class Config:
         return Config.preset(preset_or_file)
 
     def override(self, *assignments: str) -> Config:
-        """Apply `section.key=value` strings (or `model=PRESET`)."""
+        """Apply `section.key=value` strings (or `model=PRESET`, a `pcomp.presets.MODEL_PRESETS` name)."""
+        from pcomp.presets import MODEL_PRESETS
+
         cfg = self
         for item in assignments:
             if "=" not in item:
@@ -372,12 +373,7 @@ class Config:
             sections = {f.name: f for f in dataclasses.fields(Config)}
             if section not in sections or not field:
                 raise ConfigError(f"unknown override key {key!r}; expected one of {sorted(sections)} as section.key")
-            sub = getattr(cfg, section)
-            fields = {f.name: f for f in dataclasses.fields(sub)}
-            if field not in fields:
-                raise ConfigError(f"unknown override key {key!r}; {section} has {sorted(fields)}")
-            typ = _hints(type(sub))[field]
-            sub = dataclasses.replace(sub, **{field: parse_value(value, typ, key, text=True)})
+            sub = with_value(getattr(cfg, section), field, value, key, f"unknown override key {key!r}")
             cfg = dataclasses.replace(cfg, **{section: sub})
         return cfg
 
@@ -429,6 +425,16 @@ def from_dict(raw: Any, *, origin: str = "config") -> Config:
             raise ConfigError(f"unknown keys {sorted(unknown)} in config section {name!r}; {name} has {sorted(hints)}")
         parts[name] = cls(**{k: parse_value(v, hints[k], f"{name}.{k}") for k, v in values.items()})
     return Config(**parts)
+
+
+def with_value(obj: Any, field: str, text: str, key: str, unknown: str) -> Any:
+    """The frozen dataclass `obj` with `field` set from the override string `text` (parsed by
+    `parse_value` against the field's type): the one override step of every config. A field `obj`
+    lacks is a ConfigError starting with `unknown` and listing the fields it has."""
+    hints = _hints(type(obj))
+    if field not in hints:
+        raise ConfigError(f"{unknown}; expected one of {sorted(hints)}")
+    return dataclasses.replace(obj, **{field: parse_value(text, hints[field], key, text=True)})
 
 
 def parse_value(value: Any, typ: Any, key: str, *, text: bool = False) -> Any:
@@ -539,87 +545,3 @@ def _finite_positive(cfg: Any, section: str, key: str) -> None:
 def _seed(cfg: Any, section: str) -> None:
     if not 0 <= cfg.seed < SEED_LIMIT:
         raise ConfigError(f"{section}.seed={cfg.seed} must be in [0, 2**32)")
-
-
-# --- presets ------------------------------------------------------------------------------------
-def _model(name: str, **kw: Any) -> ModelConfig:
-    return ModelConfig(name=name, **kw)
-
-
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    # CPU unit-test size.
-    "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
-    # Patch-scaling study (experiments/patch_scaling.py), bytes vocabulary (258, padded to 384):
-    # 92,400 parameters with embeddings (55,536 without); the CPU reaches ~300 tokens per parameter.
-    "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
-    # 516,960 parameters with embeddings (443,232 without).
-    "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128, scan_unroll=4),
-    # The CPU demo: ~1.9M parameters, trains in minutes.
-    "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256, scan_unroll=4),
-    # The Equal-Info Windows paper's compressor model M1: 3 layers, d=256, 4 heads, MLP 1024, bytes.
-    "m1-3m": _model("m1-3m", d_model=256, n_layers=3, n_heads=4, d_ff=1024, max_seq_len=128, scan_unroll=3),
-    "25m": _model("25m", d_model=512, n_layers=8, n_heads=8, d_ff=1408, max_seq_len=512),
-    "125m": _model("125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, max_seq_len=1024),
-    "370m": _model("370m", d_model=1024, n_layers=24, n_heads=16, d_ff=2816, max_seq_len=2048),
-    "1b": _model("1b", d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=5632, max_seq_len=2048),
-}
-
-EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m, 370m, 1b) evaluate on
-
-RUN_PRESETS: dict[str, Config] = {
-    "test-tiny": Config(
-        model=MODEL_PRESETS["test-tiny"],
-        data=DataConfig(seq_len=64),
-        training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
-    ),
-    # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).
-    "ps-100k": Config(
-        model=MODEL_PRESETS["ps-100k"],
-        data=DataConfig(seq_len=128),
-        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-100k"),
-    ),
-    "ps-500k": Config(
-        model=MODEL_PRESETS["ps-500k"],
-        data=DataConfig(seq_len=128),
-        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-500k"),
-    ),
-    "demo": Config(
-        model=MODEL_PRESETS["demo"],
-        data=DataConfig(seq_len=256),
-        training=TrainingConfig(batch_size=16, steps=600, lr=3e-3, warmup_steps=60, log_every=10,
-                                checkpoint_every=200, workdir="runs/demo"),
-    ),
-    "m1-3m": Config(
-        model=MODEL_PRESETS["m1-3m"],
-        data=DataConfig(seq_len=128, bos_first=True),
-        training=TrainingConfig(batch_size=64, steps=3000, lr=2e-3, warmup_steps=200, workdir="runs/m1"),
-    ),
-    "25m": Config(
-        model=MODEL_PRESETS["25m"],
-        data=DataConfig(seq_len=512),
-        training=TrainingConfig(batch_size=32, steps=5000, lr=1e-3, workdir="runs/25m"),
-    ),
-    # Large presets evaluate on at most EVAL_MAX_BYTES_LARGE (10 MB) of held-out text: the held-out
-    # set is held in host memory on every process (0 = all of a corpus's validation split).
-    # 125m and up recompute each block in the backward pass: at the paper's global batches the kept
-    # activations would not fit a single-host slice (experiments/bench_compile.py, per device of 8:
-    # 125m 81 GiB with remat none, 35 with dots_saveable, 10 with full; 370m 1,173 / 381 / 62 GiB)
-    "125m": Config(
-        model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000, workdir="runs/125m"),
-    ),
-    "370m": Config(
-        model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
-    ),
-    "1b": Config(
-        model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),
-    ),
-}

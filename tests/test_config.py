@@ -17,8 +17,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pcomp.config import (
-    MODEL_PRESETS,
-    RUN_PRESETS,
     Config,
     DataConfig,
     MeshConfig,
@@ -28,6 +26,7 @@ from pcomp.config import (
     from_dict,
     parse_value,
 )
+from pcomp.presets import MODEL_PRESETS, RUN_PRESETS
 from pcomp.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -29,7 +29,7 @@ def _imported_after(*modules: str) -> list[str]:
 
 
 @pytest.mark.parametrize("modules", [
-    ("pcomp.data",), ("pcomp.data.tokenizers",), ("pcomp.data.prepared",), ("pcomp.config", "pcomp.errors"),
+    ("pcomp.data",), ("pcomp.data.tokenizers",), ("pcomp.data.prepared",), ("pcomp.config", "pcomp.presets", "pcomp.errors"),
     ("pcomp.train.load",),
 ])
 def test_lower_layers_do_not_import_compress_or_numba(modules):

@@ -1,0 +1,91 @@
+"""Named presets: model shapes (`MODEL_PRESETS`, what `model=NAME` swaps in) and whole runs
+(`RUN_PRESETS`, what `--config NAME` starts from). Data only: the schema and its checks are in
+`pcomp.config`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pcomp.config import Config, DataConfig, ModelConfig, TrainingConfig
+
+
+def _model(name: str, **kw: Any) -> ModelConfig:
+    return ModelConfig(name=name, **kw)
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # CPU unit-test size.
+    "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
+    # Patch-scaling study (experiments/patch_scaling.py), bytes vocabulary (258, padded to 384);
+    # the names give the parameter count with embeddings (count_params).
+    "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
+    "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128, scan_unroll=4),
+    # The CPU demo: trains in minutes.
+    "demo": _model("demo", d_model=192, n_layers=4, n_heads=6, d_ff=512, max_seq_len=256, scan_unroll=4),
+    # The Equal-Info Windows paper's compressor model M1: 3 layers, d=256, 4 heads, MLP 1024, bytes.
+    "m1-3m": _model("m1-3m", d_model=256, n_layers=3, n_heads=4, d_ff=1024, max_seq_len=128, scan_unroll=3),
+    "25m": _model("25m", d_model=512, n_layers=8, n_heads=8, d_ff=1408, max_seq_len=512),
+    "125m": _model("125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, max_seq_len=1024),
+    "370m": _model("370m", d_model=1024, n_layers=24, n_heads=16, d_ff=2816, max_seq_len=2048),
+    "1b": _model("1b", d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=5632, max_seq_len=2048),
+}
+
+EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m, 370m, 1b) evaluate on
+
+RUN_PRESETS: dict[str, Config] = {
+    "test-tiny": Config(
+        model=MODEL_PRESETS["test-tiny"],
+        data=DataConfig(seq_len=64),
+        training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
+    ),
+    # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).
+    "ps-100k": Config(
+        model=MODEL_PRESETS["ps-100k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-100k"),
+    ),
+    "ps-500k": Config(
+        model=MODEL_PRESETS["ps-500k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-500k"),
+    ),
+    "demo": Config(
+        model=MODEL_PRESETS["demo"],
+        data=DataConfig(seq_len=256),
+        training=TrainingConfig(batch_size=16, steps=600, lr=3e-3, warmup_steps=60, log_every=10,
+                                checkpoint_every=200, workdir="runs/demo"),
+    ),
+    "m1-3m": Config(
+        model=MODEL_PRESETS["m1-3m"],
+        data=DataConfig(seq_len=128, bos_first=True),
+        training=TrainingConfig(batch_size=64, steps=3000, lr=2e-3, warmup_steps=200, workdir="runs/m1"),
+    ),
+    "25m": Config(
+        model=MODEL_PRESETS["25m"],
+        data=DataConfig(seq_len=512),
+        training=TrainingConfig(batch_size=32, steps=5000, lr=1e-3, workdir="runs/25m"),
+    ),
+    # Large presets evaluate on at most EVAL_MAX_BYTES_LARGE of held-out text: the held-out set is
+    # held in host memory on every process (0 = all of a corpus's validation split).
+    # 125m and up recompute each block in the backward pass: at the paper's global batches the kept
+    # activations would not fit a single-host slice (RESULTS.md, "Compile time and memory").
+    "125m": Config(
+        model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16", remat="full"),
+        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
+        training=TrainingConfig(batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000, workdir="runs/125m"),
+    ),
+    "370m": Config(
+        model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16", remat="full"),
+        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
+        training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
+    ),
+    "1b": Config(
+        model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat="full"),
+        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
+        training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),
+    ),
+}
