@@ -248,6 +248,15 @@ def check_mesh_fits_model(sizes: dict[str, int], model: ModelConfig) -> None:
 
 # Unique-decoding rules of Equal-Info windows that this pcomp can write and read (`pcomp.compress.windows`).
 WINDOW_RULES = ("unique-prefix-codewords/1",)
+TOKEN_BITS = (8, 16)  # N: bits per M2 token
+# `pcomp prepare --tokenizer KIND`: the tokenizations of the Equal-Info study (pcomp.compress.prepare)
+TOKENIZER_KINDS = ("equal_info", "gzip", "static_ac", "ac", "bytes", "sentencepiece")
+
+
+def check_token_bits(token_bits: int) -> None:
+    """ConfigError unless `token_bits` is one of TOKEN_BITS."""
+    if token_bits not in TOKEN_BITS:
+        raise ConfigError(f"token bits N={token_bits}: expected {' or '.join(map(str, TOKEN_BITS))}")
 MAX_WINDOW_BITS = 64  # codewords are held in 64-bit registers
 MIN_PRECISION, MAX_PRECISION = 2, 24  # bits of the coder's frequency total (int32 tables, 64-bit products)
 
@@ -272,8 +281,7 @@ class CompressConfig:
         for key, value in ints.items():
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ConfigError(f"{key}={value!r}: expected an integer")
-        if self.token_bits not in (8, 16):
-            raise ConfigError(f"token bits N={self.token_bits}: expected 8 or 16")
+        check_token_bits(self.token_bits)
         if not MIN_PRECISION <= self.precision <= MAX_PRECISION:
             raise ConfigError(f"precision={self.precision}: expected an integer in [{MIN_PRECISION}, {MAX_PRECISION}]")
         b, lo = self.window_bits, self.precision + 2

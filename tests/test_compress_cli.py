@@ -383,10 +383,17 @@ def test_m2_trains_on_prepared_tokens(prepared, tmp_path, capsys):
 
 
 def test_prepare_lists_every_tokenizer_kind():
-    from pcomp.compress.cli import TOKENIZER_KINDS_CLI
-    from pcomp.compress.prepare import TOKENIZER_KINDS
+    """`pcomp prepare --tokenizer` accepts exactly the kinds `prepare` makes (one list, in pcomp.config),
+    and anything else is a one-line usage error."""
+    from pcomp.cli import build_parser
+    from pcomp.config import TOKENIZER_KINDS
 
-    assert TOKENIZER_KINDS_CLI == TOKENIZER_KINDS
+    assert set(TOKENIZER_KINDS) == {"equal_info", "gzip", "static_ac", "ac", "bytes", "sentencepiece"}
+    for kind in TOKENIZER_KINDS:
+        assert build_parser().parse_args(["prepare", "--tokenizer", kind, "--out", "x"]).tokenizer == kind
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["prepare", "--tokenizer", "bpe", "--out", "x"])
+    assert e.value.code == 2
 
 
 @pytest.mark.slow

@@ -17,12 +17,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from pcomp.config import CompressConfig
+from pcomp.config import TOKENIZER_KINDS, CompressConfig
 from pcomp.errors import ConfigError, DataError
 
 _DEFAULT = CompressConfig()
-# (= pcomp.compress.prepare.TOKENIZER_KINDS; not imported here so `pcomp --help` stays light)
-TOKENIZER_KINDS_CLI = ("equal_info", "gzip", "static_ac", "ac", "bytes", "sentencepiece")
 
 
 def _progress(total: int, desc: str):
@@ -242,7 +240,7 @@ def add_commands(sub) -> None:
 
     p = sub.add_parser("prepare", help="tokenize (compress) a corpus into an ArrayRecord dataset of M2 token sequences")
     p.add_argument("--m1", default=None, help="M1 run directory (needed by --tokenizer equal_info and ac)")
-    p.add_argument("--tokenizer", default="equal_info", choices=list(TOKENIZER_KINDS_CLI),
+    p.add_argument("--tokenizer", default="equal_info", choices=list(TOKENIZER_KINDS),
                    help="equal_info (EqualInfoAC[b, 2**N], default) | ac (plain AC under M1) | gzip | static_ac | "
                         "bytes | sentencepiece")
     p.add_argument("--vocab-size", type=int, default=4096, help="pieces of --tokenizer sentencepiece")

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from pcomp.compress.tokenizers import ArithmeticCodingTokenizer, EqualInfoTokenizer, GZipTokenizer, StaticACTokenizer
-from pcomp.config import CompressConfig
+from pcomp.config import TOKENIZER_KINDS, CompressConfig
 from pcomp.data.prepared import DATASET_FILE, TOKENIZER_DIR
 from pcomp.data.sources import load_documents
 from pcomp.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
@@ -40,9 +40,15 @@ SPLITS = ("train", "eval")
 MAX_VOCAB = 1 << 16  # records hold uint16 tokens
 
 
-TOKENIZER_KINDS = ("equal_info", "gzip", "static_ac", "ac", "bytes", "sentencepiece")
 _M1_KINDS = ("equal_info", "ac")
 _FITTED_KINDS = ("static_ac", "sentencepiece")  # fitted on the train split: resumed from the saved one
+
+
+def _check_kind(kind: str, m1_path: str | None) -> None:
+    if kind not in TOKENIZER_KINDS:
+        raise ConfigError(f"--tokenizer {kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
+    if kind in _M1_KINDS and not m1_path:
+        raise ConfigError(f"--tokenizer {kind} runs M1: give --m1 RUN_DIR")
 
 
 def make_tokenizer(kind: str, *, m1_path: str | None, cfg: CompressConfig, train_docs, vocab_size: int) -> Tokenizer:
@@ -50,10 +56,7 @@ def make_tokenizer(kind: str, *, m1_path: str | None, cfg: CompressConfig, train
     equal_info = EqualInfoAC[b, 2**N], ac = plain arithmetic coding under M1 (the paper's
     ArithmeticCoding), gzip, static_ac (fitted on `train_docs`), bytes, sentencepiece (trained on
     `train_docs` with `vocab_size` pieces)."""
-    if kind not in TOKENIZER_KINDS:
-        raise ConfigError(f"--tokenizer {kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
-    if kind in _M1_KINDS and not m1_path:
-        raise ConfigError(f"--tokenizer {kind} runs M1: give --m1 RUN_DIR")
+    _check_kind(kind, m1_path)
     if kind == "equal_info":
         return EqualInfoTokenizer(m1_path, cfg.window_bits, cfg.token_bits, precision=cfg.precision,
                                   batch=cfg.m1_batch, segment_bytes=cfg.segment_bytes)
@@ -81,10 +84,7 @@ def prepare(*, m1_path: str | None, source: str, out: str, cfg: CompressConfig =
     kind = tokenizer
     out_dir = Path(out)
     cfg.validate()
-    if kind not in TOKENIZER_KINDS:
-        raise ConfigError(f"--tokenizer {kind!r}: expected one of {', '.join(TOKENIZER_KINDS)}")
-    if kind in _M1_KINDS and not m1_path:
-        raise ConfigError(f"--tokenizer {kind} runs M1: give --m1 RUN_DIR")
+    _check_kind(kind, m1_path)
     per_window = cfg.window_bits // cfg.token_bits if kind == "equal_info" else 1
     if seq_len < 1 or seq_len % per_window:
         raise ConfigError(f"--seq-len {seq_len} must be a positive multiple of the tokens per window b/N = "

@@ -28,7 +28,7 @@ from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
 from pcomp.compress.packing import bits_to_tokens, codes_to_tokens, tokens_to_bits, tokens_to_codes
 from pcomp.compress.quantize import cumulative, quantize_probs
 from pcomp.compress.windows import WINDOW_RULE, check_window_bits, decode_windows, encode_windows
-from pcomp.config import CompressConfig
+from pcomp.config import CompressConfig, check_token_bits
 from pcomp.data.tokenizers import Tokenizer, register_tokenizer
 from pcomp.errors import CheckpointError, ConfigError, DataError
 
@@ -38,8 +38,7 @@ class _CompressedTokenizer(Tokenizer):
     eos_id = None
 
     def __init__(self, token_bits: int):
-        if token_bits not in (8, 16):
-            raise ConfigError(f"token bits N={token_bits}: expected 8 or 16")
+        check_token_bits(token_bits)
         self.token_bits = token_bits
         self.vocab_size = 1 << token_bits
 
