@@ -152,7 +152,7 @@ def _cmd_compress(args) -> None:
         summary += (f"{tokens} tokens of {cfg.token_bits} bits ({len(data) / max(tokens, 1):.2f} bytes/token) "
                     f"+ {len(blob) - payload} bytes of header and framing")
     else:
-        summary += (f"{header['n_segments']} segments of <= {cfg.segment_bytes} bytes, arithmetic-coded under M1 "
+        summary += (f"{header['n_segments']} segments of <= {header['segment_bytes']} bytes, arithmetic-coded under M1 "
                     f"(context {m1.context - 1} bytes) + {len(blob) - payload} bytes of header and framing")
     print(summary)
     if not args.no_compare:
