@@ -211,7 +211,8 @@ def _add_settings(p, *, max_window_bytes: bool) -> None:
     p.add_argument("--precision", type=int, default=_DEFAULT.precision,
                    help=f"coder frequency precision in bits (default {_DEFAULT.precision})")
     p.add_argument("--batch", type=int, default=_DEFAULT.m1_batch,
-                   help="M1 rows per step (recorded; decoding uses the same)")
+                   help="M1 rows per step (recorded; decoding uses the same); --mode best: at most, the file uses "
+                        "as many as its segments need")
     if max_window_bytes:
         p.add_argument("--max-window-bytes", type=int, default=0,
                        help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1); "
