@@ -1,9 +1,10 @@
 """Files made by an earlier pcomp still decode, to the same bytes (issue #27: a faster decoder must
 not change a single bit of what M1 computes).
 
-The files under tests/fixtures/decode/ were made with the code of commit "fixtures: pcomp files made
-before the decoder rework" by `python tests/test_decode_fixtures.py` (which rewrites them: only do
-that on purpose). The M1 they need is rebuilt here, bit for bit, from a seed: an untrained test-tiny
+The files under tests/fixtures/decode/ were made with the code of main at 978935b (before #27's
+changes) by `python tests/test_decode_fixtures.py --regenerate` (which rewrites them: only do that
+on purpose). A manual check at m1-3m's shapes (a 300-byte best file made by 978935b with batch 256,
+decoded by the new code) passed too; it is not a test because it takes minutes. The M1 they need is rebuilt here, bit for bit, from a seed: an untrained test-tiny
 model (max_seq_len 40, trained context 16) with init_std 0.3, so that its distributions are peaked
 and the quantized tables depend on the logits' low bits. The header's M1 fingerprint pins it: if the
 initialisation ever changes, decoding fails with "made with M1 ...", never with wrong bytes.
