@@ -11,6 +11,15 @@ Overhead = (coded bits - ideal bits) / ideal bits.
 
 Usage: python experiments/bench_coder.py [--data PATH] [--n-tables N] [--precision P] [--repeats R]
 Without the data file, 1 MB of random bytes from a Zipf(1.3) distribution is used instead.
+
+M1-driven files (issue #27), `--m1 PRESET[,PRESET]`: `pcomp.compress.codec.compress` / `decompress` of
+the first --m1-bytes of --m1-data in both modes, under an UNTRAINED M1 of each preset (seed 0,
+trained context = the preset's data.seq_len): an M1 step costs the same whatever its weights, so the
+speed is that of a trained M1 (the sizes are not: they are an untrained model's). A 16-byte round
+trip and one step of the run's batch shape first, so XLA and numba compilation (or cache loading)
+and M1's fingerprint are excluded. Per run: KB/s, M1 steps, the rows per step,
+median seconds of one step split into launch / compute / device->host copy, and of the numba kernel
+between steps; the load average before and after. `--m1-only` skips the coder cases above.
 """
 
 import argparse
@@ -62,7 +71,17 @@ def main(argv=None):
     ap.add_argument("--n-tables", type=int, default=200_000, help="bytes for case (b) (N x 256 int32 tables)")
     ap.add_argument("--precision", type=int, default=CompressConfig.precision)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--m1", default="", help="comma-separated model presets to time compress/decompress with")
+    ap.add_argument("--m1-bytes", type=int, default=40_000)
+    ap.add_argument("--m1-data", type=Path, default=DEFAULT_DATA.parent / "alice29.txt")
+    ap.add_argument("--m1-modes", default="best,windows")
+    ap.add_argument("--windows-segment-bytes", type=int, default=CompressConfig.segment_bytes)
+    ap.add_argument("--m1-only", action="store_true")
     args = ap.parse_args(argv)
+    if args.m1:
+        bench_m1(args)
+        if args.m1_only:
+            return
     data, source = load_bytes(args.data)
     symbols = data.astype(np.int64)  # [N]
     print(f"data: {source}, {len(data)} bytes; precision {args.precision}; best of {args.repeats}")
@@ -102,6 +121,74 @@ def main(argv=None):
     print(f"\n(quantize_probs of the 256 bigram rows: {1e3 * t_quant:.2f} ms; per-position tables are "
           f"{tables.nbytes / 1e6:.0f} MB of int32 read by the decoder; load average {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} cores)")
+
+
+def untrained_m1_model(preset):
+    """An untrained byte model of `preset` (seed 0), BOS-first, trained context = its data.seq_len."""
+    import dataclasses
+
+    from flax import nnx
+
+    from pcomp.config import Config
+    from pcomp.data.tokenizers import ByteTokenizer
+    from pcomp.models.transformer import Transformer
+    from pcomp.train.load import TrainedModel
+
+    cfg = Config.preset(preset)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, bos_first=True))
+    graphdef, params = nnx.split(Transformer(cfg.model, nnx.Rngs(0)))
+    return TrainedModel(cfg, ByteTokenizer(), graphdef, params, 0, Path("untrained"))
+
+
+def _warm(m1):
+    """Compile M1's step for its batch shape (one step), so the timed run excludes compilation."""
+    cache = m1.start()
+    m1.step(cache, np.zeros(m1.batch, np.int64), np.ones(m1.batch, np.int64))
+
+
+def bench_m1(args):
+    """compress / decompress KB/s of --m1-bytes of --m1-data per preset and mode (module docstring)."""
+    from pcomp.compress import codec, fileformat
+    from pcomp.compress.m1 import StepTimer
+
+    data = args.m1_data.read_bytes()[: args.m1_bytes]
+    print(f"M1 compress/decompress: {len(data)} bytes of {args.m1_data}; untrained M1s; "
+          f"{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"{'preset':<10}{'mode':<9}{'ctx':>4}{'seg':>6}{'batch':>6}{'bytes out':>10}{'comp KB/s':>10}"
+          f"{'dec KB/s':>10}{'dec/comp':>9}{'c steps':>8}{'d steps':>8}{'c ms/st':>8}{'d ms/st':>8}"
+          f"{'launch':>7}{'compute':>8}{'copy':>6}{'kernel':>7}  load")
+    for preset in [p for p in args.m1.split(",") if p]:
+        model = untrained_m1_model(preset)
+        for mode in args.m1_modes.split(","):
+            seg_bytes = args.windows_segment_bytes if mode == "windows" else CompressConfig.segment_bytes
+            cfg = CompressConfig(precision=args.precision, segment_bytes=seg_bytes)
+            m1 = codec.m1_for(model, cfg, mode)
+            batch = m1.batch
+            if mode == "best" and hasattr(codec, "best_layout"):
+                batch = codec.best_layout(len(data), cfg, m1.max_window_bytes)[1]
+            run_m1 = m1.with_batch(batch) if hasattr(m1, "with_batch") else m1
+            assert codec.decompress(m1, codec.compress(m1, data[:16], cfg, mode=mode)) == data[:16]  # numba, hash
+            _warm(run_m1)
+            timer = StepTimer()
+            run_m1.timer = m1.timer = timer
+            load0 = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            blob = codec.compress(m1, data, cfg, mode=mode)
+            t_c = time.perf_counter() - t0
+            c_steps, c_step = timer.steps, np.median(timer.step_seconds())
+            timer.reset()
+            t0 = time.perf_counter()
+            out = codec.decompress(m1, blob)
+            t_d = time.perf_counter() - t0
+            assert out == data
+            header, _ = fileformat.unpack(blob)
+            med = [1e3 * np.median(x) if len(x) else float("nan")
+                   for x in (timer.launch, timer.compute, timer.copy, timer.kernel)]
+            print(f"{preset:<10}{mode:<9}{m1.context:>4}{header['segment_bytes']:>6}{header['m1_batch']:>6}"
+                  f"{len(blob):>10}{len(data) / 1e3 / t_c:>10.2f}{len(data) / 1e3 / t_d:>10.2f}{t_c / t_d:>9.2f}"
+                  f"{c_steps:>8}{timer.steps:>8}{1e3 * c_step:>8.1f}{1e3 * np.median(timer.step_seconds()):>8.1f}"
+                  + "".join(f"{v:>{w}.2f}" for v, w in zip(med, (7, 8, 6, 7)))
+                  + f"  {load0:.1f}/{os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -65,16 +65,60 @@ def test_best_round_trips_any_bytes(m1, data):
     header, streams = _parse(blob)
     assert header["mode"] == "best" and header["original_length"] == len(data)
     assert header["original_crc32"] == zlib.crc32(data)
-    segs = [data[i : i + SEGMENT] for i in range(0, len(data), SEGMENT)]
+    seg_bytes, batch = codec.best_layout(len(data), CFG, m1.max_window_bytes)
+    assert (header["segment_bytes"], header["m1_batch"]) == (seg_bytes, batch) and seg_bytes <= SEGMENT
+    segs = [data[i : i + seg_bytes] for i in range(0, len(data), seg_bytes)]
     assert len(streams) == header["n_segments"] == len(segs)
     got_header, got = fileformat.unpack(blob)
     assert got_header == header and [s.tolist() for s in got] == [s.tolist() for s in streams]
+    m1b = m1.with_batch(batch)
     for seg, stream in zip(segs, streams):  # each segment's stream decodes alone, to that segment
-        assert plain_ac.decode_docs(m1, [stream], max_bytes=SEGMENT) == [seg]
+        assert plain_ac.decode_docs(m1b, [stream], max_bytes=seg_bytes) == [seg]
     # arithmetic coding is within 2 bits of the ideal code length per stream (and never below it - 1)
-    ideal = [plain_ac.ideal_bits(m1, [s]) for s in segs]
+    ideal = [plain_ac.ideal_bits(m1b, [s]) for s in segs]
     for stream, bits in zip(streams, ideal):
         assert bits - 1 <= len(stream) <= bits + 2 + 1e-3 * bits
+
+
+@FEW
+@given(n=st.integers(0, 1 << 22), segment=st.integers(1, 5000), block=st.integers(1, 300),
+       batch=st.integers(1, 300))
+@example(n=2000, segment=2048, block=127, batch=256)
+def test_best_layout_cuts_small_inputs_into_parallel_segments(n, segment, block, batch):
+    cfg = CompressConfig(m1_batch=batch, segment_bytes=segment)
+    seg, b = codec.best_layout(n, cfg, block)
+    n_seg = -(-n // seg)
+    assert 1 <= seg <= segment and 1 <= b <= batch and (b == batch or b % codec.BATCH_MULTIPLE == 0)
+    if seg != segment:  # shortened only to give PARALLEL_SEGMENTS rows, never below a context block
+        assert n_seg == min(codec.PARALLEL_SEGMENTS, n // block) and seg >= block
+    else:
+        assert n_seg >= min(codec.PARALLEL_SEGMENTS, n // block)
+    assert b >= min(batch, n_seg)  # every segment has a row (while the batch allows)
+
+
+def test_best_layout_examples():
+    """m1-3m (context block 127 bytes), default settings: a 2,000-byte file is 8 chains of 250 bytes in a
+    batch of 8, 40 KB is 20 of 2,048 in 24 rows, 1 MB fills the 256 rows."""
+    cfg = CompressConfig()
+    assert codec.best_layout(2000, cfg, 127) == (250, 8)
+    assert codec.best_layout(40_000, cfg, 127) == (2048, 24)
+    assert codec.best_layout(1 << 20, cfg, 127) == (2048, 256)
+    assert codec.best_layout(100, cfg, 127) == (2048, 8)
+    assert codec.best_layout(0, cfg, 127) == (2048, 8)
+
+
+@pytest.mark.parametrize("n, segment", [(300, 2048), (3000, 50)])
+def test_best_files_record_the_batch_they_need(random_m1_model, n, segment):
+    """Default batch 256: the file is coded (and decoded) with the rows its segments need."""
+    cfg = CompressConfig(segment_bytes=segment)
+    m1 = codec.m1_for(random_m1_model, cfg, "best")
+    data = bytes(np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8))
+    blob = codec.compress(m1, data, cfg, mode="best")
+    header, _ = fileformat.unpack(blob)
+    assert (header["segment_bytes"], header["m1_batch"]) == codec.best_layout(n, cfg, m1.max_window_bytes)
+    assert header["m1_batch"] < m1.batch and header["n_segments"] >= codec.PARALLEL_SEGMENTS
+    assert codec.decompress(m1, blob) == data
+    assert codec.decompress(m1.with_batch(8), blob) == data  # any setup of the same M1 reads it
 
 
 def test_best_is_smaller_than_windows_on_text(m1_run):
@@ -157,7 +201,8 @@ def test_cli_best_round_trip_and_comparison_table(m1_run, tmp_path, capsys):
     captured = capsys.readouterr()
     blob = comp.read_bytes()
     assert f"{len(data)} -> {len(blob)} bytes ({8 * len(blob) / len(data):.3f} bits/byte)" in captured.out
-    assert "6 segments of <= 256 bytes" in captured.out and "context 63 bytes" in captured.out  # test-tiny: seq 64
+    # 1,519 bytes at most 256 per segment: cut into PARALLEL_SEGMENTS = 8 of 190 (test-tiny: context 64)
+    assert "8 segments of <= 190 bytes" in captured.out and "context 63 bytes" in captured.out
     rows = _stderr_rows(captured.err)
     expect = {"pcomp best": len(blob), "gzip -9": len(zlib.compress(data, 9)), "bzip2 -9": len(bz2.compress(data, 9)),
               "xz -9e": len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))}

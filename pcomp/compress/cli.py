@@ -150,7 +150,7 @@ def _cmd_compress(args) -> None:
         summary += (f"{tokens} tokens of {cfg.token_bits} bits ({len(data) / max(tokens, 1):.2f} bytes/token) "
                     f"+ {len(blob) - payload} bytes of header and framing")
     else:
-        summary += (f"{header['n_segments']} segments of <= {cfg.segment_bytes} bytes, arithmetic-coded under M1 "
+        summary += (f"{header['n_segments']} segments of <= {header['segment_bytes']} bytes, arithmetic-coded under M1 "
                     f"(context {m1.context - 1} bytes) + {len(blob) - payload} bytes of header and framing")
     print(summary)
     if not args.no_compare:
@@ -209,7 +209,8 @@ def _add_settings(p, *, max_window_bytes: bool) -> None:
     p.add_argument("--precision", type=int, default=_DEFAULT.precision,
                    help=f"coder frequency precision in bits (default {_DEFAULT.precision})")
     p.add_argument("--batch", type=int, default=_DEFAULT.m1_batch,
-                   help="M1 rows per step (recorded; decoding uses the same)")
+                   help="M1 rows per step (recorded; decoding uses the same); --mode best: at most, the file uses "
+                        "as many as its segments need")
     if max_window_bytes:
         p.add_argument("--max-window-bytes", type=int, default=0,
                        help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1); "

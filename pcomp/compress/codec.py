@@ -4,12 +4,17 @@
 M2 trains on; each window is decodable alone, which costs compression.
 
 "best": plain arithmetic coding under M1 (`pcomp.compress.plain_ac`, the one coder of
-`pcomp.compress.arith`), the best code M1 gives. The input is cut into segments of
-`segment_bytes`; each segment is one coder stream over its bytes and a final end-of-document
-symbol (M1's EOS), so segments decode in parallel (`m1_batch` rows per M1 step) and the file stores
-only each stream's length in bits. Within a segment M1 sees its full trained context: its context
-restarts from BOS every `m1_context - 1` bytes, `m1_context` = the positions M1 was trained on
-(min(data.seq_len, model.max_seq_len)). Restarting (rather than sliding the context by one byte
+`pcomp.compress.arith`), the best code M1 gives. The input is cut into segments of at most
+`segment_bytes` (`best_layout`); each segment is one coder stream over its bytes and a final
+end-of-document symbol (M1's EOS), so segments decode in parallel (one row of the M1 batch each)
+and the file stores only each stream's length in bits. Decoding is sequential within a segment,
+one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts a
+small input into up to `PARALLEL_SEGMENTS` segments (a 2 KB file decodes as 8 chains of ~256
+bytes, not one of 2,048), and sizes the M1 batch to the segments (at most `m1_batch`), since a
+step costs about as much per row, busy or idle. The header records both; decoding reads them.
+Within a segment M1 sees its full trained context: its context restarts from BOS every
+`m1_context - 1` bytes, `m1_context` = the positions M1 was trained on (min(data.seq_len,
+model.max_seq_len)). Restarting (rather than sliding the context by one byte
 every step) keeps one KV-cache step per byte, the same step the windows use, and is exact by
 construction; its cost is the few bytes after each restart, coded with little context.
 """
@@ -90,13 +95,38 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
     if mode == WINDOWS:
         enc = encode_windows(m1, [data], cfg.window_bits, segment_bytes=cfg.segment_bytes, progress=progress)
         return fileformat.pack({**cfg.to_dict(), **common}, enc.codes)
+    segment_bytes, batch = best_layout(len(data), cfg, m1.max_window_bytes)
+    m1 = m1.with_batch(batch)
     streams = []
-    for seg in _chunks(segments(data, cfg.segment_bytes), _segments_per_call(m1, cfg.segment_bytes)):
+    for seg in _chunks(segments(data, segment_bytes), _segments_per_call(m1, segment_bytes)):
         streams += plain_ac.encode_docs(m1, seg)
         if progress is not None:
             progress(sum(len(s) for s in seg))
-    header = {"precision": cfg.precision, "m1_batch": cfg.m1_batch, "segment_bytes": cfg.segment_bytes, **common}
+    header = {"precision": cfg.precision, "m1_batch": batch, "segment_bytes": segment_bytes, **common}
     return fileformat.pack_streams(header, streams)
+
+
+PARALLEL_SEGMENTS = 8  # "best": an input longer than M1's context is cut into at least this many segments
+BATCH_MULTIPLE = 8  # "best": the M1 batch is the segments rounded up to this (fewer compiled shapes)
+
+
+def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[int, int]:
+    """(segment_bytes, M1 batch) of a "best" file of n_bytes; block_bytes = M1's context block.
+
+    Segments: cfg.segment_bytes each, unless that gives fewer than PARALLEL_SEGMENTS segments; then
+    min(PARALLEL_SEGMENTS, floor(n / block_bytes)) equal ones (never shorter than a context block:
+    M1's context restarts every block_bytes anyway, so a shorter segment only adds a stream end and
+    a 4-byte length). Batch: the segments, rounded up to BATCH_MULTIPLE, at most cfg.m1_batch.
+    Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
+    """
+    n_segments = -(-n_bytes // cfg.segment_bytes)
+    segment_bytes = cfg.segment_bytes
+    wanted = min(PARALLEL_SEGMENTS, n_bytes // block_bytes)
+    if n_segments < wanted:
+        segment_bytes = -(-n_bytes // wanted)
+        n_segments = -(-n_bytes // segment_bytes)
+    batch = min(cfg.m1_batch, max(BATCH_MULTIPLE, -(-n_segments // BATCH_MULTIPLE) * BATCH_MULTIPLE))
+    return segment_bytes, batch
 
 
 def segments(data: bytes, segment_bytes: int) -> list[bytes]:
@@ -147,6 +177,7 @@ def check_m1(m1: M1, header: dict, name: str = "input") -> None:
 def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes:
     """Inverse of `compress`; a wrong M1, a corrupt file or a failed check is a CompressedFormatError."""
     header, payload = fileformat.unpack(blob, name)
+    m1 = m1.with_batch(header["m1_batch"])  # the file's batch: M1's tables depend on it
     check_m1(m1, header, name)
     if header["mode"] == WINDOWS:
         data, _ = decode_windows(m1, payload, header["window_bits"], progress=progress)

@@ -138,6 +138,22 @@ class M1:
         self._params = jax.device_put(self.trained.params, self.device)
         self._bos_cache = None
         self.first_cum = None
+        self._with_batch = {self.batch: self}
+
+    def with_batch(self, batch: int) -> M1:
+        """This M1 set up for `batch` rows per step (memoized; same model, fingerprint and context).
+
+        A row's tables depend on the batch shape, so a file records the batch it was coded with and
+        is decoded with that batch (`pcomp.compress.codec` sizes it to the rows a file needs)."""
+        if batch not in self._with_batch:
+            with warnings.catch_warnings():  # the M1Warning, if any, was given when self was built
+                warnings.simplefilter("ignore", M1Warning)
+                other = dataclasses.replace(self, batch=batch)
+            if "fingerprint" in self.__dict__:
+                other.__dict__["fingerprint"] = self.fingerprint
+            other._with_batch = self._with_batch
+            self._with_batch[batch] = other
+        return self._with_batch[batch]
 
     @classmethod
     def for_windows(cls, source: str | Path | TrainedModel, window_bits: int | None, *,

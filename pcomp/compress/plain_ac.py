@@ -9,6 +9,7 @@ sequential within a document and parallel across documents.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numba
@@ -139,8 +140,11 @@ def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int) -> list[b
         cache = m1.start()
         cum = np.zeros((B, m1.n_symbols + 1), np.int64)
         while True:
+            t0 = time.perf_counter()
             active = _decode_rows(cum, m1.first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos,
                                   m1.precision, m1.max_window_bytes)
+            if m1.timer is not None:
+                m1.timer.record_kernel(time.perf_counter() - t0, active)
             if active < 0:
                 raise CompressedFormatError(f"stream {g0 - 1 - active} decodes past {max_bytes} bytes without EOF")
             if active == 0:
