@@ -27,10 +27,8 @@ def _cmd_train(args) -> None:
 
     initialize()
     cfg = Config.load(args.config).override(*args.overrides)
-    summary = train(cfg)
-    if summary.get("interrupted"):  # checkpoint saved (the trainer said where): 0 after SIGTERM, 130 after SIGINT
-        return 130 if summary["interrupted"] == "SIGINT" else 0
-    return 0
+    # a stopped run checkpointed (the trainer said where): 0 after SIGTERM, 130 after SIGINT
+    return train(cfg).exit_code
 
 
 def _cmd_eval(args) -> None:
@@ -149,8 +147,10 @@ def _at_least(flag: str, value: int, low: int, note: str = "") -> None:
 
 def _cmd_demo(args) -> None:
     from pcomp.demo import run_demo
+    from pcomp.train.trainer import TrainResult
 
-    run_demo(args.overrides)
+    report = run_demo(args.overrides)
+    return report.exit_code if isinstance(report, TrainResult) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

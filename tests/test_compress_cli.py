@@ -359,7 +359,7 @@ def test_m2_trains_on_prepared_tokens(prepared, tmp_path, capsys):
     summary = train(Config.preset("test-tiny").override(f"data.source={prepared}", "data.seq_len=32",
                                                         "training.steps=3", f"training.workdir={run}",
                                                         "training.progress=false"))
-    bpb = summary["eval"]["eval/bits_per_byte"]
+    bpb = summary.eval["eval/bits_per_byte"]
     assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == 256
     assert load_tokenizer(run / "tokenizer").to_config() == load_tokenizer(prepared / "tokenizer").to_config()
     # `pcomp eval` of the M2 run scores the prepared dataset's own held-out tokens (not its files as

@@ -105,7 +105,7 @@ def test_resume_with_another_schedule_is_refused_but_logging_may_change(tmp_path
         train(cfg.override("training.lr=1e-3"))
     summary = train(cfg.override("training.log_every=1", "training.checkpoint_every=5", "training.keep_checkpoints=2",
                                  "model.scan_unroll=1"))
-    assert sum(s["steps"] for s in summary["stages"]) == 2
+    assert sum(s["steps"] for s in summary.stages) == 2
 
 
 @pytest.mark.slow
