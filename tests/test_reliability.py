@@ -207,3 +207,67 @@ def test_second_signal_exits_at_once_and_keeps_the_last_checkpoint(tmp_path):
     assert "Traceback" not in err
     for leaf in _params(workdir):  # the latest finished checkpoint restores
         assert np.isfinite(leaf).all()
+
+
+# --- issue #20: damaged checkpoints, corrupt shards, a full disk ----------------------------------------------
+def _damage(run: Path, how: str) -> None:
+    state = run / "checkpoints" / "20" / "state"
+    if how == "manifest":
+        (state / "manifest.ocdbt").unlink()
+    elif how == "data-files":
+        for d in state.rglob("d"):
+            for f in d.iterdir():
+                f.unlink()
+    else:  # config.json edited to another model width
+        cfg = json.loads((run / "config.json").read_text())
+        cfg["model"]["d_model"] = 96
+        (run / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("how", ["manifest", "data-files", "d_model"])
+def test_damaged_checkpoint_is_one_line_naming_the_step_and_cause(m1_run, tmp_path, capsys, how):
+    """eval / generate on a run whose latest checkpoint is damaged: one line naming step 20, the cause and
+    (for missing files) the older checkpoint; they used to print 146-161 lines of orbax traceback."""
+    from pcomp.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(m1_run, run)
+    _damage(run, how)
+    for argv in (["generate", "--checkpoint", str(run), "--prompt", "The ", "--max-tokens", "3"],
+                 ["eval", "--checkpoint", str(run), "--max-bytes", "200"]):
+        assert main(argv) == 2
+        err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+        assert len(err) == 1, err
+        assert err[0].startswith(f"pcomp: error: cannot restore checkpoint step 20 from {run / 'checkpoints'}: "), err
+        if how == "d_model":
+            assert "do not fit the model the run's config.json describes" in err[0] and "stored shape" in err[0]
+        else:
+            assert "damaged or incomplete" in err[0]
+            assert f"the older checkpoint step 10 is on disk: to use it, move {run / 'checkpoints' / '20'} out" in err[0]
+    if how != "d_model":  # the advice works: without step 20, step 10 loads
+        shutil.move(run / "checkpoints" / "20", tmp_path / "step20")
+        assert load_trained(run).step == 10
+
+
+def test_damaged_checkpoint_in_a_subprocess_prints_no_traceback(m1_run, tmp_path):
+    """The whole stderr of `pcomp generate` is the one line (orbax's background echoes included)."""
+    run = tmp_path / "run"
+    shutil.copytree(m1_run, run)
+    _damage(run, "manifest")
+    proc = subprocess.run([sys.executable, "-m", "pcomp", "generate", "--checkpoint", str(run), "--prompt", "a"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("pcomp: error: cannot restore checkpoint step 20")
+
+
+@pytest.mark.slow
+def test_train_on_a_damaged_latest_checkpoint_is_one_line(m1_run, tmp_path, capsys):
+    from pcomp.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(m1_run, run)
+    _damage(run, "manifest")
+    assert main(["train", "--config", str(run / "config.json"), f"training.workdir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert "pcomp: error: cannot restore checkpoint step 20" in err and "step 10 is on disk" in err
+    assert "Traceback" not in err
