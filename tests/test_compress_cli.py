@@ -650,3 +650,23 @@ def test_readme_compression_example_runs(m1_run, monkeypatch):
     scope = {}
     exec(compile(block, "README.md", "exec"), scope)
     assert scope["tok"].decode(scope["ids"]) == b"hello world" and scope["data"] == b"some textmore text"
+
+
+def test_corrupt_prepared_shard_is_one_line_before_the_run_writes_anything(prepared, tmp_path, capsys):
+    """400 bytes XOR-ed inside a training shard (issue #20): `pcomp train` on the dataset says which shard
+    and how to rewrite it, in one line, and leaves no run directory behind (it used to die on a Riegeli
+    'chunk header hash mismatch' traceback after writing config.json)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared, ds)
+    shard = ds / "train-00001.array_record"
+    data = bytearray(shard.read_bytes())
+    start = 100  # inside the records (a small shard's file is mostly padding after them)
+    for i in range(start, start + 400):
+        data[i] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    run = tmp_path / "run"
+    assert main(["train", "--config", "test-tiny", f"data.source={ds}", "data.seq_len=32", "training.steps=2",
+                 "training.progress=false", f"training.workdir={run}"]) == 2
+    line = one_error_line(capsys, str(shard), "damaged", "train-00001.json", "pcomp prepare")
+    assert "\n" not in line
+    assert not (run / "config.json").exists() and not (run / "checkpoints").exists()
