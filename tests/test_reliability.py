@@ -271,3 +271,51 @@ def test_train_on_a_damaged_latest_checkpoint_is_one_line(m1_run, tmp_path, caps
     err = capsys.readouterr().err
     assert "pcomp: error: cannot restore checkpoint step 20" in err and "step 10 is on disk" in err
     assert "Traceback" not in err
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """Mount tmpfs file systems of a given size under tmp_path (root only; skipped elsewhere)."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root")
+        d = tmp_path / f"fs-{size}"
+        d.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+        mounted.append(d)
+        return d
+
+    yield mount
+    for d in mounted:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["400k", "4m"])
+def test_full_disk_names_the_failed_and_the_last_complete_checkpoint(small_tmpfs, size):
+    """Training on a file system that fills up: one line naming the checkpoint that failed (the one left
+    half-written on disk) and the last complete one; no traceback, no 'done', no summary.json. (400k
+    used to print 36 'Event loop is closed' tracebacks and name step 20 for a failed step 10; 4m printed
+    'pcomp: done' and wrote summary.json, then named step 20 for a failed step 30.)"""
+    workdir = small_tmpfs(size) / "run"
+    proc = subprocess.run(_train_cmd(workdir, "training.checkpoint_every=10", steps=40), env=ENV, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and err[0].startswith("pcomp: error: "), err
+    assert "pcomp: done" not in proc.stdout and not (workdir / "summary.json").exists()
+    names = [p.name for p in (workdir / "checkpoints").iterdir()]
+    half = [int(n.split(".")[0]) for n in names if not n.isdigit()]
+    complete = sorted(int(n) for n in names if n.isdigit())
+    assert len(half) <= 1, names
+    if half:  # the checkpoint the disk filled up in
+        assert f"cannot write checkpoint step {half[0]} to {workdir / 'checkpoints'}: no space left on device" in err[0]
+    else:  # the metrics met the full disk first (before a checkpoint was being written)
+        assert f"{workdir}" in err[0] and "no space left on device" in err[0], err[0]
+    assert err[0].endswith(f"; the last complete checkpoint is step {complete[-1]}" if complete
+                           else "; no checkpoint is complete"), err[0]

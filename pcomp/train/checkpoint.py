@@ -69,15 +69,26 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_names=("state", "data", "meta"),
         )
+        self._pending: int | None = None  # the step being written asynchronously
 
     def latest(self) -> int | None:
         return self._mngr.latest_step()
+
+    def last_complete(self, but: int | None = None) -> int | None:
+        """The latest checkpoint complete on disk now (re-read: after a failed write), other than `but`."""
+        try:
+            self._mngr.reload()
+        except Exception:  # reading the directory failed too: what was known before
+            pass
+        return max((s for s in self.all_steps() if s != but), default=None)
 
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
     def save(self, step: int, state, data_iterator, meta: dict) -> None:
-        """Start writing checkpoint `step` (asynchronously); an earlier write's failure surfaces here."""
+        """Start writing checkpoint `step` (asynchronously). The previous write is finished first, so its
+        failure surfaces here under its own step, not this one's."""
+        self._finish_pending()
         try:
             self._mngr.save(
                 step,
@@ -90,17 +101,27 @@ class Checkpointer:
             )
         except (OSError, ValueError, RuntimeError) as e:
             raise self._write_error(step, e) from None
+        self._pending = step
 
-    def _write_error(self, step: int, e: Exception) -> CheckpointError:
+    def _finish_pending(self) -> None:
+        """Wait for the write in flight (if any); its failure is a CheckpointError naming its step."""
+        step, self._pending = self._pending, None
+        try:
+            self._mngr.wait_until_finished()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._write_error(step, e) from None
+
+    def _write_error(self, step: int | None, e: Exception) -> CheckpointError:
         text = str(e)
         if getattr(e, "errno", None) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text or "No space left" in text:
             reason = "no space left on device"
         else:
             reason = (text.splitlines() or [type(e).__name__])[0][:300]
-        last = self.latest()
+        last = self.last_complete(but=step)
+        which = f"checkpoint step {step}" if step is not None else "a checkpoint"
         return CheckpointError(
-            f"cannot write a checkpoint (step {step}) to {self.directory}: {reason}"
-            + (f"; the last complete checkpoint is step {last}" if last is not None else "")
+            f"cannot write {which} to {self.directory}: {reason}"
+            + (f"; the last complete checkpoint is step {last}" if last is not None else "; no checkpoint is complete")
         )
 
     def restore(self, step: int, abstract_state, data_iterator):
@@ -161,16 +182,14 @@ class Checkpointer:
         return f"{self.directory}/{step}"
 
     def wait(self) -> None:
-        try:
-            self._mngr.wait_until_finished()
-        except (OSError, ValueError, RuntimeError) as e:
-            raise self._write_error(self._mngr.latest_step() or -1, e) from None
+        self._finish_pending()
 
     def close(self) -> None:
+        self._finish_pending()
         try:
             self._mngr.close()
         except (OSError, ValueError, RuntimeError) as e:
-            raise self._write_error(-1, e) from None
+            raise self._write_error(None, e) from None
 
 
 def abstract_with_shardings(shape_tree, sharding_tree):

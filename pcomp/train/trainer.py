@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from pcomp.config import Config
 from pcomp.data.run_data import RunData, vocab_size_before_reading
-from pcomp.errors import CheckpointError, ConfigError, DivergenceError, os_error
+from pcomp.errors import CheckpointError, ConfigError, DivergenceError, PathError, PcompError, os_error
 from pcomp.models.sharding import make_mesh
 from pcomp.output import write_file
 from pcomp.patching import Stage, plan_stages, relative_cost
@@ -269,17 +269,38 @@ class _Run:
     def run(self) -> TrainResult:
         try:
             return self._run()
-        except BaseException:  # close the metrics writer quietly; the original error is the one to report
-            self.progress.close()
-            try:
-                self.profiler.close()  # a run stopped inside the profile window still writes its trace
-            except Exception:
-                pass
-            try:
-                self.writer.close()
-            except OSError:
-                pass
+        except (OSError, PathError) as e:  # e.g. a full disk met by the metrics before the checkpointer
+            self._quiet_close()
+            raise self._with_checkpoint_state(e) from None
+        except BaseException:
+            self._quiet_close()
             raise
+
+    def _with_checkpoint_state(self, e: Exception) -> PcompError:
+        """`e` as one line that also says which checkpoint a resume would start from: the checkpointer's
+        own error if the write in flight failed too (it names that step), else the last complete step."""
+        try:
+            self.ckpt.wait()
+        except CheckpointError as failed:
+            return failed
+        except Exception:
+            pass
+        last = self.ckpt.last_complete()
+        message = str(e) if isinstance(e, PcompError) else str(os_error(self.ctx.workdir, e, "write to"))
+        return PathError(message + (f"; the last complete checkpoint is step {last}" if last is not None
+                                    else "; no checkpoint is complete"))
+
+    def _quiet_close(self) -> None:
+        """Close the metrics writer quietly; the original error is the one to report."""
+        self.progress.close()
+        try:
+            self.profiler.close()  # a run stopped inside the profile window still writes its trace
+        except Exception:
+            pass
+        try:
+            self.writer.close()
+        except OSError:
+            pass
 
     def _run(self) -> TrainResult:
         ctx, cfg = self.ctx, self.ctx.cfg
