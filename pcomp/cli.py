@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import signal
 import sys
+import threading
 
 from pcomp.errors import ConfigError, PcompError, os_error
 
@@ -209,11 +211,32 @@ def _quiet_shutdown() -> None:
     threading.excepthook = lambda args: None
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside training (`pcomp prepare`, compress, ...): unwinds like Ctrl-C's KeyboardInterrupt,
+    so `with` blocks clean up (a claimed output's temporary file goes; prepare's finished shards stay,
+    and the same command resumes). Training installs its own handler (`pcomp.train.signals`)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # a usage error (already printed as one line) or --help
         return e.code if isinstance(e.code, int) else 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         rc = args.fn(args)
     except PcompError as e:
@@ -226,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pcomp: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("pcomp: terminated by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return rc or 0
 
 

@@ -670,3 +670,33 @@ def test_corrupt_prepared_shard_is_one_line_before_the_run_writes_anything(prepa
     line = one_error_line(capsys, str(shard), "damaged", "train-00001.json", "pcomp prepare")
     assert "\n" not in line
     assert not (run / "config.json").exists() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_during_prepare_is_one_line_and_keeps_finished_shards(m1_run, tmp_path):
+    """SIGTERM while `pcomp prepare` compresses (issue #20): one line, exit 143, no traceback; the shards
+    finished so far stay whole (each .json beside its records), so the same command resumes. It used to
+    die silently (exit -15)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ds"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "pcomp", "prepare", "--m1", str(m1_run), "--data", "embedded", "--out", str(out),
+            "--window-bits", "16", "--token-bits", "8", "--seq-len", "32", "--shard-docs", "1", "--batch", M1_BATCH]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "train-00000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1] if proc.poll() is not None else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    lines = [ln for ln in re.split(r"[\r\n]|(?=pcomp: )", err) if ln.strip() and not ln.startswith("prepare ")]
+    assert lines == ["pcomp: terminated by SIGTERM"], err
+    for meta in out.glob("train-*.json"):
+        assert meta.with_suffix(".array_record").is_file()
+    PreparedDataset(out)  # dataset.json is whole
