@@ -91,9 +91,23 @@ def _cmd_generate(args) -> None:
         bos = " including BOS" if tok.bos_id is not None else ""
         raise ConfigError(f"--prompt is {len(ids)} tokens{bos} but the model's context is {context} tokens "
                           f"(model.max_seq_len); shorten the prompt")
-    out = generate(run.graphdef, run.params, ids, max_new_tokens=args.max_tokens, max_len=context,
-                   temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop_id=tok.eos_id,
-                   bos_id=tok.bos_id)
+    sample = dict(max_new_tokens=args.max_tokens, max_len=context, temperature=args.temperature, top_k=args.top_k,
+                  seed=args.seed, stop_id=tok.eos_id, bos_id=tok.bos_id)
+    if tok.name == "bytes":  # decode is per token: print each as it is sampled (Ctrl-C keeps the text so far)
+        from pcomp.compress.generate import Utf8Stream
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        stream = Utf8Stream(write)  # the same text as decoding the whole (UTF-8 split across tokens held)
+        stream(prompt)
+        generate(run.graphdef, run.params, ids, **sample, on_token=lambda token: stream(tok.decode([token])))
+        stream.close()
+        sys.stdout.write("\n")
+        return
+    # other tokenizers (SentencePiece) may decode a prefix differently from the whole: printed at the end
+    out = generate(run.graphdef, run.params, ids, **sample)
     sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
 
 

@@ -184,3 +184,35 @@ def test_output_helper(tmp_path):
         check_replaceable(fifo)
     check_replaceable(path)
     check_replaceable(tmp_path / "new")
+
+
+def test_generate_prints_each_token_as_it_is_sampled(m1_run, capsys, monkeypatch):
+    """`pcomp generate` of a byte-level model writes the text as tokens are sampled (a Ctrl-C keeps what was
+    printed), and the whole output is byte for byte what decoding all tokens at the end gives."""
+    import pcomp.models.generate as gen
+    from pcomp.train.load import load_trained
+
+    real, seen = gen.generate, []
+
+    def watching(*args, on_token=None, **kw):
+        def on(token):
+            stop = on_token(token) if on_token is not None else None
+            seen.append((token, capsys.readouterr().out))  # what reached stdout right after this token
+            return stop
+
+        return real(*args, on_token=on, **kw)
+
+    monkeypatch.setattr(gen, "generate", watching)
+    prompt = "Grüße, "
+    assert main(["generate", "--checkpoint", str(m1_run), "--prompt", prompt, "--max-tokens", "40", "--seed", "3"]) == 0
+    rest = capsys.readouterr().out
+    run = load_trained(m1_run)
+    tok = run.tokenizer
+    ids = [tok.bos_id, *tok.encode(prompt.encode())]
+    expected = real(run.graphdef, run.params, ids, max_new_tokens=40, max_len=run.cfg.model.max_seq_len,
+                    temperature=0.8, top_k=40, seed=3, stop_id=tok.eos_id, bos_id=tok.bos_id)
+    assert [t for t, _ in seen] == list(expected)
+    streamed = "".join(out for _, out in seen)
+    assert streamed + rest == (prompt.encode() + tok.decode(expected)).decode("utf-8", errors="replace") + "\n"
+    assert seen[0][1].startswith(prompt)  # the prompt and the first token were out before the second was sampled
+    assert sum(1 for _, out in seen if out) >= len(seen) // 2  # text arrived token by token, not at the end
