@@ -216,3 +216,12 @@ def test_generate_prints_each_token_as_it_is_sampled(m1_run, capsys, monkeypatch
     assert streamed + rest == (prompt.encode() + tok.decode(expected)).decode("utf-8", errors="replace") + "\n"
     assert seen[0][1].startswith(prompt)  # the prompt and the first token were out before the second was sampled
     assert sum(1 for _, out in seen if out) >= len(seen) // 2  # text arrived token by token, not at the end
+
+
+def test_export_hf_never_replaces_a_fifo(m1_run, tmp_path, capsys):
+    pytest.importorskip("transformers")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert main(["export-hf", "--checkpoint", str(m1_run), str(fifo)]) == 2
+    _one_error_line(capsys, str(fifo), "is not a directory")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
