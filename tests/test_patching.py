@@ -326,7 +326,7 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     assert min(r["step"] for r in resumed_rows) == s1 + 1  # nothing of stage 1 was re-run
 
     # (b) cost, tokens and FLOPs of the two stages, and what each stage logs
-    assert full["relative_cost"] == pytest.approx(0.5, rel=1e-15)
+    assert full.summary["relative_cost"] == pytest.approx(0.5, rel=1e-15)
     stage_p, stage_t = full.stages
     assert (stage_p["name"], stage_p["patch_size"], stage_p["steps"]) == ("patch", 4, s1)
     assert (stage_t["name"], stage_t["patch_size"], stage_t["steps"]) == ("token", 1, s2)
