@@ -196,13 +196,14 @@ def prepare_m1(args, out: Path) -> str:
     if args.m1:
         return args.m1
     from pcomp.config import Config
-    from pcomp.train.trainer import train
+    from pcomp.report import train_to_end
 
     run = out / "m1-1step"
     if not (run / "summary.json").is_file():
         shutil.rmtree(run, ignore_errors=True)
-        train(Config.preset("m1-3m").override(f"training.workdir={run}", "training.steps=1", "training.warmup_steps=1",
-                                              "training.progress=false", "data.eval_max_bytes=2048"))
+        train_to_end(Config.preset("m1-3m").override(  # a stopped M1 ends the script, never used as if trained
+            f"training.workdir={run}", "training.steps=1", "training.warmup_steps=1", "training.progress=false",
+            "data.eval_max_bytes=2048"))
     return str(run)
 
 
@@ -229,11 +230,11 @@ def time_prepare(args, kind: str, source: str, n_bytes: int, m1_path: str | None
 def time_m2(args, dataset: str, out: Path) -> float | None:
     """Median trainer tokens/s of --m2-steps steps of a --m2-preset M2 on a prepared dataset."""
     from pcomp.config import Config
-    from pcomp.train.trainer import train
+    from pcomp.report import train_to_end
 
     run = Path(out) / f"m2-{Path(dataset).name}"
     shutil.rmtree(run, ignore_errors=True)
-    train(Config.preset(args.m2_preset).override(
+    train_to_end(Config.preset(args.m2_preset).override(
         f"data.source={dataset}", f"data.seq_len={args.seq_len}", f"training.steps={args.m2_steps}",
         f"training.batch_size={args.m2_batch}", "training.log_every=1", "training.progress=false",
         f"training.checkpoint_every={args.m2_steps}", f"training.workdir={run}"))

@@ -152,12 +152,12 @@ def run_m2(method: Method, cfg: Config, dataset: Path, model: str) -> dict:
         raise SystemExit(f"{workdir} holds a finished run with another config ({diff}); use another --out")
     print(f"\n=== {method.name} on {model}: {cfg.training.tokens:,} tokens ===", flush=True)
     t0 = time.perf_counter()
-    summary = train_to_end(cfg)
+    trained = train_to_end(cfg)
     wall = time.perf_counter() - t0
     acc = account_prepared(load_trained(workdir), dataset, "eval")
     result = {"method": method.name, "model": model, "tokenizer": method.tokenizer, "K": method.patch_size,
-              "wall_s": wall, "train_tokens": sum(s["tokens"] for s in summary["stages"]),
-              "train_flops": sum(s["flops"] for s in summary["stages"]), **acc.to_dict(),
+              "wall_s": wall, "train_tokens": sum(s["tokens"] for s in trained.stages),
+              "train_flops": sum(s["flops"] for s in trained.stages), **acc.to_dict(),
               "config": json.loads(cfg.to_json())}
     write_json(result_file, result)
     return result

@@ -89,7 +89,7 @@ def get_m1(args) -> tuple[str, dict]:
         info = {"m1_source": "given", "m1_train_s": None}
     else:
         from pcomp.config import Config
-        from pcomp.train.trainer import train
+        from pcomp.report import train_to_end
 
         run = Path(args.out) / "m1"
         cfg = Config.preset("m1-3m").override(
@@ -99,7 +99,7 @@ def get_m1(args) -> tuple[str, dict]:
         print(f"training M1 (m1-3m, {args.m1_steps} steps of {cfg.training.batch_size} x {cfg.data.seq_len} "
               f"bytes) in {run} ...", flush=True)
         t0 = time.perf_counter()
-        train(cfg)
+        train_to_end(cfg)  # a stopped M1 ends the script: the table is never made with it
         info = {"m1_source": "trained here", "m1_train_s": time.perf_counter() - t0}
     summary = run / "summary.json"
     if summary.is_file():

@@ -385,9 +385,9 @@ def execute(run: Run, preset: dict, source: str, eval_fraction: float | None, wo
     overrides = run_overrides(run, preset, source, eval_fraction, workdir)
     cfg = Config.load(run.model).override(*overrides).validate()
     t0 = time.perf_counter()
-    summary = train_to_end(cfg)
+    trained = train_to_end(cfg)
     wall = time.perf_counter() - t0
-    stages = summary["stages"]
+    stages = trained.stages
     tokens = sum(s["tokens"] for s in stages)
     first_step = sum(s["steps"] for s in stages[:-1])
     end_step = first_step + stages[-1]["steps"]
@@ -398,8 +398,8 @@ def execute(run: Run, preset: dict, source: str, eval_fraction: float | None, wo
         "name": run.name, "run": dataclasses.asdict(run), "N": n, "N_no_embeddings": n_no_emb,
         "D": int(run.dn * n), "tokens": tokens, "epochs": tokens / train_tokens if train_tokens else None,
         "corpus_train_tokens": train_tokens, "steps": end_step, "flops": sum(s["flops"] for s in stages),
-        "relative_cost": summary["relative_cost"], "wall_s": wall,
-        "bpb": summary["eval"]["eval/bits_per_byte"], "eval_loss": summary["eval"]["eval/loss"],
+        "relative_cost": trained.summary["relative_cost"], "wall_s": wall,
+        "bpb": trained.eval["eval/bits_per_byte"], "eval_loss": trained.eval["eval/loss"],
         "train_loss_bits_per_token": loss / math.log(2) if loss is not None else None,
         "stage_end_bpb": [s["end_bits_per_byte"] for s in stages], "stage_steps": [s["steps"] for s in stages],
         "curve": curve, "overfit": rises_late(curve, first_step, end_step),

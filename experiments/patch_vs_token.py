@@ -104,14 +104,14 @@ def run_one(cfg: Config, run: Run, fresh: bool) -> dict:
     print(f"\n=== {run.name}: K={run.patch_size}, lambda={run.patch_fraction:.3g}, "
           f"D={cfg.training.tokens:,} tokens ===", flush=True)
     t0 = time.perf_counter()
-    summary = train_to_end(cfg)
+    trained = train_to_end(cfg)
     wall = time.perf_counter() - t0
-    stages = summary["stages"]
+    stages = trained.stages
     result = {
         "run": run.name, "K": run.patch_size, "lambda": run.patch_fraction if run.patch_size > 1 else None,
         "tokens": sum(s["tokens"] for s in stages), "flops": sum(s["flops"] for s in stages),
-        "relative_cost": summary["relative_cost"], "wall_s": wall, "steps": sum(s["steps"] for s in stages),
-        "bpb": summary["eval"]["eval/bits_per_byte"], "eval_loss": summary["eval"]["eval/loss"],
+        "relative_cost": trained.summary["relative_cost"], "wall_s": wall, "steps": sum(s["steps"] for s in stages),
+        "bpb": trained.eval["eval/bits_per_byte"], "eval_loss": trained.eval["eval/loss"],
         "stages": [{k: v for k, v in s.items()} for s in stages],
         "curve": eval_curve(workdir, stages), "config": json.loads(cfg.to_json()),
     }

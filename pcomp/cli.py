@@ -9,7 +9,9 @@ import argparse
 import math
 import os
 import re
+import signal
 import sys
+import threading
 
 from pcomp.errors import ConfigError, DataError, PcompError, os_error
 
@@ -29,10 +31,8 @@ def _cmd_train(args) -> None:
 
     initialize()
     cfg = Config.load(args.config).override(*args.overrides)
-    summary = train(cfg)
-    if summary.get("interrupted"):  # checkpoint saved (the trainer said where): 0 after SIGTERM, 130 after SIGINT
-        return 130 if summary["interrupted"] == "SIGINT" else 0
-    return 0
+    # a stopped run checkpointed (the trainer said where): 0 after SIGTERM, 130 after SIGINT
+    return train(cfg).exit_code
 
 
 def _cmd_eval(args) -> None:
@@ -163,9 +163,23 @@ def _cmd_generate(args) -> None:
         bos = " including BOS" if tok.bos_id is not None else ""
         raise ConfigError(f"--prompt is {len(ids)} tokens{bos} but the model's context is {context} tokens "
                           f"(model.max_seq_len); shorten the prompt")
-    out = generate(run.graphdef, run.params, ids, max_new_tokens=args.max_tokens, max_len=context,
-                   temperature=args.temperature, top_k=args.top_k, seed=args.seed, stop_id=tok.eos_id,
-                   bos_id=tok.bos_id)
+    sample = dict(max_new_tokens=args.max_tokens, max_len=context, temperature=args.temperature, top_k=args.top_k,
+                  seed=args.seed, stop_id=tok.eos_id, bos_id=tok.bos_id)
+    if tok.name == "bytes":  # decode is per token: print each as it is sampled (Ctrl-C keeps the text so far)
+        from pcomp.compress.generate import Utf8Stream
+
+        def write(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        stream = Utf8Stream(write)  # the same text as decoding the whole (UTF-8 split across tokens held)
+        stream(prompt)
+        generate(run.graphdef, run.params, ids, **sample, on_token=lambda token: stream(tok.decode([token])))
+        stream.close()
+        sys.stdout.write("\n")
+        return
+    # other tokenizers (SentencePiece) may decode a prefix differently from the whole: printed at the end
+    out = generate(run.graphdef, run.params, ids, **sample)
     sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
 
 
@@ -221,8 +235,10 @@ def _at_least(flag: str, value: int, low: int, note: str = "") -> None:
 
 def _cmd_demo(args) -> None:
     from pcomp.demo import run_demo
+    from pcomp.train.trainer import TrainResult
 
-    run_demo(args.overrides)
+    report = run_demo(args.overrides)
+    return report.exit_code if isinstance(report, TrainResult) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,11 +303,32 @@ def _quiet_shutdown() -> None:
     threading.excepthook = lambda args: None
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside training (`pcomp prepare`, compress, ...): unwinds like Ctrl-C's KeyboardInterrupt,
+    so `with` blocks clean up (a claimed output's temporary file goes; prepare's finished shards stay,
+    and the same command resumes). Training installs its own handler (`pcomp.train.signals`)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # a usage error (already printed as one line) or --help
         return e.code if isinstance(e.code, int) else 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         rc = args.fn(args)
     except PcompError as e:
@@ -304,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pcomp: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("pcomp: terminated by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
     return rc or 0
 
 

@@ -382,11 +382,13 @@ def export_hf(run, out, *, max_shard_size=DEFAULT_MAX_SHARD_SIZE) -> dict:
 
     from pcomp.train.load import load_trained
 
-    if not hasattr(run, "params"):
-        run = load_trained(run)
     out = Path(out)
+    if out.exists() and not out.is_dir():  # a file, device or FIFO: never replaced, checked before loading
+        raise ConfigError(f"output {out} exists and is not a directory; export-hf writes a new folder")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output directory {out} exists and is not empty")
+    if not hasattr(run, "params"):
+        run = load_trained(run)
     out.mkdir(parents=True, exist_ok=True)
     cfg = run.cfg.model
     try:

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-def train_to_end(cfg) -> dict:
-    """`pcomp.train.trainer.train(cfg)`, or SystemExit when a signal (SIGTERM: preemption; Ctrl-C) stopped
-    the run before its end. The trainer checkpointed, so the same command resumes; a script must never
+def train_to_end(cfg):
+    """`pcomp.train.trainer.train(cfg)` (its `TrainResult`), or SystemExit when a signal (SIGTERM:
+    preemption; Ctrl-C) stopped the run before its end (130 after SIGINT, else 0). The trainer checkpointed, so the same command resumes; a script must never
     score a stopped run and record it as finished."""
     from pcomp.train.trainer import train
 
-    summary = train(cfg)
-    if summary.get("interrupted"):
-        raise SystemExit(130 if summary["interrupted"] == "SIGINT" else 0)
-    return summary
+    result = train(cfg)  # a TrainResult
+    if not result.finished:
+        raise SystemExit(result.exit_code)
+    return result
 
 
 def add_data_arg(parser: argparse.ArgumentParser, default: str = "embedded") -> None:

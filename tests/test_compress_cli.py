@@ -359,7 +359,7 @@ def test_m2_trains_on_prepared_tokens(prepared, tmp_path, capsys):
     summary = train(Config.preset("test-tiny").override(f"data.source={prepared}", "data.seq_len=32",
                                                         "training.steps=3", f"training.workdir={run}",
                                                         "training.progress=false"))
-    bpb = summary["eval"]["eval/bits_per_byte"]
+    bpb = summary.eval["eval/bits_per_byte"]
     assert json.loads((run / "config.json").read_text())["model"]["vocab_size"] == 256
     assert load_tokenizer(run / "tokenizer").to_config() == load_tokenizer(prepared / "tokenizer").to_config()
     # `pcomp eval` of the M2 run scores the prepared dataset's own held-out tokens (not its files as
@@ -657,3 +657,53 @@ def test_readme_compression_example_runs(m1_run, monkeypatch):
     scope = {}
     exec(compile(block, "docs/compression.md", "exec"), scope)
     assert scope["tok"].decode(scope["ids"]) == b"hello world" and scope["data"] == b"some textmore text"
+
+
+def test_corrupt_prepared_shard_is_one_line_before_the_run_writes_anything(prepared, tmp_path, capsys):
+    """400 bytes XOR-ed inside a training shard (issue #20): `pcomp train` on the dataset says which shard
+    and how to rewrite it, in one line, and leaves no run directory behind (it used to die on a Riegeli
+    'chunk header hash mismatch' traceback after writing config.json)."""
+    ds = tmp_path / "ds"
+    shutil.copytree(prepared, ds)
+    shard = ds / "train-00001.array_record"
+    data = bytearray(shard.read_bytes())
+    start = 100  # inside the records (a small shard's file is mostly padding after them)
+    for i in range(start, start + 400):
+        data[i] ^= 0x5A
+    shard.write_bytes(bytes(data))
+    run = tmp_path / "run"
+    assert main(["train", "--config", "test-tiny", f"data.source={ds}", "data.seq_len=32", "training.steps=2",
+                 "training.progress=false", f"training.workdir={run}"]) == 2
+    line = one_error_line(capsys, str(shard), "damaged", "train-00001.json", "pcomp prepare")
+    assert "\n" not in line
+    assert not (run / "config.json").exists() and not (run / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_during_prepare_is_one_line_and_keeps_finished_shards(m1_run, tmp_path):
+    """SIGTERM while `pcomp prepare` compresses (issue #20): one line, exit 143, no traceback; the shards
+    finished so far stay whole (each .json beside its records), so the same command resumes. It used to
+    die silently (exit -15)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ds"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "pcomp", "prepare", "--m1", str(m1_run), "--data", "embedded", "--out", str(out),
+            "--window-bits", "16", "--token-bits", "8", "--seq-len", "32", "--shard-docs", "1", "--batch", M1_BATCH]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "train-00000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1] if proc.poll() is not None else ""
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    lines = [ln for ln in re.split(r"[\r\n]|(?=pcomp: )", err) if ln.strip() and not ln.startswith("prepare ")]
+    assert lines == ["pcomp: terminated by SIGTERM"], err
+    for meta in out.glob("train-*.json"):
+        assert meta.with_suffix(".array_record").is_file()
+    PreparedDataset(out)  # dataset.json is whole

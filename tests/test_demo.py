@@ -5,8 +5,13 @@ printed sample (the checkpoint's own sampled tokens)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import matplotlib.figure
 import matplotlib.image
@@ -83,3 +88,30 @@ def test_demo_end_to_end(tmp_path, capsys, monkeypatch):
                    temperature=0.7, top_k=20, seed=0, stop_id=tok.eos_id)
     sample = out.split("sample             :\n", 1)[1]
     assert sample == "The " + tok.decode(ref).decode("utf-8", errors="replace") + "\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 0)])
+def test_interrupted_demo_says_where_its_checkpoint_is(tmp_path, sig, code):
+    """SIGINT / SIGTERM during `pcomp demo`: the step in flight finishes and is checkpointed, then the demo
+    says where and ends as `pcomp train` does (130 / 0), with no plot, no sample and no traceback (it
+    used to go on to sample and die on the missing evaluation, exit 1)."""
+    run = tmp_path / "demo"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "pcomp", "demo", *TINY_DEMO, "training.steps=400", "training.checkpoint_every=1000",
+            f"training.workdir={run}"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics, deadline = run / "metrics.jsonl", time.time() + 300
+    while not (metrics.exists() and metrics.read_text().count("train/loss") >= 2):
+        assert proc.poll() is None and time.time() < deadline, "the demo never reached step 2"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in out + err, err
+    assert proc.returncode == code, err
+    step = int(re.search(rf"pcomp: stopped by {sig.name} at step (\d+)", out).group(1))
+    assert 2 <= step < 400
+    assert (f"pcomp: demo stopped by {sig.name}: checkpoint saved in {run / 'checkpoints'} at step {step}; "
+            "run the same command to resume") in out
+    assert "=== pcomp demo ===" not in out and not (run / "loss_curve.png").exists()
+    assert (run / "checkpoints" / str(step)).is_dir() and not (run / "summary.json").exists()

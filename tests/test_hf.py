@@ -279,8 +279,8 @@ def test_imported_run_continues_training(tmp_path, sp_tokenizer):
     before = load_trained(tmp_path / "run")
     summary = train(Config.load(str(tmp_path / "run" / "config.json")))
     after = load_trained(tmp_path / "run")
-    assert after.step == 3 and summary["stages"][0]["steps"] == 3
-    assert np.isfinite(summary["eval"]["eval/loss"])
+    assert after.step == 3 and summary.stages[0]["steps"] == 3
+    assert np.isfinite(summary.eval["eval/loss"])
     moved = [not np.array_equal(x, y) for x, y in zip(jax.tree.leaves(pure(before.params)),
                                                      jax.tree.leaves(pure(after.params)))]
     assert all(moved)  # it trained from the imported weights

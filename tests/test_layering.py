@@ -30,7 +30,7 @@ def _imported_after(*modules: str) -> list[str]:
 
 @pytest.mark.parametrize("modules", [
     ("pcomp.data",), ("pcomp.data.tokenizers",), ("pcomp.data.prepared",), ("pcomp.config", "pcomp.presets", "pcomp.errors"),
-    ("pcomp.train.load",),
+    ("pcomp.train.load",), ("pcomp.output",),
 ])
 def test_lower_layers_do_not_import_compress_or_numba(modules):
     assert _imported_after(*modules) == []

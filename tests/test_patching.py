@@ -320,15 +320,15 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     # ends exactly like the uninterrupted run, bit for bit
     shutil.copytree(tmp_path / "a" / "checkpoints" / str(s1), tmp_path / "b" / "checkpoints" / str(s1))
     resumed = train(cfg_b)
-    _assert_trees_equal(resumed["params"], full["params"])
-    assert resumed["stages"] == full["stages"]
-    assert resumed["eval"] == full["eval"]
+    _assert_trees_equal(resumed.params, full.params)
+    assert resumed.stages == full.stages
+    assert resumed.eval == full.eval
     resumed_rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert min(r["step"] for r in resumed_rows) == s1 + 1  # nothing of stage 1 was re-run
 
     # (b) cost, tokens and FLOPs of the two stages, and what each stage logs
-    assert full["relative_cost"] == pytest.approx(0.5, rel=1e-15)
-    stage_p, stage_t = full["stages"]
+    assert full.summary["relative_cost"] == pytest.approx(0.5, rel=1e-15)
+    stage_p, stage_t = full.stages
     assert (stage_p["name"], stage_p["patch_size"], stage_p["steps"]) == ("patch", 4, s1)
     assert (stage_t["name"], stage_t["patch_size"], stage_t["steps"]) == ("token", 1, s2)
     assert stage_p["tokens"] == 2 * d // 3 and stage_t["tokens"] == d // 3
@@ -340,7 +340,7 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     for stage, step in ((stage_p, s1), (stage_t, s1 + s2)):
         again = evaluate(load_trained(tmp_path / "a", step=step), eval_docs)
         np.testing.assert_allclose(stage["end_bits_per_byte"], again["bits_per_byte"], rtol=1e-5)
-    assert full["eval"]["eval/bits_per_byte"] == stage_t["end_bits_per_byte"]
+    assert full.eval["eval/bits_per_byte"] == stage_t["end_bits_per_byte"]
 
     train_rows = [r for r in rows if "train/stage" in r]
     patch_rows = [r for r in train_rows if r["train/stage"] == 0]

@@ -67,7 +67,7 @@ def test_profile_stopped_and_resumed_inside_the_window(tmp_path):
     from pcomp.train.trainer import train
 
     cfg = TINY.override(f"training.workdir={tmp_path}", "training.profile_steps=2,3")
-    assert train(cfg, stop_at=2)["stopped_at"] == 2
+    assert train(cfg, stop_at=2).stopped_at == 2
     (first,) = _traces(tmp_path)
     assert _train_step_executions(first) == 1  # step 2
     train(cfg)

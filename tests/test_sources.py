@@ -326,12 +326,12 @@ def test_streaming_training_from_tfds_resumes_across_the_stage_boundary(tfds_dir
         "training.patch_size=2", "training.steps=8", "training.progress=false", "training.checkpoint_every=100",
         "mesh.data=4", "mesh.tensor=2")
     a = train(base.override(f"training.workdir={tmp_path / 'a'}"))
-    patch_steps = a["stages"][0]["steps"]
-    assert [s["name"] for s in a["stages"]] == ["patch", "token"]
+    patch_steps = a.stages[0]["steps"]
+    assert [s["name"] for s in a.stages] == ["patch", "token"]
     b = base.override(f"training.workdir={tmp_path / 'b'}")
-    assert train(b, stop_at=patch_steps)["stopped_at"] == patch_steps
+    assert train(b, stop_at=patch_steps).stopped_at == patch_steps
     b = train(b)
-    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 

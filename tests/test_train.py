@@ -114,7 +114,7 @@ def test_loss_decreases_on_tiny_corpus(tmp_path):
     assert losses[0] > math.log(200)  # starts near uniform over 258 ids
     assert np.mean(losses[-5:]) < 0.5 * losses[0]
     # the held-out text is the same kind of text: it is learned too (8 bits/byte = knows nothing)
-    assert summary["eval"]["eval/bits_per_byte"] < 3.5
+    assert summary.eval["eval/bits_per_byte"] < 3.5
 
 
 @pytest.mark.parametrize("specials", [False, True])
@@ -163,12 +163,12 @@ def test_resume_continues_exactly(tmp_path):
     resumed = base.override(f"training.workdir={tmp_path / 'b'}")
     a = train(straight)
     stopped = train(resumed, stop_at=6)
-    assert stopped["stopped_at"] == 6
+    assert stopped.stopped_at == 6
     assert Checkpointer(tmp_path / "b" / "checkpoints", 3).latest() == 6
     b = train(resumed)
-    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert a["eval"]["eval/bits_per_byte"] == b["eval"]["eval/bits_per_byte"]
+    assert a.eval["eval/bits_per_byte"] == b.eval["eval/bits_per_byte"]
     np.testing.assert_array_equal(_next_batch_after(tmp_path / "a", straight),
                                   _next_batch_after(tmp_path / "b", resumed))
     # and the logged losses after the restart are the straight run's

@@ -4,8 +4,9 @@
 stdout (sizes) and, unless --no-compare, a small table on stderr beside gzip -9, bzip2 -9 and xz -9e.
 
 Nothing is lost: an output that is the input (same file, by any path or hard link) is refused; an
-existing output is kept unless --force; the output is written to a unique temporary file in its
-directory and renamed into place, so an error (disk full included) leaves no partial file.
+existing output is kept unless --force; the output is claimed before the work and written as
+`pcomp.output.Output` writes files (a temporary file renamed into place, so an error, disk full
+included, leaves no partial file; a device or FIFO written directly, never renamed over).
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from pcomp.config import TOKENIZER_KINDS, CompressConfig
 from pcomp.errors import ConfigError, DataError
+from pcomp.output import Output
 
 _DEFAULT = CompressConfig()
 
@@ -59,68 +60,14 @@ def _read_input(path: str) -> bytes:
         raise DataError(f"cannot read input {path}: {e.strerror or e}") from None
 
 
-def _check_output(input_path: str, path: str, force: bool) -> Path:
-    """The output path, if writing it loses nothing (checked before any work is done)."""
+def _check_output(input_path: str, path: str, force: bool) -> Output:
+    """The output, claimed (`pcomp.output.Output`) if writing it loses nothing: checked before any
+    work is done, so a missing or read-only directory, an existing output without --force or another
+    pcomp writing the same output fails at once."""
     out = Path(path)
-    if not out.parent.is_dir():
-        raise DataError(f"output directory {out.parent} does not exist")
-    if out.is_dir():
-        raise DataError(f"output {out} is a directory; expected a file name")
-    if out.exists():
-        if os.path.samefile(input_path, out):
-            raise DataError(f"output {out} is the input {input_path} (the same file): choose another output")
-        if not force:
-            raise DataError(f"output {out} already exists; pass --force to overwrite it")
-    return out
-
-
-def _write_new(path: Path, data: bytes, force: bool) -> None:
-    """`data` into `path` via a unique temporary file in the same directory, renamed atomically.
-
-    Without `force` an output that appeared in the meantime is not replaced. On any error the
-    temporary file is removed and nothing at `path` changes.
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise DataError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; an output gets the usual permissions
-        if force:
-            os.replace(tmp, path)
-        else:
-            _link_new(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(e, FileExistsError):
-            raise DataError(f"output {path} already exists; pass --force to overwrite it") from None
-        if isinstance(e, OSError):
-            raise DataError(f"cannot write {path}: {e.strerror or e}") from None
-        raise
-
-
-def _link_new(tmp: str, path: Path) -> None:
-    """Rename tmp to path unless path exists (FileExistsError), without a window where it is overwritten."""
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise
-    except OSError:  # no hard links on this file system: check, then rename
-        if os.path.lexists(path):
-            raise FileExistsError(path) from None
-        os.replace(tmp, path)
-    else:
-        os.unlink(tmp)
+    if out.exists() and not out.is_dir() and os.path.samefile(input_path, out):
+        raise DataError(f"output {out} is the input {input_path} (the same file): choose another output")
+    return Output(out, force=force).claim()
 
 
 def _config(args) -> CompressConfig:
@@ -136,18 +83,21 @@ def _cmd_compress(args) -> None:
     if args.max_window_bytes < 0:
         raise ConfigError(f"--max-window-bytes {args.max_window_bytes}: expected >= 1, or 0 for the default")
     data = _read_input(args.input)
-    out = _check_output(args.input, args.output, args.force)
-    with _one_line_warnings():
-        m1 = m1_for(args.m1, cfg, args.mode, context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
-    with _progress(len(data), "compress") as bar:
-        blob = compress(m1, data, cfg, progress=bar.update, mode=args.mode)
-    _write_new(out, blob, args.force)
+    with _check_output(args.input, args.output, args.force) as out:
+        with _one_line_warnings():
+            m1 = m1_for(args.m1, cfg, args.mode, context=args.max_window_bytes + 1 if args.max_window_bytes else 0)
+        with _progress(len(data), "compress") as bar:
+            blob = compress(m1, data, cfg, progress=bar.update, mode=args.mode)
+        out.write(blob)
     header, _ = fileformat.unpack(blob)
     payload = fileformat.payload_size(header)
-    summary = f"{args.input}: {len(data)} -> {len(blob)} bytes ({8 * len(blob) / max(len(data), 1):.3f} bits/byte); "
+    # bits per byte of an empty input would be the header's size over nothing: not a rate
+    rate = f"{8 * len(blob) / len(data):.3f} bits/byte" if data else "empty input: no bits/byte"
+    summary = f"{args.input}: {len(data)} -> {len(blob)} bytes ({rate}); "
     if args.mode == fileformat.WINDOWS:
         tokens = payload * 8 // cfg.token_bits
-        summary += (f"{tokens} tokens of {cfg.token_bits} bits ({len(data) / max(tokens, 1):.2f} bytes/token) "
+        per_token = f"{len(data) / tokens:.2f} bytes/token" if tokens else "no bytes/token"
+        summary += (f"{tokens} tokens of {cfg.token_bits} bits ({per_token}) "
                     f"+ {len(blob) - payload} bytes of header and framing")
     else:
         summary += (f"{header['n_segments']} segments of <= {header['segment_bytes']} bytes, arithmetic-coded under M1 "
@@ -177,14 +127,14 @@ def _cmd_decompress(args) -> None:
     from pcomp.compress.codec import check_m1, decompress, load_m1_for
 
     blob = _read_input(args.input)
-    out = _check_output(args.input, args.output, args.force)
-    header, _ = fileformat.unpack(blob, args.input)
-    with _one_line_warnings():
-        m1 = load_m1_for(args.m1, header)
-    check_m1(m1, header, args.input)
-    with _progress(header["original_length"], "decompress") as bar:
-        data = decompress(m1, blob, args.input, progress=bar.update)
-    _write_new(out, data, args.force)
+    with _check_output(args.input, args.output, args.force) as out:
+        header, _ = fileformat.unpack(blob, args.input)
+        with _one_line_warnings():
+            m1 = load_m1_for(args.m1, header)
+        check_m1(m1, header, args.input)
+        with _progress(header["original_length"], "decompress") as bar:
+            data = decompress(m1, blob, args.input, progress=bar.update)
+        out.write(data)
     print(f"{args.input}: {len(blob)} -> {len(data)} bytes (checksum ok)")
 
 

@@ -35,6 +35,7 @@ from pcomp.data.prepared import DATASET_FILE, TOKENIZER_DIR
 from pcomp.data.sources import load_documents
 from pcomp.data.tokenizers import Tokenizer, build_tokenizer, load_tokenizer
 from pcomp.errors import ConfigError, DataError
+from pcomp.output import check_replaceable, write_file
 
 SPLITS = ("train", "eval")
 MAX_VOCAB = 1 << 16  # records hold uint16 tokens
@@ -153,6 +154,7 @@ def _write_shard(out_dir: Path, split: str, shard: int, docs, tokenizer: Tokeniz
     padded[: len(stream)] = stream
     name = f"{split}-{shard:05d}"
     tmp = out_dir / f"{name}.array_record.partial"
+    check_replaceable(out_dir / f"{name}.array_record")  # a device or FIFO there is not ours to rename over
     writer = ArrayRecordWriter(str(tmp), "group_size:1")
     for rec in padded.reshape(n_records, seq_len):
         writer.write(rec.tobytes())
@@ -165,9 +167,8 @@ def _write_shard(out_dir: Path, split: str, shard: int, docs, tokenizer: Tokeniz
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    check_replaceable(path)
+    write_file(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def _bar(total: int, desc: str, enabled: bool):

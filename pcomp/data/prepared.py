@@ -64,6 +64,23 @@ class PreparedDataset:
                             f"{len(records)} record files); run pcomp prepare again to finish it")
         return [(m.with_suffix(".array_record"), json.loads(m.read_text())) for m in metas]
 
+    def verify(self, split: str) -> None:
+        """Read every record of every shard of `split` once (ArrayRecord checks each chunk's hashes and
+        the footer), so a damaged shard is one DataError naming it before a run writes anything,
+        not a Riegeli traceback mid-training. Costs one read of the split, shards in parallel: about
+        3-4 s for 235 MB (400k records of 256 tokens) from the page cache on a busy 2-core machine."""
+        import os
+        from concurrent.futures import ThreadPoolExecutor
+
+        shards = self._shards(split)
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # C++ reads, overlapping across shards
+            for (f, meta), problem in zip(shards, pool.map(_check_shard, [f for f, _ in shards])):
+                if isinstance(problem, Exception):
+                    raise _corrupt_shard(f, problem)
+                if problem != meta.get("records", problem):
+                    raise _corrupt_shard(f, f"it holds {problem} records, its {f.with_suffix('.json').name} says "
+                                            f"{meta['records']}")
+
     def records(self, split: str) -> grain.MapDataset:
         """The split's fixed-length records (int32 [seq_len]) as a random-access grain dataset."""
         files = [str(f) for f, _ in self._shards(split)]
@@ -81,8 +98,11 @@ class PreparedDataset:
         for f, meta in self._shards(split):
             if max_bytes and parts and n_bytes + meta["bytes"] > max_bytes:
                 break
-            src = grain.sources.ArrayRecordDataSource([str(f)])
-            toks = np.frombuffer(b"".join(src[i] for i in range(len(src))), np.uint16).astype(np.int32)
+            try:
+                src = grain.sources.ArrayRecordDataSource([str(f)])
+                toks = np.frombuffer(b"".join(src[i] for i in range(len(src))), np.uint16).astype(np.int32)
+            except (RuntimeError, OSError, ValueError) as e:
+                raise _corrupt_shard(f, e) from None
             parts.append(toks[: meta["tokens"]])
             n_bytes += meta["bytes"]
         return np.concatenate(parts), n_bytes
@@ -98,6 +118,31 @@ class PreparedDataset:
             raise DataError(f"{self.path}: the {split} split's record files hold {len(src)} records, its shard "
                             f"descriptions {sum(n for _, n in counts)}; run pcomp prepare again")
         return RecordTokens(src, self.seq_len, counts, process_index, process_count)
+
+
+def _check_shard(path: Path) -> int | Exception:
+    """The number of records in the ArrayRecord file `path`, every one read (each chunk's hashes
+    checked), or the exception reading it raised."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    try:
+        reader = ArrayRecordReader(str(path))
+        try:
+            n = reader.num_records()
+            reader.read_all()
+        finally:
+            reader.close()
+    except (RuntimeError, OSError, ValueError) as e:
+        return e
+    return n
+
+
+def _corrupt_shard(shard: Path, e) -> DataError:
+    """One line naming the damaged shard and how `pcomp prepare` rewrites it (it skips shards whose
+    .json exists, so both files go)."""
+    why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+    return DataError(f"the prepared shard {shard} is damaged ({why}); delete it and "
+                     f"{shard.with_suffix('.json').name}, then run the same pcomp prepare command again to rewrite it")
 
 
 class RecordTokens:

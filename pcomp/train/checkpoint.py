@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import sys
 from pathlib import Path
 
 import jax
@@ -35,7 +36,23 @@ class _OrbaxFailureFilter(logging.Filter):
         return "orbax" not in record.pathname and "orbax" not in record.getMessage()
 
 
+def _drop_closed_loop_echoes(previous):
+    """A failed restore or write leaves tensorstore callbacks that reach orbax's event loop after it
+    closed; each prints `RuntimeError: Event loop is closed` with a traceback through `sys.excepthook`
+    (dozens of them). The failure itself reaches the user once, as a CheckpointError: this hook drops
+    exactly those echoes and passes everything else to the previous hook."""
+
+    def hook(kind, value, tb):
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            previous(kind, value, tb)
+
+    hook.pcomp_drops_closed_loop_echoes = True
+    return hook
+
+
 def _install_filter() -> None:
+    if not getattr(sys.excepthook, "pcomp_drops_closed_loop_echoes", False):
+        sys.excepthook = _drop_closed_loop_echoes(sys.excepthook)
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OrbaxFailureFilter) for f in logger.filters):
@@ -52,15 +69,26 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_names=("state", "data", "meta"),
         )
+        self._pending: int | None = None  # the step being written asynchronously
 
     def latest(self) -> int | None:
         return self._mngr.latest_step()
+
+    def last_complete(self, but: int | None = None) -> int | None:
+        """The latest checkpoint complete on disk now (re-read: after a failed write), other than `but`."""
+        try:
+            self._mngr.reload()
+        except Exception:  # reading the directory failed too: what was known before
+            pass
+        return max((s for s in self.all_steps() if s != but), default=None)
 
     def all_steps(self) -> list[int]:
         return list(self._mngr.all_steps())
 
     def save(self, step: int, state, data_iterator, meta: dict) -> None:
-        """Start writing checkpoint `step` (asynchronously); an earlier write's failure surfaces here."""
+        """Start writing checkpoint `step` (asynchronously). The previous write is finished first, so its
+        failure surfaces here under its own step, not this one's."""
+        self._finish_pending()
         try:
             self._mngr.save(
                 step,
@@ -73,39 +101,40 @@ class Checkpointer:
             )
         except (OSError, ValueError, RuntimeError) as e:
             raise self._write_error(step, e) from None
+        self._pending = step
 
-    def _write_error(self, step: int, e: Exception) -> CheckpointError:
+    def _finish_pending(self) -> None:
+        """Wait for the write in flight (if any); its failure is a CheckpointError naming its step."""
+        step, self._pending = self._pending, None
+        try:
+            self._mngr.wait_until_finished()
+        except (OSError, ValueError, RuntimeError) as e:
+            raise self._write_error(step, e) from None
+
+    def _write_error(self, step: int | None, e: Exception) -> CheckpointError:
         text = str(e)
         if getattr(e, "errno", None) == errno.ENOSPC or "RESOURCE_EXHAUSTED" in text or "No space left" in text:
             reason = "no space left on device"
         else:
             reason = (text.splitlines() or [type(e).__name__])[0][:300]
-        last = self.latest()
+        last = self.last_complete(but=step)
+        which = f"checkpoint step {step}" if step is not None else "a checkpoint"
         return CheckpointError(
-            f"cannot write a checkpoint (step {step}) to {self.directory}: {reason}"
-            + (f"; the last complete checkpoint is step {last}" if last is not None else "")
+            f"cannot write {which} to {self.directory}: {reason}"
+            + (f"; the last complete checkpoint is step {last}" if last is not None else "; no checkpoint is complete")
         )
 
     def restore(self, step: int, abstract_state, data_iterator):
         """Returns (state, meta); `data_iterator` is advanced in place to the saved position."""
         self.restore_meta(step)  # the format first: another layout fails clearly, not inside orbax
-        try:
-            out = self._mngr.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    data=CheckpointRestore(data_iterator),
-                    meta=ocp.args.JsonRestore(),
-                ),
-            )
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            raise CheckpointError(f"cannot restore checkpoint step {step} from {self.directory}: {e}") from e
+        out = self._restore(step, state=ocp.args.StandardRestore(abstract_state), data=CheckpointRestore(data_iterator),
+                            meta=ocp.args.JsonRestore())
         return out["state"], out["meta"]
 
     def restore_meta(self, step: int) -> dict:
         """The run position saved with checkpoint `step`; a CheckpointError if its format is not this
         pcomp's (`CHECKPOINT_FORMAT`)."""
-        meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        meta = self._restore(step, meta=ocp.args.JsonRestore())["meta"]
         found = meta.get("format", 1) if isinstance(meta, dict) else None
         if found != CHECKPOINT_FORMAT:
             raise CheckpointError(
@@ -118,21 +147,49 @@ class Checkpointer:
     def restore_params(self, step: int, abstract_state):
         """Only the train state (for eval / generate, where no data iterator exists)."""
         self.restore_meta(step)
-        return self._mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))[
-            "state"
-        ]
+        return self._restore(step, state=ocp.args.StandardRestore(abstract_state))["state"]
+
+    def _restore(self, step: int, **items):
+        """The one restore path: orbax's restore of `items`, any failure of which (missing or damaged
+        files, arrays that do not fit the model) is one CheckpointError naming the step and the cause."""
+        try:
+            return self._mngr.restore(step, args=ocp.args.Composite(**items))
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            error = self._read_error(step, e)
+            try:  # join orbax's threads now, so their echoes of the failure meet the hook (not exit)
+                self._mngr.close()
+            except Exception:
+                pass
+            raise error from None
+
+    def _read_error(self, step: int, e: Exception) -> CheckpointError:
+        text = " ".join(str(e).split()) or type(e).__name__
+        text = text.split(" [tensorstore_spec")[0]
+        for noise in ('Error opening "cast" driver: ', 'Error opening "zarr" driver: '):
+            text = text.replace(noise, "")
+        where = f"cannot restore checkpoint step {step} from {self.directory}"
+        if "not compatible with the stored shape" in text or "shape" in text.lower() and "mismatch" in text.lower():
+            return CheckpointError(f"{where}: its arrays do not fit the model the run's config.json describes "
+                                   f"({text[:240]}); was config.json edited after training?")
+        older = sorted((s for s in self.all_steps() if s < step), reverse=True)
+        advice = (f"; the older checkpoint step {older[0]} is on disk: to use it, move {self._step_dir(step)} out of "
+                  f"{self.directory}" if older else "; no older checkpoint is on disk")
+        return CheckpointError(f"{where}: it is damaged or incomplete ({text[:300]}){advice}")
+
+    def _step_dir(self, step: int):
+        return f"{self.directory}/{step}"
 
     def wait(self) -> None:
-        try:
-            self._mngr.wait_until_finished()
-        except (OSError, ValueError, RuntimeError) as e:
-            raise self._write_error(self._mngr.latest_step() or -1, e) from None
+        self._finish_pending()
 
     def close(self) -> None:
+        self._finish_pending()
         try:
             self._mngr.close()
         except (OSError, ValueError, RuntimeError) as e:
-            raise self._write_error(-1, e) from None
+            raise self._write_error(None, e) from None
 
 
 def abstract_with_shardings(shape_tree, sharding_tree):

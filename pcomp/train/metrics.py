@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from pcomp.config import ModelConfig
+from pcomp.errors import os_error
 from pcomp.models.transformer import count_params
 
 # Dense bf16 peak FLOP/s per device (vendor figures, no sparsity).
@@ -97,10 +98,14 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self._tb_dir = workdir / "tensorboard"
+            _watch_tensorboard_thread()
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
             return
+        if _tb_failures:  # TensorBoard's writer thread died (a full disk): say so once, here
+            raise os_error(self._tb_dir, _tb_failures.pop(), "write TensorBoard events to")
         clean = {k: (float(v) if not isinstance(v, str) else v) for k, v in scalars.items()}
         self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
         self._jsonl.flush()
@@ -114,6 +119,29 @@ class MetricsWriter:
             self._tb, tb = None, self._tb
             jsonl.close()
             tb.close()
+
+
+_tb_failures: list[OSError] = []  # OSErrors that ended tensorboardX's writer thread
+
+
+def _watch_tensorboard_thread() -> None:
+    """tensorboardX writes events on a thread; an OSError there (ENOSPC) would print a thread traceback
+    and TensorBoard would silently stop. Instead it is kept, and the next `MetricsWriter.write`
+    raises it as one line naming the directory; other threads' errors go to the previous hook."""
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "pcomp_tensorboard", False):
+        return
+
+    def hook(args):
+        if issubclass(args.exc_type, OSError) and type(args.thread).__module__.startswith("tensorboardX"):
+            _tb_failures.append(args.exc_value)
+        else:
+            previous(args)
+
+    hook.pcomp_tensorboard = True
+    threading.excepthook = hook
 
 
 def _logged_step(line: str) -> int:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
+
+from pcomp.output import write_file
 
 
 def plot_loss_curve(workdir: str | Path, out: str | Path | None = None) -> Path:
@@ -27,6 +30,8 @@ def plot_loss_curve(workdir: str | Path, out: str | Path | None = None) -> Path:
     ax.legend()
     out = Path(out) if out else workdir / "loss_curve.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    write_file(out, png.getvalue())  # renamed into place whole; a device or FIFO is written, not replaced
     return out

@@ -19,8 +19,9 @@ from jax.sharding import Mesh
 
 from pcomp.config import Config
 from pcomp.data.run_data import RunData, vocab_size_before_reading
-from pcomp.errors import CheckpointError, ConfigError, DivergenceError, os_error
+from pcomp.errors import CheckpointError, ConfigError, DivergenceError, PathError, PcompError, os_error
 from pcomp.models.sharding import make_mesh
+from pcomp.output import write_file
 from pcomp.patching import Stage, plan_stages, relative_cost
 from pcomp.train import memory
 from pcomp.train.checkpoint import Checkpointer
@@ -159,12 +160,46 @@ def _check_same_run(saved: dict, cfg: Config, path: Path) -> None:
 
 
 # --- the loop ------------------------------------------------------------------------------------
-def train(cfg: Config, *, stop_at: int | None = None) -> dict:
-    """Train (or resume) the run in cfg.training.workdir; returns a summary dict (per-stage steps,
-    tokens, FLOPs and end-of-stage held-out metrics; "eval"; "relative_cost"; final "params").
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What `train` returns. A run stopped before its end (`stop_at`, or a signal: `interrupted`) has no
+    final evaluation (`eval` is None) and must not be scored as finished: check `finished` (or
+    `interrupted`) before using `eval` or treating `params` as the trained model.
+
+    `summary` is what summary.json records for a finished run: "stages" (per stage: steps, tokens,
+    FLOPs, end-of-stage held-out metrics), "relative_cost", "workdir", "eval"."""
+
+    workdir: str
+    summary: dict
+    params: object = None  # the parameters at the end (or at the stop); None if stopped before a step
+    stopped_at: int | None = None  # the global step a stopped run checkpointed at (None: not stopped)
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM" when a signal stopped the run
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped_at is None and self.interrupted is None
+
+    @property
+    def stages(self) -> list[dict]:
+        return self.summary.get("stages", [])
+
+    @property
+    def eval(self) -> dict | None:
+        """The final held-out metrics ("eval/bits_per_byte", ...); None unless `finished`."""
+        return self.summary.get("eval")
+
+    @property
+    def exit_code(self) -> int:
+        """The command line's status for this run: 130 after SIGINT, else 0 (a SIGTERM'd run checkpointed
+        and resumes: preemption is not a failure)."""
+        return 130 if self.interrupted == "SIGINT" else 0
+
+
+def train(cfg: Config, *, stop_at: int | None = None) -> TrainResult:
+    """Train (or resume) the run in cfg.training.workdir; returns a `TrainResult`.
 
     `stop_at` stops after that global step (as a preemption would) after checkpointing. SIGTERM or
-    SIGINT does the same at the step in flight and sets "interrupted" to the signal's name. One run
+    SIGINT does the same at the step in flight and sets `interrupted` to the signal's name. One run
     at a time holds the work directory (`WorkdirLock`); a non-finite loss raises `DivergenceError`.
     """
     cfg.validate()
@@ -177,7 +212,8 @@ def train(cfg: Config, *, stop_at: int | None = None) -> dict:
         with StopSignals() as stop:
             ctx = setup(cfg)
             if stop.received:  # interrupted while reading the data: nothing trained, nothing to save
-                return {"interrupted": stop.name, "stopped_at": None, "workdir": str(workdir)}
+                return TrainResult(str(workdir), {"stages": [], "workdir": str(workdir), "eval": None},
+                                   interrupted=stop.name)
             return _Run(ctx, stop_at, stop).run()
     finally:
         if lock is not None:
@@ -230,22 +266,43 @@ class _Run:
         self.summary = {"stages": [], "relative_cost": self.cost, "workdir": str(ctx.workdir), "eval": None}
         self.profiler = StepProfiler(tc.profile_window(), ctx.workdir / "profile", is_main())
 
-    def run(self) -> dict:
+    def run(self) -> TrainResult:
         try:
             return self._run()
-        except BaseException:  # close the metrics writer quietly; the original error is the one to report
-            self.progress.close()
-            try:
-                self.profiler.close()  # a run stopped inside the profile window still writes its trace
-            except Exception:
-                pass
-            try:
-                self.writer.close()
-            except OSError:
-                pass
+        except (OSError, PathError) as e:  # e.g. a full disk met by the metrics before the checkpointer
+            self._quiet_close()
+            raise self._with_checkpoint_state(e) from None
+        except BaseException:
+            self._quiet_close()
             raise
 
-    def _run(self) -> dict:
+    def _with_checkpoint_state(self, e: Exception) -> PcompError:
+        """`e` as one line that also says which checkpoint a resume would start from: the checkpointer's
+        own error if the write in flight failed too (it names that step), else the last complete step."""
+        try:
+            self.ckpt.wait()
+        except CheckpointError as failed:
+            return failed
+        except Exception:
+            pass
+        last = self.ckpt.last_complete()
+        message = str(e) if isinstance(e, PcompError) else str(os_error(self.ctx.workdir, e, "write to"))
+        return PathError(message + (f"; the last complete checkpoint is step {last}" if last is not None
+                                    else "; no checkpoint is complete"))
+
+    def _quiet_close(self) -> None:
+        """Close the metrics writer quietly; the original error is the one to report."""
+        self.progress.close()
+        try:
+            self.profiler.close()  # a run stopped inside the profile window still writes its trace
+        except Exception:
+            pass
+        try:
+            self.writer.close()
+        except OSError:
+            pass
+
+    def _run(self) -> TrainResult:
         ctx, cfg = self.ctx, self.ctx.cfg
         resume_step = self.ckpt.latest()
         pos, params = _Position(), None
@@ -275,26 +332,29 @@ class _Run:
                         if self.stop.received:
                             self._log(f"pcomp: stopped by {self.stop.name} at step {gstep}; checkpoint saved in "
                                       f"{self.ckpt.directory}; run the same command to resume")
-                        return self._close({**self.summary, "stopped_at": gstep, "interrupted": self.stop.name,
-                                            "params": state["params"]})
+                        self._close()
+                        return TrainResult(str(ctx.workdir), _jsonable(self.summary), state["params"],
+                                           stopped_at=gstep, interrupted=self.stop.name)
                 params = state["params"]
                 pos = _Position(stage=pos.stage + 1, data_start=pos.next_data_start)
         # the final model is the last stage's: its end-of-stage evaluation is the run's result
         self.summary["eval"] = {f"eval/{k[4:]}": v for k, v in self.summary["stages"][-1].items()
                                 if k.startswith("end_")}
+        self._close()  # the last checkpoint is complete (or its failure raised) before the run says done
+        summary = _jsonable(self.summary)
+        if is_main():
+            write_file(ctx.workdir / "summary.json", json.dumps(summary, indent=2).encode())
         self._log(f"pcomp: done; held-out bits/byte {self.summary['eval']['eval/bits_per_byte']:.4f}, "
                   f"loss {self.summary['eval']['eval/loss']:.4f}")
-        if is_main():
-            (ctx.workdir / "summary.json").write_text(json.dumps(_jsonable(self.summary), indent=2))
-        return self._close({**self.summary, "params": params})
+        return TrainResult(str(ctx.workdir), summary, params)
 
-    def _close(self, result: dict) -> dict:
+    def _close(self) -> None:
+        """Wait for the checkpoint writes (a failed one raises `CheckpointError` here) and close."""
         self.progress.close()
         self.profiler.close()
         self.ckpt.wait()
         self.ckpt.close()
         self.writer.close()
-        return result
 
     def _log(self, msg: str) -> None:
         if is_main():
