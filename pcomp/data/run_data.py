@@ -96,7 +96,7 @@ class RunData:
                       process_index=process_index, process_count=process_count)
         if is_prepared(dc.source):  # tokens made by `pcomp prepare` (M2 over compressed text)
             prepared = PreparedDataset(dc.source)
-            prepared.verify("train")  # a damaged shard fails here, before the run writes anything
+            prepared.verify("train", process_index, process_count)  # damage fails here, before any write
             train_tokens = prepared.tokens("train", process_index, process_count)
             if train_tokens.n_records == 0:
                 raise DataError(f"the prepared dataset {dc.source} has fewer training records than the "
