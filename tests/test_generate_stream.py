@@ -42,7 +42,7 @@ def _tokenizer(kind, n, static_tok, m1_run=None):
 
 
 def _decode_all(dec, ids) -> bytes:
-    return b"".join(dec.feed(t) for t in ids) + dec.finish()
+    return b"".join(dec.feed(t) for t in ids)
 
 
 def _random_m2(tok, seed: int) -> TrainedModel:

@@ -174,9 +174,6 @@ class GZipStreamDecoder:
         self.done = self._d.eof
         return out
 
-    def finish(self) -> bytes:
-        return b""
-
 
 class _StaticTables:
     """The coder's table for every symbol: one unigram table."""
@@ -237,9 +234,6 @@ class ArithStreamDecoder:
             if self.bits[i] and self.pos - 1 - i < arith.STATE_BITS:
                 self.value += 1 << (self.pos - 1 - i)
         return self._decode()
-
-    def finish(self) -> bytes:
-        return b""
 
     def _decode(self) -> bytes:
         out = bytearray()
@@ -308,7 +302,6 @@ def generate_stream(run: TrainedModel, prompt: bytes, *, max_tokens: int, temper
     if not decoder.done:  # (the prompt's bits may already determine the end of the document)
         generate(run.graphdef, run.params, ids, max_new_tokens=max_tokens, max_len=run.cfg.model.max_seq_len,
                  temperature=temperature, top_k=top_k, seed=seed, on_token=on_token)
-    emit(decoder.finish())
     return b"".join(out), decoder
 
 

@@ -36,8 +36,8 @@ import numpy as np
 
 from pcomp.compress.arith import (DONE, STATE_BITS, TOP, decode_step, decode_target, find_symbol, narrow, settle,
                                   termination_jm)
-from pcomp.compress.m1 import BYTES, M1, window_context  # noqa: F401  (window_context: re-exported)
-from pcomp.config import MAX_WINDOW_BITS, CompressConfig  # noqa: F401  (MAX_WINDOW_BITS: re-exported)
+from pcomp.compress.m1 import BYTES, M1
+from pcomp.config import CompressConfig
 from pcomp.errors import CompressedFormatError, ConfigError
 
 # Which unique-decoding rule made the windows; recorded in files and tokenizers, checked on decoding.

@@ -67,17 +67,6 @@ def evaluate(run: TrainedModel, docs, max_bytes: int = 0, batch_size: int = 16) 
     return evaluate_set(run, data, batch_size)
 
 
-def evaluate_prepared(run: TrainedModel, path, split: str = "eval", batch_size: int = 16) -> dict:
-    """`evaluate` on a `pcomp prepare` dataset's split: its token stream scored as the trainer scores it,
-    bits per original UTF-8 byte from the bytes the dataset records. The dataset must have been made
-    with the run's own tokenizer (else its ids mean something else to the model)."""
-    prepared = PreparedDataset(path)
-    check_prepared_tokenizer(run, prepared)
-    tokens, n_bytes = prepared.stream(split)
-    bos = run.tokenizer.bos_id if run.cfg.data.bos_first else None
-    return evaluate_set(run, pipeline.eval_windows(tokens, run.cfg.data.seq_len, n_bytes, bos=bos), batch_size)
-
-
 def check_prepared_tokenizer(run: TrainedModel, prepared: PreparedDataset) -> None:
     """DataError unless `prepared` was made with the run's own tokenizer (else its ids mean something
     else to the model)."""

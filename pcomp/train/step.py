@@ -151,11 +151,6 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, pa
     }
 
 
-def state_shardings(state_shape, mesh: Mesh):
-    """Parameters and optimizer moments by logical axes; scalars replicated."""
-    return param_shardings(state_shape, mesh)
-
-
 def objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: float, total):
     """(summed next-patch NLL + z-loss) / `total` target tokens, and (nll, count) for logging.
 
@@ -282,7 +277,7 @@ def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, s
     graphdef, _ = abstract_model(model)
     tx, schedule = make_optimizer(training, steps, first_stage=first_stage)
     shapes = jax.eval_shape(lambda: init_state(model, tx, training.seed))
-    state_sh = state_shardings(shapes, mesh)
+    state_sh = param_shardings(shapes, mesh)  # parameters and optimizer moments by logical axes; scalars replicated
     batch_sh = {"tokens": batch_sharding(mesh), "mask": batch_sharding(mesh)}
     replicated = NamedSharding(mesh, P())
     init = jax.jit(lambda params: init_state(model, tx, training.seed, params), out_shardings=state_sh)
