@@ -6,7 +6,7 @@ One command:
   3. trains M2 (the same model config for every method) with the same training FLOPs per method:
      its token budget is FLOPS / (analytic training FLOPs per token of that M2 (its vocabulary) x the
      patch schedule's relative cost), so methods with shorter sequences see more text;
-  4. scores each M2 on the held-out split with `pcomp.compress.report.account_prepared`: bits per original
+  4. scores each M2 on the held-out split with `pcomp.train.evaluation.account_prepared`: bits per original
      UTF-8 byte, uniform and unigram bits/byte, bytes/token, inference FLOPs/byte; records wall time;
   5. prints one table per M2 size, writes results.md / results.json, a PNG of bits/byte against
      inference FLOPs/byte (the paper's Figure 3 shape), and with --results-md replaces (or appends) the
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from pcomp.compress.prepare import prepare
-from pcomp.compress.report import account_prepared
+from pcomp.train.evaluation import account_prepared
 from pcomp.config import CompressConfig, Config
 from pcomp.data.prepared import PreparedDataset
 from pcomp.patching import relative_cost

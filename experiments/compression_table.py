@@ -14,7 +14,7 @@ stops at the right byte with no lengths stored): the same text is also packed wi
 ambiguous greedy packing (`encode_windows(..., unique=False)`: plain shortest codewords, NOT
 decodable), and the cost is 1 - (bytes/window unique) / (bytes/window ambiguous). Also: whole-
 stream gzip -9, bzip2 -9, xz -9e, zstd -19, brotli -11; the ideal code length under M1 without
-windows (`plain_ac.ideal_bits`) and M1's held-out cross-entropy (`pcomp.train.load.evaluate`).
+windows (`plain_ac.ideal_bits`) and M1's held-out cross-entropy (`pcomp.train.evaluation.score_text`).
 `pcomp compress --mode best` (the whole file format over the held-out text) gets a row with its
 ratio to xz -9e; `experiments/best_vs_xz.py` does that for whole files (../shared/data).
 
@@ -45,7 +45,8 @@ from pcomp.compress.windows import decode_windows, encode_windows
 from pcomp.config import CompressConfig
 from pcomp.data.sources import load_documents
 from pcomp.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
-from pcomp.train.load import evaluate, load_trained
+from pcomp.train.evaluation import score_text
+from pcomp.train.load import load_trained
 
 # (key, paper bytes/token) -- Lester et al. 2024, C4, M1 = 3-layer byte LM trained on C4
 PAPER_BYTES_PER_TOKEN = {
@@ -172,7 +173,7 @@ def main(argv=None) -> None:
     docs = heldout(args.data, args.max_bytes)
     train_docs = load_documents(args.data, "train")
     n = sum(len(d) for d in docs)
-    m1_info["m1_heldout_bits_per_byte"] = evaluate(load_trained(m1_path), docs)["bits_per_byte"]
+    m1_info["m1_heldout_bits_per_byte"] = score_text(load_trained(m1_path), docs)["bits_per_byte"]
     print(f"held-out: {len(docs)} docs, {n:,} bytes of {args.data}; M1 {m1_path} ({m1_info.get('m1_steps')} steps, "
           f"held-out {m1_info.get('m1_heldout_bits_per_byte')} bits/byte)", flush=True)
     rows: list[dict] = []

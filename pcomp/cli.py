@@ -42,7 +42,7 @@ def _cmd_eval(args) -> None:
     means nothing for text it never saw, unless `--split` asks for that cut; a directory is scored
     file by file. Each scored text gets one line saying which bytes it covers, several a total line
     (their bits over their bytes), then the accounting of all of it (`Accounting.summary`)."""
-    from pcomp.compress.report import Accounting
+    from pcomp.train.evaluation import Accounting
     from pcomp.train.load import load_trained
 
     _at_least("--batch-size", args.batch_size, 1)
@@ -92,7 +92,7 @@ class _UnigramReference:
         self.run, self.dc, self.cache = run, dc, {}
 
     def __call__(self, own: bool):
-        from pcomp.compress.report import run_train_tokens
+        from pcomp.train.evaluation import run_train_tokens
 
         if own not in self.cache:
             try:
@@ -107,7 +107,7 @@ class _UnigramReference:
 def _score_source(run, source: str, dc, args, reference):
     """(name, which bytes, Accounting) of each text of one `--data` source, as it is scored (see
     `_cmd_eval`)."""
-    from pcomp.compress.report import account_prepared, account_text
+    from pcomp.train.evaluation import account_prepared, account_text
     from pcomp.data.prepared import is_prepared
     from pcomp.data.sources import (TFDS_PREFIX, directory_documents, load_documents, same_source,
                                     whole_documents)

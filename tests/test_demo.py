@@ -21,7 +21,8 @@ import pytest
 from pcomp.cli import main
 from pcomp.data.sources import load_documents
 from pcomp.models.generate import generate
-from pcomp.train.load import evaluate, load_trained
+from pcomp.train.evaluation import score_text
+from pcomp.train.load import load_trained
 
 TINY_DEMO = ["model=test-tiny", "data.seq_len=32", "training.steps=4", "training.log_every=1",
              "training.progress=false", "data.eval_max_bytes=3000"]
@@ -77,7 +78,7 @@ def test_demo_end_to_end(tmp_path, capsys, monkeypatch):
     printed = re.search(r"held-out bits/byte : (\d+\.\d+)", out).group(1)
     assert printed == f"{bpb:.4f}"
     docs = load_documents("embedded", "eval", eval_fraction=trained.cfg.data.eval_fraction)
-    again = evaluate(trained, docs, max_bytes=3000, batch_size=trained.cfg.training.batch_size)
+    again = score_text(trained, docs, max_bytes=3000, batch_size=trained.cfg.training.batch_size)
     assert again["bytes"] == summary["eval"]["eval/bytes"]
     np.testing.assert_allclose(again["bits_per_byte"], bpb, rtol=1e-5)
 

@@ -1,4 +1,4 @@
-"""M2 over compressed tokens: the paper's accounting (`pcomp.compress.report`) and generation through M1
+"""M2 over compressed tokens: the paper's accounting (`pcomp.train.evaluation`) and generation through M1
 (`pcomp.compress.generate`)."""
 
 from __future__ import annotations
@@ -7,17 +7,20 @@ import dataclasses
 import math
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from pcomp.compress.report import Accounting, account, nll_bits, non_embedding_params, unigram_bits
-from pcomp.config import Config
+from pcomp.config import Config, MeshConfig
 from pcomp.data import pipeline
 from pcomp.data.tokenizers import ByteTokenizer
+from pcomp.models.sharding import make_mesh
 from pcomp.models.transformer import Transformer
-from pcomp.train.load import TrainedModel, evaluate_set
+from pcomp.train.evaluation import Accounting, account, evaluate, nll_bits, non_embedding_params, unigram_bits
+from pcomp.train.load import TrainedModel
+from pcomp.train.step import build_program
 
 
 def random_run(vocab: int, *, uniform: bool, seq_len: int = 32, seed: int = 0) -> TrainedModel:
@@ -53,12 +56,16 @@ def test_uniform_model_reads_exactly_token_bits_times_tokens_per_byte(token_bits
 
 
 def test_nll_matches_the_trainers_evaluation_on_a_random_model():
+    """`pcomp eval`'s float64 scorer and the trainer's jitted eval step (float32 sums on the device),
+    both through the one evaluation loop, agree on a random model."""
     run = random_run(256, uniform=False, seed=3)
     data = _eval_set(256, 200, 500)
     bits, count = nll_bits(run, data, batch_size=4)
-    ref = evaluate_set(run, data, batch_size=4)
-    assert count == ref["tokens"] == 199
-    assert bits / 500 == pytest.approx(ref["bits_per_byte"], rel=1e-5)
+    mesh = make_mesh(MeshConfig(), jax.local_devices()[:1])
+    program = build_program(run.cfg.model, run.cfg.training, mesh, steps=1)
+    ref = evaluate(program.eval, jax.device_put(run.params, program.state_sharding["params"]), data, 4, mesh)
+    assert count == ref["eval/tokens"] == 199
+    assert bits / 500 == pytest.approx(ref["eval/bits_per_byte"], rel=1e-5)
     assert abs(bits / 500 - 8 * 199 / 500) > 1e-3  # a random head is not uniform: the check can fail
 
 

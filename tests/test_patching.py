@@ -24,7 +24,8 @@ from pcomp.models.transformer import Transformer
 from pcomp.patching import (check_patch_size, next_patch_loss, next_patch_nll, patchify, plan_stages,
                             relative_cost)
 from pcomp.train.checkpoint import Checkpointer
-from pcomp.train.load import evaluate, load_trained
+from pcomp.train.evaluation import score_text
+from pcomp.train.load import load_trained
 from pcomp.train.metrics import flops_per_position
 from pcomp.train.step import (LRSchedule, abstract_model, build_program, eval_step, learning_rate, make_optimizer,
                               objective, warmup_steps)
@@ -338,7 +339,7 @@ def test_two_stage_run_resumes_exactly_at_stage_boundary(tmp_path):
     # checkpoint at the stage's last step, reloaded on one device (float32 summation order: 1e-5)
     eval_docs = load_documents(saved_cfg.data.source, "eval", eval_fraction=saved_cfg.data.eval_fraction)
     for stage, step in ((stage_p, s1), (stage_t, s1 + s2)):
-        again = evaluate(load_trained(tmp_path / "a", step=step), eval_docs)
+        again = score_text(load_trained(tmp_path / "a", step=step), eval_docs)
         np.testing.assert_allclose(stage["end_bits_per_byte"], again["bits_per_byte"], rtol=1e-5)
     assert full.eval["eval/bits_per_byte"] == stage_t["end_bits_per_byte"]
 

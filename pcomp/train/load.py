@@ -11,12 +11,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from pcomp.config import Config, MeshConfig
-from pcomp.data import pipeline
 from pcomp.data.prepared import PreparedDataset
 from pcomp.data.tokenizers import CONFIG_FILENAME, Tokenizer, load_tokenizer
 from pcomp.errors import CheckpointError, DataError
 from pcomp.models.sharding import make_mesh
-from pcomp.train import evaluation
 from pcomp.train.checkpoint import Checkpointer
 from pcomp.train.step import build_program
 
@@ -60,13 +58,6 @@ def load_trained(workdir: str | Path, *, step: int | None = None, single_device:
     return TrainedModel(cfg, tokenizer, program.graphdef, state["params"], step, workdir)
 
 
-def evaluate(run: TrainedModel, docs, max_bytes: int = 0, batch_size: int = 16) -> dict:
-    """Held-out bits/byte of `run` on text `docs`, windowed as the run was trained (`pipeline.eval_set`),
-    on one device through the trainer's evaluation loop; keys without the "eval/" prefix."""
-    data = pipeline.eval_set(docs, run.tokenizer, run.cfg.data.seq_len, max_bytes, bos_first=run.cfg.data.bos_first)
-    return evaluate_set(run, data, batch_size)
-
-
 def check_prepared_tokenizer(run: TrainedModel, prepared: PreparedDataset) -> None:
     """DataError unless `prepared` was made with the run's own tokenizer (else its ids mean something
     else to the model)."""
@@ -78,12 +69,3 @@ def check_prepared_tokenizer(run: TrainedModel, prepared: PreparedDataset) -> No
         raise DataError(f"{path} was prepared with another tokenizer ({theirs.get('kind')}) than the run "
                         f"{run.workdir} was trained with ({ours.get('kind')}); evaluate on a dataset made with the "
                         f"run's tokenizer")
-
-
-def evaluate_set(run: TrainedModel, data: pipeline.EvalSet, batch_size: int = 16) -> dict:
-    """The trainer's evaluation loop over `data` on one device; keys without the "eval/" prefix."""
-    mesh = _mesh(run.cfg, single_device=True)
-    program = build_program(run.cfg.model, run.cfg.training, mesh, steps=1)
-    params = jax.device_put(run.params, program.state_sharding["params"])
-    result = evaluation.evaluate(program.eval, params, data, batch_size, mesh)
-    return {k.removeprefix("eval/"): v for k, v in result.items()}
