@@ -56,6 +56,13 @@ def gib(n: int) -> str:
     return f"{n} B"
 
 
+# High-bandwidth memory per TPU chip, by generation: the one place pcomp states these figures (Cloud TPU
+# system-architecture pages: v4 32 GiB HBM2, v5e 16 GiB HBM2e, v5p 95 GiB HBM2e, v6e Trillium 32 GiB).
+# A chip's allocator limit on a running TPU (`device_memory_bytes`) is a little below its HBM (the runtime
+# keeps some), so a program that peaks within a few percent of these figures may still be refused there.
+TPU_HBM_BYTES = {"v4": 32 << 30, "v5e": 16 << 30, "v5p": 95 << 30, "v6e": 32 << 30}
+
+
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     """The memory one device's allocator may use (`memory_stats()["bytes_limit"]`), or None where the
     backend does not say (CPU). Tests replace this function to simulate a small device."""

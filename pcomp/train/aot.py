@@ -1,0 +1,272 @@
+"""`pcomp compile`: the programs `pcomp train` would run, compiled for a named topology with no device.
+
+A CPU machine with libtpu installed can compile for a TPU slice it does not have:
+`jax.experimental.topologies.get_topology_desc("v5e:2x4", platform="tpu")` gives the slice's devices
+(compile-only), and `jax.jit(step).lower(abstract arguments).compile()` over a mesh of them runs the
+real TPU compiler. `compile_for_topology` plans the run exactly as the trainer does
+(`trainer.plan_run`, the mesh over the topology's devices) and compiles each stage's step through the
+trainer's own path (`trainer.compile_stage`), then reports per chip what XLA allocates against the
+chip's HBM (`memory.TPU_HBM_BYTES`) and the collectives the partitioned program runs per step
+(`collectives`), so a config that cannot fit, or a sharding that moves far more bytes than it should,
+shows before a pod is rented. `cpu:N` compiles for N simulated CPU devices instead.
+
+A multi-host slice compiles the SPMD program every process runs (process 0's); its memory is per chip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import re
+import tempfile
+
+import jax
+
+from pcomp.config import Config
+from pcomp.errors import ConfigError
+from pcomp.train import memory
+from pcomp.train.trainer import compile_stage, plan_run, stage_label
+
+TPU_GENERATIONS = tuple(memory.TPU_HBM_BYTES)  # v4, v5e, v5p, v6e
+# chips one host (TPU VM) holds: v5e / v6e slices of up to 8 chips are one host, larger ones 4 chips per
+# host; v4 and v5p hosts hold 4 chips (2x2x1)
+_SINGLE_HOST_CHIPS = {"v5e": 8, "v6e": 8}
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The devices a program is compiled for: a TPU topology's (compile-only) or N CPU devices."""
+
+    name: str  # as given: v5e:2x4, cpu:8
+    platform: str  # tpu | cpu
+    devices: list
+    chips: int
+    hbm_bytes: int | None  # per device; None for CPU
+
+    @property
+    def hosts(self) -> int:
+        return len({d.process_index for d in self.devices})
+
+    def describe(self) -> str:
+        if self.platform == "cpu":
+            return f"{self.name} ({len(self.devices)} CPU devices)"
+        per_chip = len(self.devices) // self.chips
+        devices = f", {len(self.devices)} devices" if per_chip != 1 else ""
+        hosts = f"{self.hosts} host" + ("s" if self.hosts != 1 else "")
+        return f"{self.name} ({self.chips} chips{devices}, {hosts})"
+
+
+def resolve(topology: str) -> Target:
+    """`v5e:2x4`-style TPU topologies (generation:chips per axis) and `cpu:N`; a bad name, a shape the
+    generation does not come in, too few CPU devices or a missing libtpu is a one-line ConfigError."""
+    gen, sep, shape = topology.partition(":")
+    if gen == "cpu" and sep:
+        if not (shape.isascii() and shape.isdigit() and int(shape) >= 1):
+            raise ConfigError(f"--topology {topology!r}: expected cpu:N with N >= 1 simulated CPU devices")
+        n, cpus = int(shape), jax.devices("cpu")
+        if len(cpus) < n:
+            raise ConfigError(f"--topology {topology}: jax has {len(cpus)} CPU devices; start with "
+                              f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+        return Target(topology, "cpu", cpus[:n], n, None)
+    dims = shape.split("x")
+    if gen not in TPU_GENERATIONS or not sep or not all(d.isascii() and d.isdigit() and int(d) >= 1 for d in dims):
+        raise ConfigError(f"--topology {topology!r}: expected GENERATION:SHAPE with GENERATION one of "
+                          f"{', '.join(TPU_GENERATIONS)} (e.g. v5e:2x4, v5p:2x2x1), or cpu:N")
+    try:
+        import libtpu  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"compiling for TPU topology {topology} needs libtpu; pip install 'pcomp[tpu]'") from None
+    chips = math.prod(int(d) for d in dims)
+    kwargs = {}
+    if chips <= _SINGLE_HOST_CHIPS.get(gen, 0):
+        kwargs["chips_per_host_bounds"] = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
+    from jax.experimental import topologies
+
+    with quiet_stderr():
+        try:
+            devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices
+        except Exception as e:  # noqa: BLE001  (libtpu's own error types)
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--topology {topology}: libtpu cannot make this topology: {why}") from None
+    per_device = memory.TPU_HBM_BYTES[gen] * chips // len(devices)
+    return Target(topology, "tpu", list(devices), chips, per_device)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Hold back what native code writes to file descriptor 2 (libtpu's warnings that no TPU is attached:
+    TPU_ACCELERATOR_TYPE, worker hostnames) while inside; yields a list that gets the held-back text."""
+    held: list[str] = []
+    try:
+        fd = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield held
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield held
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            sink.seek(0)
+            held.append(sink.read().decode("utf-8", "replace"))
+
+
+# --- collectives in the compiled HLO -----------------------------------------------------------------
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1,
+                "s4": 0.5, "u4": 0.5}
+_ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True)) + r")\[([\d,]*)\]")
+_OPS = "|".join(f"{c}(?:-start|-done)?" for c in COLLECTIVES)
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.*?) (" + _OPS + r")\(")
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
+_CALLS = re.compile(r"\b(condition|body|to_apply|calls|branch_computations)=\{?(%?[\w.\-]+(?:,\s*%?[\w.\-]+)*)\}?")
+_RS_FUSION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.*?) fusion\(.*\bcalls=%?all-reduce-scatter\b")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+
+
+@dataclasses.dataclass(frozen=True)
+class Collective:
+    count: int  # executions per step (a loop's body counted once per iteration)
+    bytes: int  # the bytes of their results on one device, summed over executions
+
+
+def collectives(hlo: str) -> dict[str, Collective]:
+    """The collectives of a compiled program's HLO text (`compiled.as_text()`) per step, by kind
+    (COLLECTIVES): how many run and the bytes of their results on one device (an all-gather's gathered
+    array, a reduce-scatter's shard, an all-reduce's array). An instruction inside a while loop (the
+    scanned layers) counts once per iteration: XLA's `known_trip_count`, else the loop condition's
+    `i < N` constant. Asynchronous pairs count once (at `-done`, whose shape is the result); the TPU's
+    reduce-scatter (a kCustom fusion of an all-reduce, `all-reduce-scatter`) counts as one reduce-scatter
+    of its scattered result."""
+    comps: dict[str, list[str]] = {}
+    entry, current = None, None
+    for line in hlo.splitlines():
+        m = _COMPUTATION.match(line)
+        if m and "=" not in line.split("{")[0].split("(")[0]:
+            current = m.group(2).lstrip("%")
+            comps[current] = []
+            if m.group(1):
+                entry = current
+            continue
+        if current is not None:
+            if line.strip() == "}":
+                current = None
+            else:
+                comps[current].append(line)
+    if entry is None:
+        raise ValueError("no ENTRY computation in the HLO text")
+    memo: dict[str, dict[str, list[int]]] = {}
+
+    def trips(line: str) -> int:
+        m = _TRIP.search(line)
+        if m:
+            return int(m.group(1))
+        cond = re.search(r"condition=%?([\w.\-]+)", line)
+        consts = [int(c) for c in re.findall(r"s(?:32|64)\[\][^=]*constant\((\d+)\)",
+                                             "\n".join(comps.get(cond.group(1), [])))] if cond else []
+        return consts[0] if len(consts) == 1 else 1
+
+    def count(name: str) -> dict[str, list[int]]:
+        if name in memo:
+            return memo[name]
+        memo[name] = {}  # (recursion guard; HLO has no cycles)
+        out = {c: [0, 0] for c in COLLECTIVES}
+        for line in comps.get(name, []):
+            fused = _RS_FUSION.match(line)
+            if fused:  # the TPU's reduce-scatter: an all-reduce fused with the slicing, kCustom
+                out["reduce-scatter"][0] += 1
+                out["reduce-scatter"][1] += _bytes(fused.group(1))
+                continue
+            m = _INSTR.match(line)
+            if m and not m.group(2).endswith("-start"):
+                kind = m.group(2).removesuffix("-done")
+                out[kind][0] += 1
+                out[kind][1] += _bytes(m.group(1))
+            for key, callees in _CALLS.findall(line):
+                factor = trips(line) if key == "body" else 1
+                for callee in callees.split(","):
+                    for kind, (n, b) in count(callee.strip().lstrip("%")).items():
+                        out[kind][0] += factor * n
+                        out[kind][1] += factor * b
+        memo[name] = out
+        return out
+
+    return {kind: Collective(n, b) for kind, (n, b) in count(entry).items()}
+
+
+def _bytes(shape: str) -> int:
+    """Bytes of an HLO shape (an array or a tuple of arrays; layouts ignored)."""
+    return int(sum(_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+                   for t, dims in _ARRAY.findall(shape)))
+
+
+# --- the command --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StageReport:
+    """One stage's step compiled for a target: what `pcomp compile` prints and the fit table records."""
+
+    stage: str
+    patch_size: int
+    mesh: dict[str, int]
+    rows: int
+    seq_tokens: int
+    seconds: float
+    memory: memory.MemoryUse | None
+    hbm_bytes: int | None
+    collectives: dict[str, Collective]
+    attention: str  # the kernel model.attention picked on this target
+    error: str | None  # check_fits's one-line error when it does not fit
+
+    @property
+    def fits(self) -> bool:
+        return self.error is None
+
+    def line(self, target: Target) -> str:
+        mesh = " ".join(f"{k}={v}" for k, v in self.mesh.items())
+        m = self.memory
+        use = (f"arguments {memory.gib(m.argument_bytes)}, outputs {memory.gib(m.output_bytes)}, temporaries "
+               f"{memory.gib(m.temp_bytes)}, peak {memory.gib(m.peak_bytes)}" if m else "no memory analysis")
+        of = f" of {memory.gib(self.hbm_bytes)} HBM" if self.hbm_bytes else ""
+        verdict = "fits" if self.fits else "does NOT fit"
+        coll = ", ".join(f"{k} {c.count} ({memory.gib(c.bytes)})" for k, c in self.collectives.items())
+        return (f"pcomp: {self.stage} step (K={self.patch_size}) on {target.describe()}: mesh {mesh}, global batch "
+                f"{self.rows} x {self.seq_tokens} tokens, attention {self.attention}, compiled in {self.seconds:.1f} s; "
+                f"per chip {use}{of}: {verdict}; collectives per step: {coll}")
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in dataclasses.asdict(self).items() if k not in ("memory", "collectives")},
+                "memory": dataclasses.asdict(self.memory) if self.memory else None,
+                "peak_bytes": self.memory.peak_bytes if self.memory else None, "fits": self.fits,
+                "collectives": {k: dataclasses.asdict(c) for k, c in self.collectives.items()}}
+
+
+def compile_for_topology(cfg: Config, target: Target, *, on_stage=None) -> list[StageReport]:
+    """Every stage's train step of `cfg`, planned and compiled as `pcomp train` would (`plan_run`,
+    `compile_stage`) over `target`'s devices, each checked against the chip's HBM with the trainer's
+    own `memory.check_fits` (its one-line error kept in `StageReport.error`). `on_stage(report)` is
+    called as each stage finishes (the CLI prints it then: a large compile takes minutes)."""
+    from pcomp.models.attention import choose
+
+    planned, mesh, stages = plan_run(cfg, target.devices)
+    reports = []
+    for i, stage in enumerate(stages):
+        step = compile_stage(planned, mesh, stages, i).step
+        error = None
+        try:
+            memory.check_fits(step.memory, target.hbm_bytes, stage_label(planned, stage))
+        except ConfigError as e:
+            error = str(e)
+        with jax.set_mesh(mesh):  # the kernel the traced model picked (it reads the mesh's platform)
+            kind = choose(planned.model.attention, planned.data.seq_len, planned.model.dtype)
+        report = StageReport(stage.name, stage.patch_size, dict(mesh.shape), planned.training.batch_size,
+                             stage.seq_tokens, step.seconds, step.memory, target.hbm_bytes,
+                             collectives(step.run.as_text()), kind, error)
+        if on_stage is not None:
+            on_stage(report)
+        reports.append(report)
+    return reports
