@@ -1,5 +1,5 @@
 # Quickstart:  make demo   (set up + train a small byte LM on the embedded corpus)
-#              make test   (set up + run the test suite on 8 simulated CPU devices)
+#              make test   (set up + run the test suite on 8 simulated CPU devices; TPU compiles need no TPU)
 #              make test-fast  (the same without the tests marked slow: those that train or compile a model)
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ TEST_FLAGS ?= -n 2 --durations=25
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,bench,hf]'
+	$(BIN)/python -m pip install -q -e '.[dev,bench,hf,tpu]'
 	touch $@
 
 setup: $(BIN)/.installed

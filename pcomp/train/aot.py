@@ -21,6 +21,7 @@ import math
 import os
 import re
 import tempfile
+import time
 
 import jax
 
@@ -85,6 +86,9 @@ def resolve(topology: str) -> Target:
         kwargs["chips_per_host_bounds"] = tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
     from jax.experimental import topologies
 
+    # libtpu takes a lock file (/tmp/libtpu_lockfile) for its process; a compile opens no TPU, so several
+    # may run at once (parallel tests, or a compile on a TPU VM whose chips a training job holds)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     with quiet_stderr():
         try:
             devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices
@@ -124,7 +128,7 @@ _ARRAY = re.compile(r"\b(" + "|".join(sorted(_DTYPE_BYTES, key=len, reverse=True
 _OPS = "|".join(f"{c}(?:-start|-done)?" for c in COLLECTIVES)
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.*?) (" + _OPS + r")\(")
 _COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
-_CALLS = re.compile(r"\b(condition|body|to_apply|calls|branch_computations)=\{?(%?[\w.\-]+(?:,\s*%?[\w.\-]+)*)\}?")
+_CALLS = re.compile(r"\b(condition|body|to_apply|calls|branch_computations)=(\{[^}]*\}|%?[\w.\-]+)")
 _RS_FUSION = re.compile(r"^\s*(?:ROOT\s+)?%?[\w.\-]+ = (.*?) fusion\(.*\bcalls=%?all-reduce-scatter\b")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 
@@ -189,7 +193,7 @@ def collectives(hlo: str) -> dict[str, Collective]:
                 out[kind][1] += _bytes(m.group(1))
             for key, callees in _CALLS.findall(line):
                 factor = trips(line) if key == "body" else 1
-                for callee in callees.split(","):
+                for callee in callees.strip("{}").split(","):
                     for kind, (n, b) in count(callee.strip().lstrip("%")).items():
                         out[kind][0] += factor * n
                         out[kind][1] += factor * b
@@ -233,7 +237,7 @@ class StageReport:
                f"{memory.gib(m.temp_bytes)}, peak {memory.gib(m.peak_bytes)}" if m else "no memory analysis")
         of = f" of {memory.gib(self.hbm_bytes)} HBM" if self.hbm_bytes else ""
         verdict = "fits" if self.fits else "does NOT fit"
-        coll = ", ".join(f"{k} {c.count} ({memory.gib(c.bytes)})" for k, c in self.collectives.items())
+        coll = ", ".join(f"{k} {c.count} ({memory.gib(c.bytes)})" for k, c in self.collectives.items()) or "-"
         return (f"pcomp: {self.stage} step (K={self.patch_size}) on {target.describe()}: mesh {mesh}, global batch "
                 f"{self.rows} x {self.seq_tokens} tokens, attention {self.attention}, compiled in {self.seconds:.1f} s; "
                 f"per chip {use}{of}: {verdict}; collectives per step: {coll}")
@@ -253,19 +257,21 @@ def compile_for_topology(cfg: Config, target: Target, *, on_stage=None) -> list[
     from pcomp.models.attention import choose
 
     planned, mesh, stages = plan_run(cfg, target.devices)
+    with jax.set_mesh(mesh):  # the kernel the traced model picks (it reads the mesh's platform)
+        kind = choose(planned.model.attention, planned.data.seq_len, planned.model.dtype)
     reports = []
     for i, stage in enumerate(stages):
-        step = compile_stage(planned, mesh, stages, i).step
-        error = None
+        start = time.perf_counter()
+        seconds, use, coll, error = 0.0, None, {}, None
         try:
-            memory.check_fits(step.memory, target.hbm_bytes, stage_label(planned, stage))
-        except ConfigError as e:
+            step = compile_stage(planned, mesh, stages, i).step
+            seconds, use, coll = step.seconds, step.memory, collectives(step.run.as_text())
+            memory.check_fits(use, target.hbm_bytes, stage_label(planned, stage))
+        except ConfigError as e:  # check_fits's, or the compiler's own refusal (then there is no program)
             error = str(e)
-        with jax.set_mesh(mesh):  # the kernel the traced model picked (it reads the mesh's platform)
-            kind = choose(planned.model.attention, planned.data.seq_len, planned.model.dtype)
+            seconds = seconds or time.perf_counter() - start
         report = StageReport(stage.name, stage.patch_size, dict(mesh.shape), planned.training.batch_size,
-                             stage.seq_tokens, step.seconds, step.memory, target.hbm_bytes,
-                             collectives(step.run.as_text()), kind, error)
+                             stage.seq_tokens, seconds, use, target.hbm_bytes, coll, kind, error)
         if on_stage is not None:
             on_stage(report)
         reports.append(report)

@@ -75,6 +75,20 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     return int(limit) if limit else None
 
 
+def out_of_memory(error: Exception, what: str) -> ConfigError | None:
+    """The one-line ConfigError for a compile that XLA itself refused for want of device memory (the TPU
+    compiler stops with RESOURCE_EXHAUSTED when the temporaries alone exceed the HBM), else None."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    detail = text.split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0].rstrip(".")
+    return ConfigError(f"{what} does not fit in device memory: the compiler reports: {detail}; {_REMEDY}")
+
+
+_REMEDY = ("lower training.batch_size, raise training.grad_accum, set model.remat=full or shard over more devices "
+           "(mesh.fsdp)")
+
+
 def check_fits(use: MemoryUse | None, available: int | None, what: str) -> None:
     """ConfigError naming the needed and the available bytes when `use` does not fit in `available`
     (nothing to check when either is unknown)."""
@@ -83,6 +97,5 @@ def check_fits(use: MemoryUse | None, available: int | None, what: str) -> None:
     raise ConfigError(
         f"{what} needs {use.peak_bytes:,} bytes ({gib(use.peak_bytes)}) per device at its peak but the device has "
         f"{available:,} bytes ({gib(available)}) (arguments {use.argument_bytes:,}, outputs {use.output_bytes:,} "
-        f"of which {use.alias_bytes:,} donated, temporaries {use.temp_bytes:,}); lower training.batch_size, raise "
-        "training.grad_accum, set model.remat=full or shard over more devices (mesh.fsdp)"
+        f"of which {use.alias_bytes:,} donated, temporaries {use.temp_bytes:,}); {_REMEDY}"
     )

@@ -69,11 +69,19 @@ def stage_label(cfg: Config, stage: Stage) -> str:
 def compile_stage(cfg: Config, mesh: Mesh, stages: list[Stage], index: int) -> StageProgram:
     """Stage `index`'s program on `mesh` and its train step compiled ahead of time for the stage's
     global batch (`TrainProgram.compile_step`); nothing is allocated, so `mesh` may be made of devices
-    that are not there (a TPU topology compiled on a CPU machine: `pcomp.train.aot`)."""
+    that are not there (a TPU topology compiled on a CPU machine: `pcomp.train.aot`). A step the compiler
+    itself refuses for want of device memory is the one-line ConfigError `memory.out_of_memory`."""
     stage = stages[index]
     program = build_program(cfg.model, cfg.training, mesh, steps=stage.steps, patch_size=stage.patch_size,
                             first_stage=index == 0)
-    return StageProgram(program, program.compile_step(cfg.training.batch_size, stage.seq_tokens))
+    try:
+        step = program.compile_step(cfg.training.batch_size, stage.seq_tokens)
+    except jax.errors.JaxRuntimeError as e:
+        error = memory.out_of_memory(e, stage_label(cfg, stage))
+        if error is None:
+            raise
+        raise error from None
+    return StageProgram(program, step)
 
 
 def compile_stages(cfg: Config, mesh: Mesh, stages: list[Stage]) -> list[StageProgram]:
