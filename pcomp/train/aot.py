@@ -11,6 +11,8 @@ chip's HBM (`memory.TPU_HBM_BYTES`) and the collectives the partitioned program 
 shows before a pod is rented. `cpu:N` compiles for N simulated CPU devices instead.
 
 A multi-host slice compiles the SPMD program every process runs (process 0's); its memory is per chip.
+No data is read: the vocabulary comes from the tokenizer settings (or a prepared dataset, which must be
+readable here), so a data source that only the workers can read is fine.
 """
 
 from __future__ import annotations
@@ -60,9 +62,38 @@ class Target:
         return f"{self.name} ({self.chips} chips{devices}, {hosts})"
 
 
+_ACCELERATOR = re.compile(r"^(v4|v5p|v5litepod|v5e|v6e)-([1-9][0-9]*)$")
+
+
+def accelerator_topology(accelerator: str) -> str | None:
+    """A Cloud TPU accelerator type as a topology name: v4-32 -> v4:2x2x4, v5litepod-8 -> v5e:2x4,
+    v5p-8 -> v5p:2x2x1, v6e-16 -> v6e:4x4 (v4-N and v5p-N count TensorCores, two per chip; v5e and v6e
+    count chips); None for anything else. Slices come in powers of two; the axes grow as Cloud TPU
+    shapes them (the last of the smallest axes doubles first)."""
+    m = _ACCELERATOR.match(accelerator)
+    if not m:
+        return None
+    gen, n = {"v5litepod": "v5e"}.get(m.group(1), m.group(1)), int(m.group(2))
+    chips = n // 2 if gen in ("v4", "v5p") else n
+    if chips < 1 or chips & (chips - 1):
+        return None
+    if gen in ("v4", "v5p"):
+        dims = [1, 1, 1] if chips == 1 else [2, 1, 1] if chips == 2 else [2, 2, 1]
+    else:
+        dims = [1, 1] if chips == 1 else [1, 2] if chips == 2 else [2, 2]
+    while math.prod(dims) < chips:
+        low = min(dims)
+        i = max(j for j, d in enumerate(dims) if d == low)
+        dims[i] *= 2
+    return f"{gen}:" + "x".join(map(str, dims))
+
+
 def resolve(topology: str) -> Target:
-    """`v5e:2x4`-style TPU topologies (generation:chips per axis) and `cpu:N`; a bad name, a shape the
-    generation does not come in, too few CPU devices or a missing libtpu is a one-line ConfigError."""
+    """`v5e:2x4`-style TPU topologies (generation:chips per axis), Cloud TPU accelerator types (v5litepod-8,
+    v4-32: `accelerator_topology`) and `cpu:N`; a bad name, a shape the generation does not come in, too
+    few CPU devices or a missing libtpu is a one-line ConfigError."""
+    named = topology
+    topology = accelerator_topology(topology) or topology
     gen, sep, shape = topology.partition(":")
     if gen == "cpu" and sep:
         if not (shape.isascii() and shape.isdigit() and int(shape) >= 1):
@@ -75,7 +106,8 @@ def resolve(topology: str) -> Target:
     dims = shape.split("x")
     if gen not in TPU_GENERATIONS or not sep or not all(d.isascii() and d.isdigit() and int(d) >= 1 for d in dims):
         raise ConfigError(f"--topology {topology!r}: expected GENERATION:SHAPE with GENERATION one of "
-                          f"{', '.join(TPU_GENERATIONS)} (e.g. v5e:2x4, v5p:2x2x1), or cpu:N")
+                          f"{', '.join(TPU_GENERATIONS)} (e.g. v5e:2x4, v5p:2x2x1), an accelerator type (v5litepod-8, "
+                          "v4-32, v5p-8, v6e-16), or cpu:N")
     try:
         import libtpu  # noqa: F401
     except ImportError:
@@ -96,7 +128,8 @@ def resolve(topology: str) -> Target:
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"--topology {topology}: libtpu cannot make this topology: {why}") from None
     per_device = memory.TPU_HBM_BYTES[gen] * chips // len(devices)
-    return Target(topology, "tpu", list(devices), chips, per_device)
+    name = topology if named == topology else f"{named} = {topology}"
+    return Target(name, "tpu", list(devices), chips, per_device)
 
 
 @contextlib.contextmanager
@@ -256,7 +289,7 @@ def compile_for_topology(cfg: Config, target: Target, *, on_stage=None) -> list[
     called as each stage finishes (the CLI prints it then: a large compile takes minutes)."""
     from pcomp.models.attention import choose
 
-    planned, mesh, stages = plan_run(cfg, target.devices)
+    planned, mesh, stages = plan_run(cfg, target.devices, check_data=False)  # the data may be on the workers
     with jax.set_mesh(mesh):  # the kernel the traced model picks (it reads the mesh's platform)
         kind = choose(planned.model.attention, planned.data.seq_len, planned.model.dtype)
     reports = []

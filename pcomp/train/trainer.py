@@ -104,11 +104,12 @@ def compile_stages(cfg: Config, mesh: Mesh, stages: list[Stage]) -> list[StagePr
     return out
 
 
-def plan_run(cfg: Config, devices=None) -> tuple[Config, Mesh, list[Stage]]:
+def plan_run(cfg: Config, devices=None, *, check_data: bool = True) -> tuple[Config, Mesh, list[Stage]]:
     """What a run compiles, known before any data is read: the config with the model's vocabulary
     (`vocab_size_before_reading`), the mesh over all (or the given) devices, and the stages. A mesh
     that does not fit the devices or the model, or a micro-batch the mesh does not divide, is a
-    one-line ConfigError."""
+    one-line ConfigError; a missing local data source a DataError (unless `check_data` is False: a
+    compile without the data, `pcomp.train.aot`)."""
     cfg.validate()
     tc, dc = cfg.training, cfg.data
     mesh = make_mesh(cfg.mesh, devices, model=cfg.model)
@@ -125,7 +126,7 @@ def plan_run(cfg: Config, devices=None) -> tuple[Config, Mesh, list[Stage]]:
         patch_size=tc.patch_size,
         patch_fraction=tc.patch_fraction,
     )
-    vocab = vocab_size_before_reading(dc, Path(tc.workdir) / "tokenizer")
+    vocab = vocab_size_before_reading(dc, Path(tc.workdir) / "tokenizer", check_source_exists=check_data)
     return _with_vocab(cfg, vocab), mesh, stages
 
 
