@@ -203,7 +203,7 @@ def test_compile_for_v5e_2x2_token_and_patch_steps():
     cfg = Config.preset("test-tiny").override("training.patch_size=4", "mesh.data=1", "mesh.fsdp=-1",
                                               "data.seq_len=128", "training.steps=4")
     target = aot.resolve("v5e:2x2")
-    assert (target.chips, target.hosts, target.hbm_bytes) == (4, 1, memory.TPU_HBM_BYTES["v5e"])
+    assert (target.chips, target.hosts, target.hbm_bytes) == (4, 1, memory.TPU_AVAILABLE_BYTES["v5e"])
     reports = aot.compile_for_topology(cfg, target)
     assert [(r.stage, r.patch_size, r.seq_tokens) for r in reports] == [("patch", 4, 512), ("token", 1, 128)]
     for r in reports:

@@ -6,7 +6,7 @@ A CPU machine with libtpu installed can compile for a TPU slice it does not have
 real TPU compiler. `compile_for_topology` plans the run exactly as the trainer does
 (`trainer.plan_run`, the mesh over the topology's devices) and compiles each stage's step through the
 trainer's own path (`trainer.compile_stage`), then reports per chip what XLA allocates against the
-chip's HBM (`memory.TPU_HBM_BYTES`) and the collectives the partitioned program runs per step
+chip's HBM (`memory.TPU_AVAILABLE_BYTES`) and the collectives the partitioned program runs per step
 (`collectives`), so a config that cannot fit, or a sharding that moves far more bytes than it should,
 shows before a pod is rented. `cpu:N` compiles for N simulated CPU devices instead.
 
@@ -47,7 +47,7 @@ class Target:
     platform: str  # tpu | cpu
     devices: list
     chips: int
-    hbm_bytes: int | None  # per device; None for CPU
+    hbm_bytes: int | None  # per device, what the compiler lets a program use (`memory.TPU_AVAILABLE_BYTES`); None for CPU
 
     @property
     def hosts(self) -> int:
@@ -127,7 +127,7 @@ def resolve(topology: str) -> Target:
         except Exception as e:  # noqa: BLE001  (libtpu's own error types)
             why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"--topology {topology}: libtpu cannot make this topology: {why}") from None
-    per_device = memory.TPU_HBM_BYTES[gen] * chips // len(devices)
+    per_device = memory.TPU_AVAILABLE_BYTES[gen] * chips // len(devices)
     name = topology if named == topology else f"{named} = {topology}"
     return Target(name, "tpu", list(devices), chips, per_device)
 
@@ -268,7 +268,7 @@ class StageReport:
         m = self.memory
         use = (f"arguments {memory.gib(m.argument_bytes)}, outputs {memory.gib(m.output_bytes)}, temporaries "
                f"{memory.gib(m.temp_bytes)}, peak {memory.gib(m.peak_bytes)}" if m else "no memory analysis")
-        of = f" of {memory.gib(self.hbm_bytes)} HBM" if self.hbm_bytes else ""
+        of = f" of {memory.gib(self.hbm_bytes)} available HBM" if self.hbm_bytes else ""
         verdict = "fits" if self.fits else "does NOT fit"
         coll = ", ".join(f"{k} {c.count} ({memory.gib(c.bytes)})" for k, c in self.collectives.items()) or "-"
         return (f"pcomp: {self.stage} step (K={self.patch_size}) on {target.describe()}: mesh {mesh}, global batch "
