@@ -36,7 +36,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 _CONFIG_VARS = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR", "RUNTIME_VERSION", "QUEUED", "QR_ID", "SPOT",
                 "BEST_EFFORT", "JOB", "WORKER", "JOB_ENV", "PCOMP_REPO", "PCOMP_BRANCH", "PYTHON_VERSION", "DRY_RUN",
                 "PCOMP_HOME", "PCOMP_BIN", "SRUN_ARGS", "INSTALL", "WHEELS", "JAX_CUDA", "OUT_DIR", "SKIP",
-                "STEP_TIMEOUT", "TRAIN_ARGS", "PATCH_ARGS", "EQUAL_INFO_ARGS", "PYTEST_ARGS", "PYTHON", "COMPILE_CHECK")
+                "STEP_TIMEOUT", "TRAIN_ARGS", "PATCH_ARGS", "EQUAL_INFO_ARGS", "PYTEST_ARGS", "PYTHON", "COMPILE_CHECK",
+                "COMPILE_ONLY", "COMPILE_ARGS")
 
 
 def _env(extra: dict | None = None) -> dict:
@@ -483,6 +484,22 @@ def test_device_check_dry_run():
     assert cmds[3][:2] == ["python3", "experiments/bench_patch.py"] and "--json" in cmds[3]
     assert cmds[4][:2] == ["python3", "experiments/bench_equal_info.py"]
     assert cmds[5] == ["python3", "-", "results/device_check"]
+
+
+def test_device_check_compile_only():
+    """No accelerator: the tpu extra instead of CUDA JAX, the tests, `pcomp compile` for a TPU slice and
+    the TPU tests; none of the GPU benchmarks."""
+    cmds = commands(run(DEVICE_CHECK, "--dry-run", "--python", "python3", "--compile-only"))
+    assert cmds[0] == ["python3", "-m", "pip", "install", "-q", "-e", ".[dev,bench,tpu]"]
+    assert _env_and_argv(cmds[2]) == ({"JAX_PLATFORMS": "cpu"}, ["python3", "-m", "pcomp", "compile", "--topology",
+                                                                  "v5e:2x4", "--config", "125m", "mesh.data=1",
+                                                                  "mesh.fsdp=-1"])
+    env, rest = _env_and_argv(cmds[3])
+    assert env["JAX_PLATFORMS"] == "cpu" and rest == ["python3", "-m", "pytest", "-q", "tests/test_tpu.py"]
+    assert not any("bench_" in " ".join(c) for c in cmds)
+    custom = commands(run(DEVICE_CHECK, "--dry-run", "--compile-only", "--skip", "tests",
+                          env={"COMPILE_ARGS": "--topology v5p:2x2x1 --config 1b"}))
+    assert _env_and_argv(custom[1])[1][-4:] == ["--topology", "v5p:2x2x1", "--config", "1b"]
 
 
 def test_device_check_offline_and_skips():
