@@ -28,6 +28,8 @@ from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "tpu_fit"
 _K4 = ["training.patch_size=4"]
+COLAB = ["training.steps=2000", "training.patch_size=4", "training.patch_fraction=2/3", "data.bos_first=true",
+         "model.dtype=bfloat16", "training.batch_size=64", "data.eval_max_bytes=200000", "training.log_every=25"]
 
 # (row id, preset, topology, overrides, what the row shows), cheapest first
 ROWS: list[tuple[str, str, str, list[str], str]] = [
@@ -36,6 +38,9 @@ ROWS: list[tuple[str, str, str, list[str], str]] = [
     ("1b-oom", "1b", "v5p:2x2x1", ["mesh.data=1", "mesh.fsdp=-1", "model.remat=none"], "refused"),
     ("7b-oom", "7b", "v5e:2x4", ["mesh.data=1", "mesh.fsdp=-1"], "refused"),
     ("125m-k4", "125m", "v5e:2x4", ["mesh.data=1", "mesh.fsdp=-1", *_K4], "fit"),
+    # the Colab notebook's TPU branch (experiments/colab_demo.ipynb): 25m, bf16, 64 x 512, K = 4, one chip
+    ("colab-v5e-1", "25m", "v5e:1x1", COLAB, "fit"),
+    ("colab-v6e-1", "25m", "v6e:1x1", COLAB, "fit"),
     ("125m-splash-2048", "125m", "v5e:2x4", ["mesh.data=1", "mesh.fsdp=-1", "model.max_seq_len=8192",
                                              "data.seq_len=2048", "training.batch_size=64"], "attention"),
     ("125m-xla-2048", "125m", "v5e:2x4", ["mesh.data=1", "mesh.fsdp=-1", "model.max_seq_len=8192",

@@ -242,3 +242,24 @@ def test_oversized_config_is_refused_with_one_line(capsys):
     assert err.startswith("pcomp: error: the token step of model test-tiny (batch 262144 x 128 tokens, "
                           "model.remat=none)") and len(err.strip().splitlines()) == 1, err
     assert "training.grad_accum" in err
+
+
+def test_colab_tpu_branch_is_the_fit_tables_row(monkeypatch):
+    """The notebook's settings on a Colab TPU runtime are exactly those `experiments/tpu_fit.py` compiles for
+    one v5e and one v6e chip (rows colab-v5e-1, colab-v6e-1), so "proven to fit" stays true."""
+    import json
+
+    from experiments.tpu_fit import COLAB, ROWS
+
+    nb = json.loads((ROOT / "experiments" / "colab_demo.ipynb").read_text())
+    monkeypatch.setenv("COLAB_TPU_ADDR", "10.0.0.2:8470")
+    monkeypatch.delenv("PCOMP_NOTEBOOK_TINY", raising=False)
+    params: dict = {}
+    exec("".join(nb["cells"][1]["source"]), params)  # the parameters cell
+    assert params["ON_TPU"] and params["PRESET"] == "25m"
+    # what the training cell passes to Config.override, less the work directory and the progress bar
+    used = [f"training.steps={params['STEPS']}", f"training.patch_size={params['PATCH_SIZE']}",
+            "training.patch_fraction=2/3", "data.bos_first=true", *params["EXTRA"]]
+    assert sorted(used) == sorted(COLAB)
+    rows = {r[0]: (r[1], r[2], r[3]) for r in ROWS}
+    assert rows["colab-v5e-1"] == ("25m", "v5e:1x1", COLAB) and rows["colab-v6e-1"] == ("25m", "v6e:1x1", COLAB)
