@@ -46,7 +46,10 @@ def _cmd_compile(args) -> int:
         if gen == "cpu" and n.isdigit() and "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
     from pcomp.config import Config
-    from pcomp.train.aot import compile_for_topology, resolve
+    from pcomp.train.quiet import quiet_stderr
+
+    with quiet_stderr():  # jax loads an installed CUDA plugin at import, which says it finds no GPU
+        from pcomp.train.aot import compile_for_topology, resolve
 
     cfg = Config.load(args.config).override(*args.overrides)
     cfg.validate()
@@ -190,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compile", help="compile the train steps for a TPU topology (no TPU needed): per-chip memory, "
                                        "fit, collectives")
     c.add_argument("--topology", required=True,
-                   help="v4:2x2x1, v5e:2x4, v5p:2x2x2, v6e:2x2, ... (generation:chips per axis), or cpu:N")
+                   help="v4:2x2x1, v5e:2x4, v5p:2x2x2, v6e:2x2, ... (generation:chips per axis), an accelerator "
+                        "type (v5litepod-8, v4-32), h100:N (GPUs; needs jax's CUDA plugin) or cpu:N")
     c.add_argument("--config", default="demo", help="preset name or JSON file, as for pcomp train")
     c.add_argument("overrides", nargs="*", help="section.key=value, as for pcomp train (e.g. mesh.fsdp=-1)")
     c.set_defaults(fn=_cmd_compile)

@@ -103,6 +103,8 @@ def test_collectives_of_a_compiled_cpu_program():
     ("v5e:2xq", ["'v5e:2xq'"]),
     ("cpu:0", ["cpu:N with N >= 1"]),
     ("cpu:4096", ["jax has 8 CPU devices", "device_count=4096"]),
+    ("h100:x", ["h100:N with N >= 1"]),
+    ("h100:12", ["hosts of 8"]),
 ])
 def test_bad_topologies_are_one_line_errors(topology, words, capsys):
     assert main(["compile", "--topology", topology, "--config", "test-tiny"]) == 2
@@ -126,6 +128,32 @@ def test_missing_libtpu_names_the_extra(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "libtpu", None)  # import libtpu -> ImportError
     assert main(["compile", "--topology", "v5e:2x2", "--config", "test-tiny"]) == 2
     assert "pip install 'pcomp[tpu]'" in _one_line(capsys)
+
+
+needs_cuda_plugin = pytest.mark.skipif(not aot.has_module("jax_plugins.xla_cuda12"),
+                                       reason="jax's CUDA plugin is not installed (jax-cuda12-plugin, -pjrt)")
+
+
+def test_h100_without_the_cuda_plugin_names_it(monkeypatch, capsys):
+    monkeypatch.setattr(aot, "has_module", lambda name: False)
+    assert main(["compile", "--topology", "h100:8", "--config", "test-tiny"]) == 2
+    assert f"pip install jax-cuda12-plugin=={jax.__version__} jax-cuda12-pjrt" in _one_line(capsys)
+
+
+@pytest.mark.slow
+@needs_cuda_plugin
+def test_compile_for_h100s_without_a_gpu(capsys):
+    """16 H100s (2 hosts) through jax's CUDA plugin on a CPU machine: XLA attention compiles and fits;
+    cuDNN attention (auto, bfloat16) needs the cuDNN library where it is traced: one line if absent."""
+    cfg = Config.preset("test-tiny").override("mesh.data=1", "mesh.fsdp=-1", "model.dtype=bfloat16",
+                                              "training.batch_size=16", "model.attention=fused")
+    target = aot.resolve("h100:16")
+    assert (target.platform, target.chips, target.hosts, target.hbm_bytes) == ("gpu", 16, 2, aot.H100_BYTES)
+    (report,) = aot.compile_for_topology(cfg, target)
+    assert report.fits and report.attention == "fused" and report.collectives["all-gather"].count > 0
+    if not aot.has_module("nvidia.cudnn"):
+        assert main(["compile", "--topology", "h100:8", "--config", "test-tiny", "model.dtype=bfloat16"]) == 2
+        assert "needs the cuDNN library here" in _one_line(capsys)
 
 
 def test_compile_prints_no_libtpu_noise():

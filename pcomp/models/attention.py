@@ -81,7 +81,15 @@ def xla_attention(q_btnh, k_btkh, v_btkh) -> jax.Array:
 
 
 def cudnn_attention(q_btnh, k_btkh, v_btkh) -> jax.Array:
-    return jax.nn.dot_product_attention(q_btnh, k_btkh, v_btkh, is_causal=True, implementation="cudnn")
+    """cuDNN's fused attention. JAX asks the cuDNN library for its version while tracing, so compiling it
+    for a GPU that is not there (`pcomp compile --topology h100:N`) needs cuDNN installed where it runs."""
+    try:
+        return jax.nn.dot_product_attention(q_btnh, k_btkh, v_btkh, is_causal=True, implementation="cudnn")
+    except RuntimeError as e:
+        if "cuDNN" not in str(e) or "not found" not in str(e):
+            raise
+        raise ConfigError("cuDNN attention (model.attention=auto on a GPU, bfloat16) needs the cuDNN library here "
+                          "to trace: pip install nvidia-cudnn-cu12, or set model.attention=fused (XLA's)") from None
 
 
 def blocked_causal_attention(q_btnh, k_btkh, v_btkh, block: int = 64) -> jax.Array:

@@ -8,7 +8,8 @@ real TPU compiler. `compile_for_topology` plans the run exactly as the trainer d
 trainer's own path (`trainer.compile_stage`), then reports per chip what XLA allocates against the
 chip's HBM (`memory.TPU_AVAILABLE_BYTES`) and the collectives the partitioned program runs per step
 (`collectives`), so a config that cannot fit, or a sharding that moves far more bytes than it should,
-shows before a pod is rented. `cpu:N` compiles for N simulated CPU devices instead.
+shows before a pod is rented. `cpu:N` compiles for N simulated CPU devices instead, and `h100:N` for N
+H100 GPUs (8 per host) when the CUDA plugin of this jax is installed (`_gpu_target`).
 
 A multi-host slice compiles the SPMD program every process runs (process 0's); its memory is per chip.
 No data is read: the vocabulary comes from the tokenizer settings (or a prepared dataset, which must be
@@ -17,12 +18,11 @@ readable here), so a data source that only the workers can read is fine.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import importlib.util
 import math
 import os
 import re
-import tempfile
 import time
 
 import jax
@@ -30,6 +30,7 @@ import jax
 from pcomp.config import Config
 from pcomp.errors import ConfigError
 from pcomp.train import memory
+from pcomp.train.quiet import quiet_stderr
 from pcomp.train.trainer import compile_stage, plan_run, stage_label
 
 TPU_GENERATIONS = tuple(memory.TPU_HBM_BYTES)  # v4, v5e, v5p, v6e
@@ -56,6 +57,8 @@ class Target:
     def describe(self) -> str:
         if self.platform == "cpu":
             return f"{self.name} ({len(self.devices)} CPU devices)"
+        if self.platform == "gpu":
+            return f"{self.name} ({self.chips} GPUs, {self.hosts} host" + ("s)" if self.hosts != 1 else ")")
         per_chip = len(self.devices) // self.chips
         devices = f", {len(self.devices)} devices" if per_chip != 1 else ""
         hosts = f"{self.hosts} host" + ("s" if self.hosts != 1 else "")
@@ -88,6 +91,60 @@ def accelerator_topology(accelerator: str) -> str | None:
     return f"{gen}:" + "x".join(map(str, dims))
 
 
+# What XLA needs to compile for an H100 (SXM, 80 GB) it cannot see: the GPU's device description, as jax
+# issue 28376 gives it (`jax.experimental.topologies.get_topology_desc(platform="cuda", target_config=...)`).
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 7 }
+runtime_version { major: 12 minor: 8 patch: 0 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+H100_BYTES = 84929347584  # device_memory_size above: the 80 GB H100's memory as CUDA reports it
+GPUS_PER_HOST = 8
+
+
+def has_module(name: str) -> bool:
+    """Whether `name` (dotted) can be imported, without importing it (a missing parent is False too)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+def _gpu_target(topology: str, count: str) -> Target:
+    """`h100:N`: N H100s, 8 per host, through the CUDA PJRT plugin (jax-cuda12-plugin and -pjrt, the
+    jax version's own; no GPU, driver or CUDA library needed, as long as jax itself runs on CPU)."""
+    if not (count.isascii() and count.isdigit() and int(count) >= 1):
+        raise ConfigError(f"--topology {topology!r}: expected h100:N with N >= 1 GPUs")
+    n = int(count)
+    if n > GPUS_PER_HOST and n % GPUS_PER_HOST:
+        raise ConfigError(f"--topology {topology}: more than {GPUS_PER_HOST} GPUs come in hosts of {GPUS_PER_HOST}")
+    if not has_module("jax_plugins.xla_cuda12"):
+        raise ConfigError(f"compiling for {topology} needs the CUDA plugin of this jax: pip install "
+                          f"jax-cuda12-plugin=={jax.__version__} jax-cuda12-pjrt=={jax.__version__}")
+    from jax.experimental import topologies
+
+    hosts, per_host = (n // GPUS_PER_HOST, GPUS_PER_HOST) if n > GPUS_PER_HOST else (1, n)
+    with quiet_stderr():  # the plugin's "Could not find cuda drivers" at its loading
+        jax.devices("cpu")  # (jax loads its plugins with its first backend)
+        try:
+            devices = topologies.get_topology_desc(platform="cuda", target_config=H100_TARGET_CONFIG,
+                                                   topology=f"1x{hosts}x{per_host}").devices
+        except Exception as e:  # noqa: BLE001
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--topology {topology}: the CUDA plugin cannot make this topology: {why} "
+                              "(it needs JAX_PLATFORMS=cpu on a machine without a GPU)") from None
+    return Target(topology, "gpu", list(devices), n, H100_BYTES)
+
+
 def resolve(topology: str) -> Target:
     """`v5e:2x4`-style TPU topologies (generation:chips per axis), Cloud TPU accelerator types (v5litepod-8,
     v4-32: `accelerator_topology`) and `cpu:N`; a bad name, a shape the generation does not come in, too
@@ -95,6 +152,8 @@ def resolve(topology: str) -> Target:
     named = topology
     topology = accelerator_topology(topology) or topology
     gen, sep, shape = topology.partition(":")
+    if gen == "h100" and sep:
+        return _gpu_target(topology, shape)
     if gen == "cpu" and sep:
         if not (shape.isascii() and shape.isdigit() and int(shape) >= 1):
             raise ConfigError(f"--topology {topology!r}: expected cpu:N with N >= 1 simulated CPU devices")
@@ -130,27 +189,6 @@ def resolve(topology: str) -> Target:
     per_device = memory.TPU_AVAILABLE_BYTES[gen] * chips // len(devices)
     name = topology if named == topology else f"{named} = {topology}"
     return Target(name, "tpu", list(devices), chips, per_device)
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Hold back what native code writes to file descriptor 2 (libtpu's warnings that no TPU is attached:
-    TPU_ACCELERATOR_TYPE, worker hostnames) while inside; yields a list that gets the held-back text."""
-    held: list[str] = []
-    try:
-        fd = os.dup(2)
-    except OSError:  # no stderr to redirect
-        yield held
-        return
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield held
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-            sink.seek(0)
-            held.append(sink.read().decode("utf-8", "replace"))
 
 
 # --- collectives in the compiled HLO -----------------------------------------------------------------
@@ -300,7 +338,7 @@ def compile_for_topology(cfg: Config, target: Target, *, on_stage=None) -> list[
             step = compile_stage(planned, mesh, stages, i).step
             seconds, use, coll = step.seconds, step.memory, collectives(step.run.as_text())
             memory.check_fits(use, target.hbm_bytes, stage_label(planned, stage))
-        except ConfigError as e:  # check_fits's, or the compiler's own refusal (then there is no program)
+        except memory.DoesNotFit as e:  # check_fits's, or the compiler's own refusal (then there is no program)
             error = str(e)
             seconds = seconds or time.perf_counter() - start
         report = StageReport(stage.name, stage.patch_size, dict(mesh.shape), planned.training.batch_size,

@@ -80,6 +80,10 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     return int(limit) if limit else None
 
 
+class DoesNotFit(ConfigError):
+    """A step that needs more device memory than the device has (`check_fits`, `out_of_memory`)."""
+
+
 def out_of_memory(error: Exception, what: str) -> ConfigError | None:
     """The one-line ConfigError for a compile that XLA itself refused for want of device memory (the TPU
     compiler stops with RESOURCE_EXHAUSTED when the temporaries alone exceed the HBM), else None."""
@@ -87,7 +91,7 @@ def out_of_memory(error: Exception, what: str) -> ConfigError | None:
     if "RESOURCE_EXHAUSTED" not in text:
         return None
     detail = text.split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0].rstrip(".")
-    return ConfigError(f"{what} does not fit in device memory: the compiler reports: {detail}; {_remedy(what)}")
+    return DoesNotFit(f"{what} does not fit in device memory: the compiler reports: {detail}; {_remedy(what)}")
 
 
 def _remedy(what: str) -> str:
@@ -102,7 +106,7 @@ def check_fits(use: MemoryUse | None, available: int | None, what: str) -> None:
     (nothing to check when either is unknown)."""
     if use is None or available is None or use.peak_bytes <= available:
         return
-    raise ConfigError(
+    raise DoesNotFit(
         f"{what} needs {use.peak_bytes:,} bytes ({gib(use.peak_bytes)}) per device at its peak but the device has "
         f"{available:,} bytes ({gib(available)}) (arguments {use.argument_bytes:,}, outputs {use.output_bytes:,} "
         f"of which {use.alias_bytes:,} donated, temporaries {use.temp_bytes:,}); {_remedy(what)}"
