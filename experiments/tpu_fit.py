@@ -14,7 +14,7 @@ rerunning skips rows whose JSON exists, so the table fills in over sittings (one
     nice -n 19 python experiments/tpu_fit.py              # every missing row, in order
     python experiments/tpu_fit.py --rows 125m-k4,125m-oom  # some rows
     python experiments/tpu_fit.py --list                   # the rows, done or not
-    python experiments/tpu_fit.py --report                 # the RESULTS.md table
+    python experiments/tpu_fit.py --report [--write]       # the RESULTS.md table (--write: put it there)
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "tpu_fit"
+MARK_START, MARK_END = "<!-- tpu_fit table -->", "<!-- end tpu_fit table -->"  # in RESULTS.md
 _K4 = ["training.patch_size=4"]
 COLAB = ["training.steps=2000", "training.patch_size=4", "training.patch_fraction=2/3", "data.bos_first=true",
          "model.dtype=bfloat16", "training.batch_size=64", "data.eval_max_bytes=200000", "training.log_every=25"]
@@ -140,9 +141,16 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list the rows and whether each is done")
     ap.add_argument("--report", action="store_true", help="print the markdown table from the JSONs")
     ap.add_argument("--force", action="store_true", help="recompile rows that already have a JSON")
+    ap.add_argument("--write", action="store_true", help="with --report: also put the table in RESULTS.md")
     args = ap.parse_args(argv)
     if args.report:
-        print(report())
+        table = report()
+        print(table)
+        if args.write:
+            results = OUT.parents[1] / "RESULTS.md"
+            text = results.read_text()
+            start, end = text.index(MARK_START) + len(MARK_START), text.index(MARK_END)
+            results.write_text(text[:start] + "\n" + table + "\n" + text[end:])
         return 0
     if args.list:
         for rid, preset, topology, overrides, what in ROWS:
