@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import sys
@@ -59,7 +60,7 @@ ROWS: list[tuple[str, str, str, list[str], str]] = [
 ]
 
 
-def run_row(row) -> dict:
+def run_row(row, hlo_dir: Path | None = None) -> dict:
     """Compile one row (every stage) and return its JSON record; a refusal is recorded, not raised."""
     import jax
 
@@ -74,7 +75,14 @@ def run_row(row) -> dict:
               "overrides": overrides, "what": what, "jax": jax.__version__, "libtpu": _libtpu_version(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     try:
-        reports = compile_for_topology(cfg, target, on_stage=lambda r: print(r.line(target), flush=True))
+        def keep(stage, text):
+            if hlo_dir is not None:
+                hlo_dir.mkdir(parents=True, exist_ok=True)
+                with gzip.open(hlo_dir / f"{rid}-{stage}.hlo.gz", "wt") as f:
+                    f.write(text)
+
+        reports = compile_for_topology(cfg, target, on_stage=lambda r: print(r.line(target), flush=True),
+                                       on_hlo=keep)
         record["stages"] = [r.to_dict() for r in reports]
         record["error"] = next((r.error for r in reports if r.error), None)
     except ConfigError as e:  # refused before compiling (a mesh that does not divide, ...)
@@ -141,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true", help="list the rows and whether each is done")
     ap.add_argument("--report", action="store_true", help="print the markdown table from the JSONs")
     ap.add_argument("--force", action="store_true", help="recompile rows that already have a JSON")
+    ap.add_argument("--hlo-dir", type=Path, default=None, help="also write each stage's compiled HLO here (gzip)")
     ap.add_argument("--write", action="store_true", help="with --report: also put the table in RESULTS.md")
     args = ap.parse_args(argv)
     if args.report:
@@ -171,7 +180,7 @@ def main(argv=None) -> int:
             continue
         print(f"tpu_fit: {row[0]}: pcomp compile --topology {row[2]} --config {row[1]} {' '.join(row[3])}",
               flush=True)
-        record = run_row(row)
+        record = run_row(row, args.hlo_dir)
         path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"tpu_fit: {row[0]} -> {path}", flush=True)
     return 0

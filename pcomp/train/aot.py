@@ -320,11 +320,12 @@ class StageReport:
                 "collectives": {k: dataclasses.asdict(c) for k, c in self.collectives.items()}}
 
 
-def compile_for_topology(cfg: Config, target: Target, *, on_stage=None) -> list[StageReport]:
+def compile_for_topology(cfg: Config, target: Target, *, on_stage=None, on_hlo=None) -> list[StageReport]:
     """Every stage's train step of `cfg`, planned and compiled as `pcomp train` would (`plan_run`,
     `compile_stage`) over `target`'s devices, each checked against the chip's HBM with the trainer's
     own `memory.check_fits` (its one-line error kept in `StageReport.error`). `on_stage(report)` is
-    called as each stage finishes (the CLI prints it then: a large compile takes minutes)."""
+    called as each stage finishes (the CLI prints it then: a large compile takes minutes); `on_hlo(stage name,
+    compiled HLO text)` too, for a look at what the collectives were counted from."""
     from pcomp.models.attention import choose
 
     planned, mesh, stages = plan_run(cfg, target.devices, check_data=False)  # the data may be on the workers
@@ -336,7 +337,10 @@ def compile_for_topology(cfg: Config, target: Target, *, on_stage=None) -> list[
         seconds, use, coll, error = 0.0, None, {}, None
         try:
             step = compile_stage(planned, mesh, stages, i).step
-            seconds, use, coll = step.seconds, step.memory, collectives(step.run.as_text())
+            hlo = step.run.as_text()
+            seconds, use, coll = step.seconds, step.memory, collectives(hlo)
+            if on_hlo is not None:
+                on_hlo(stage.name, hlo)
             memory.check_fits(use, target.hbm_bytes, stage_label(planned, stage))
         except memory.DoesNotFit as e:  # check_fits's, or the compiler's own refusal (then there is no program)
             error = str(e)
