@@ -97,6 +97,16 @@ def test_collectives_of_a_compiled_cpu_program():
 
 
 # --- topologies ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("accelerator, topology", [
+    ("v4-8", "v4:2x2x1"), ("v4-32", "v4:2x2x4"), ("v4-128", "v4:4x4x4"), ("v5p-8", "v5p:2x2x1"),
+    ("v5p-64", "v5p:2x4x4"), ("v5litepod-1", "v5e:1x1"), ("v5litepod-8", "v5e:2x4"), ("v5litepod-256", "v5e:16x16"),
+    ("v6e-4", "v6e:2x2"), ("v6e-32", "v6e:4x8"), ("v6e-3", None), ("v4-6", None), ("tpu-8", None),
+])
+def test_accelerator_types_name_topologies(accelerator, topology):
+    """v4-N and v5p-N count TensorCores (two per chip), v5litepod-N and v6e-N chips."""
+    assert aot.accelerator_topology(accelerator) == topology
+
+
 @pytest.mark.parametrize("topology, words", [
     ("v7:2x2", ["'v7:2x2'", "v4, v5e, v5p, v6e"]),
     ("v5e", ["'v5e'", "GENERATION:SHAPE"]),
