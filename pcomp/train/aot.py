@@ -58,11 +58,14 @@ class Target:
         if self.platform == "cpu":
             return f"{self.name} ({len(self.devices)} CPU devices)"
         if self.platform == "gpu":
-            return f"{self.name} ({self.chips} GPUs, {self.hosts} host" + ("s)" if self.hosts != 1 else ")")
+            return f"{self.name} ({_count(self.chips, 'GPU')}, {_count(self.hosts, 'host')})"
         per_chip = len(self.devices) // self.chips
         devices = f", {len(self.devices)} devices" if per_chip != 1 else ""
-        hosts = f"{self.hosts} host" + ("s" if self.hosts != 1 else "")
-        return f"{self.name} ({self.chips} chips{devices}, {hosts})"
+        return f"{self.name} ({_count(self.chips, 'chip')}{devices}, {_count(self.hosts, 'host')})"
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}" + ("s" if n != 1 else "")
 
 
 _ACCELERATOR = re.compile(r"^(v4|v5p|v5litepod|v5e|v6e)-([1-9][0-9]*)$")
