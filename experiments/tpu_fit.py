@@ -20,6 +20,7 @@ rerunning skips rows whose JSON exists, so the table fills in over sittings (one
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import gzip
 import json
@@ -115,7 +116,7 @@ def _available(topology: str) -> str:
 def report(rows=ROWS) -> str:
     """The markdown table of the rows that have a JSON (one line per compiled stage)."""
     lines = ["| row | preset | topology | mesh | stage | global batch | remat | attention | args GiB | temps GiB | "
-             "peak GiB | available GiB | verdict | compile s | collectives per step (count, GiB): AG / RS / AR |",
+             "peak GiB | available GiB | verdict | compile s | collectives per step (count, GiB): AG / RS / AR / CP |",
              "|" + "---|" * 15]
     missing, errors = [], []
     for rid, preset, topology, overrides, what in rows:
@@ -124,7 +125,9 @@ def report(rows=ROWS) -> str:
             missing.append(rid)
             continue
         rec = json.loads(path.read_text())
-        remat = next((o.split("=")[1] for o in overrides if o.startswith("model.remat=")), "full")
+        from pcomp.config import Config
+
+        remat = Config.preset(preset).override(*overrides).model.remat
         if not rec["stages"]:
             lines.append(f"| {rid} | {preset} | {rec['target']} | - | - | - | {remat} | - | - | - | - | - | refused | - "
                          "| - |")
@@ -133,8 +136,8 @@ def report(rows=ROWS) -> str:
             m = st["memory"] or {}
             mesh = "x".join(str(v) for v in st["mesh"].values())
             c = st["collectives"]
-            coll = " / ".join(f"{c[k]['count']}, {c[k]['bytes'] / 2**30:.2f}" for k in
-                              ("all-gather", "reduce-scatter", "all-reduce")) if c else "-"
+            coll = " / ".join(f"{c[k]['count']}, {c[k]['bytes'] / 2**30:.2f}" if k in c else "n/a" for k in
+                              ("all-gather", "reduce-scatter", "all-reduce", "collective-permute")) if c else "-"
             lines.append(f"| {rid} | {preset} | {rec['target']} | {mesh} | {st['stage']} (K={st['patch_size']}) | "
                          f"{st['rows']} x {st['seq_tokens']} | {remat} | {st['attention']} | "
                          f"{_gib(m.get('argument_bytes'))} | {_gib(m.get('temp_bytes'))} | {_gib(st['peak_bytes'])} | "
@@ -159,8 +162,23 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="print the markdown table from the JSONs")
     ap.add_argument("--force", action="store_true", help="recompile rows that already have a JSON")
     ap.add_argument("--hlo-dir", type=Path, default=None, help="also write each stage's compiled HLO here (gzip)")
+    ap.add_argument("--recount", type=Path, default=None, metavar="HLO_DIR",
+                    help="count the collectives of the rows again from the HLO kept by --hlo-dir")
     ap.add_argument("--write", action="store_true", help="with --report: also put the table in RESULTS.md")
     args = ap.parse_args(argv)
+    if args.recount:  # collectives counted again from kept HLO (--hlo-dir), e.g. after the counter learned a kind
+        from pcomp.train.aot import collectives
+
+        for path in sorted(OUT.glob("*.json")):
+            rec = json.loads(path.read_text())
+            for st in rec["stages"]:
+                hlo = args.recount / f"{rec['row']}-{st['stage']}.hlo.gz"
+                if hlo.exists():
+                    with gzip.open(hlo, "rt") as f:
+                        st["collectives"] = {k: dataclasses.asdict(c) for k, c in collectives(f.read()).items()}
+                    path.write_text(json.dumps(rec, indent=1) + "\n")
+                    print(f"tpu_fit: recounted {path.name} ({st['stage']}) from {hlo}")
+        return 0
     if args.report:
         table = report()
         print(table)

@@ -52,6 +52,8 @@ _HLO = """HloModule m
   %all-gather.1 = bf16[4,1024]{1,0:T(8,128)(2,1)} all-gather(%x), dimensions={0}
   %ags = (f32[8]{0}, f32[32]{0}) all-gather-start(%x), dimensions={0}
   %agd = f32[32]{0} all-gather-done(%ags)
+  %cps = (bf16[2,96]{1,0}, bf16[2,96]{1,0}) collective-permute-start(%x), source_target_pairs={{0,1},{1,0}}
+  %cpd = bf16[2,96]{1,0} collective-permute-done(%cps)
   ROOT %t = (s32[], f32[8]{0}) tuple(%i, %x)
 }
 
@@ -77,6 +79,7 @@ def test_collectives_count_a_loop_body_once_per_iteration():
     assert out["reduce-scatter"] == aot.Collective(1, 16 * 16 * 4)
     assert out["all-reduce"] == aot.Collective(1, 4)
     assert out["all-to-all"] == aot.Collective(0, 0)
+    assert out["collective-permute"] == aot.Collective(12, 12 * 2 * 96 * 2)  # a windowed einsum's steps
     known = _HLO.replace("condition=%cond, body=%body", 'condition=%cond, body=%body, backend_config={"known_trip_'
                          'count":{"n":"3"}}')
     assert collectives(known)["all-gather"].count == 6  # XLA's known trip count wins over the constant

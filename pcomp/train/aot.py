@@ -37,7 +37,9 @@ TPU_GENERATIONS = tuple(memory.TPU_HBM_BYTES)  # v4, v5e, v5p, v6e
 # chips one host (TPU VM) holds: v5e / v6e slices of up to 8 chips are one host, larger ones 4 chips per
 # host; v4 and v5p hosts hold 4 chips (2x2x1)
 _SINGLE_HOST_CHIPS = {"v5e": 8, "v6e": 8}
-COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all")
+# collective-permute: how the TPU compiler's windowed einsums ("collective matmul") all-gather a weight or
+# reduce-scatter a gradient in steps overlapped with the matmul, inside loops named windowed_dot_general_*
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,7 +218,8 @@ class Collective:
 def collectives(hlo: str) -> dict[str, Collective]:
     """The collectives of a compiled program's HLO text (`compiled.as_text()`) per step, by kind
     (COLLECTIVES): how many run and the bytes of their results on one device (an all-gather's gathered
-    array, a reduce-scatter's shard, an all-reduce's array). An instruction inside a while loop (the
+    array, a reduce-scatter's shard, an all-reduce's array, a collective-permute's block). On TPU, FSDP's
+    gathers and gradient reductions may run as windowed einsums: loops of collective-permutes. An instruction inside a while loop (the
     scanned layers) counts once per iteration: XLA's `known_trip_count`, else the loop condition's
     `i < N` constant. Asynchronous pairs count once (at `-done`, whose shape is the result); the TPU's
     reduce-scatter (a kCustom fusion of an all-reduce, `all-reduce-scatter`) counts as one reduce-scatter
