@@ -1,13 +1,13 @@
 # Quickstart:  make demo   (set up + train a small byte LM on the embedded corpus)
-#              make test   (set up + run the test suite on 8 simulated CPU devices)
+#              make test   (set up + run the test suite on 8 simulated CPU devices; TPU compiles need no TPU)
 #              make test-fast  (the same without the tests marked slow: those that train or compile a model)
-# `make demo` installs pcomp alone; the tests also need the dev, bench and hf extras (PyTorch for the
-# Hugging Face golden tests, compressors for the baselines).
+# `make demo` installs pcomp alone; the tests also need the dev, bench, hf and tpu extras (PyTorch for
+# the Hugging Face golden tests, compressors for the baselines, libtpu for the TPU compiles).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TEST_FLAGS ?= -n 2 --durations=25
-TEST_EXTRAS ?= dev,bench,hf
+TEST_EXTRAS ?= dev,bench,hf,tpu
 
 .PHONY: setup setup-test demo test test-fast clean
 

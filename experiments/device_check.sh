@@ -6,6 +6,7 @@
 #   bash experiments/device_check.sh                 # from the repository root, on the GPU machine
 #   bash experiments/device_check.sh --dry-run       # print the steps, run nothing
 #   bash experiments/device_check.sh --wheels .whl   # offline: missing packages from a wheel folder
+#   bash experiments/device_check.sh --compile-only  # no accelerator: compile for a TPU slice instead
 set -euo pipefail
 
 PROG=device_check.sh
@@ -26,13 +27,18 @@ Options (environment variable in brackets)
   --out DIR          logs, JSON and the table [OUT_DIR]; default results/device_check
   --skip LIST        comma-separated steps to skip: tests,train,patch,equal_info [SKIP]
   --step-timeout S   seconds per step before it is stopped [STEP_TIMEOUT]; default 600
+  --compile-only     for a machine without the accelerator [COMPILE_ONLY=1]: install ".[dev,bench,tpu]"
+                     (libtpu, no CUDA), run the tests, then `pcomp compile` for a TPU slice (COMPILE_ARGS)
+                     and the TPU compile tests (tests/test_tpu.py, slow ones included) instead of the
+                     GPU benchmarks
   --dry-run          print the commands, run nothing
   -h, --help         this help
 
 Sizes (environment): TRAIN_ARGS (default "--models 125m --dtype bfloat16 --batch 16 --seq 1024
 --repeats 5"), PATCH_ARGS (default "--model 125m --dtype bfloat16 --batch 16 --seq-len 1024
 --patch-sizes 2,4,8 --repeats 3"), EQUAL_INFO_ARGS (default "--bytes 100000 --window-bits 16,32
---batch 256,1024"), PYTEST_ARGS (default "-q -m 'not slow'", plus "-n 8" when pytest-xdist is there).
+--batch 256,1024"), PYTEST_ARGS (default "-q -m 'not slow'", plus "-n 8" when pytest-xdist is there),
+COMPILE_ARGS (default "--topology v5e:2x4 --config 125m mesh.data=1 mesh.fsdp=-1").
 The test suite runs on 8 simulated CPU devices (JAX_PLATFORMS=cpu), as in CI; the benchmarks run on
 the GPU.
 EOF
@@ -45,6 +51,7 @@ JAX_CUDA="${JAX_CUDA:-}"
 OUT_DIR="${OUT_DIR:-results/device_check}"
 SKIP="${SKIP:-}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
+COMPILE_ONLY="${COMPILE_ONLY:-0}"
 DRY_RUN=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -57,6 +64,7 @@ while [[ $# -gt 0 ]]; do
     --out) need_value "$@"; OUT_DIR="$2"; shift ;;
     --skip) need_value "$@"; SKIP="$2"; shift ;;
     --step-timeout) need_value "$@"; STEP_TIMEOUT="$2"; shift ;;
+    --compile-only) COMPILE_ONLY=1 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -74,6 +82,7 @@ case "$JAX_CUDA" in
   "" | cuda12 | cuda13) ;;
   *) die "--jax-cuda '$JAX_CUDA': expected cuda12 or cuda13" ;;
 esac
+[[ "$COMPILE_ONLY" == 0 || "$COMPILE_ONLY" == 1 ]] || die "COMPILE_ONLY='$COMPILE_ONLY': expected 0 or 1"
 [[ "$STEP_TIMEOUT" =~ ^[1-9][0-9]*$ ]] || die "--step-timeout '$STEP_TIMEOUT': expected seconds (an integer >= 1)"
 IFS=, read -r -a skip_list <<<"$SKIP"
 for s in "${skip_list[@]+"${skip_list[@]}"}"; do
@@ -88,6 +97,7 @@ skipped() { [[ ",$SKIP," == *",$1,"* ]]; }
 
 read -r -a train_args <<<"${TRAIN_ARGS:---models 125m --dtype bfloat16 --batch 16 --seq 1024 --repeats 5}"
 read -r -a patch_args <<<"${PATCH_ARGS:---model 125m --dtype bfloat16 --batch 16 --seq-len 1024 --patch-sizes 2,4,8 --repeats 3}"
+read -r -a compile_args <<<"${COMPILE_ARGS:---topology v5e:2x4 --config 125m mesh.data=1 mesh.fsdp=-1}"
 read -r -a ei_args <<<"${EQUAL_INFO_ARGS:---bytes 100000 --window-bits 16,32 --batch 256,1024}"
 if [[ -n "${PYTEST_ARGS:-}" ]]; then
   read -r -a pytest_args <<<"$PYTEST_ARGS"
@@ -131,11 +141,15 @@ if [[ "$INSTALL" != none ]]; then
     driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)"
     if [[ "${driver%%.*}" =~ ^[0-9]+$ ]] && ((${driver%%.*} >= 580)); then JAX_CUDA=cuda13; else JAX_CUDA=cuda12; fi
   fi
-  pip_cmd=("$PYTHON" -m pip install -q -e ".[dev,bench]")
+  extras="dev,bench"
+  [[ "$COMPILE_ONLY" == 0 ]] || extras="dev,bench,tpu"
+  pip_cmd=("$PYTHON" -m pip install -q -e ".[$extras]")
   # offline: no index, and the build backend (setuptools) from this environment instead of fetched
   [[ "$INSTALL" != offline ]] || pip_cmd+=(--no-index --find-links "$WHEELS" --no-build-isolation)
   # keep a JAX that already sees a GPU (a preinstalled CUDA build); add the CUDA extra otherwise
-  if [[ "$DRY_RUN" == 1 ]] || ! "$PYTHON" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
+  if [[ "$COMPILE_ONLY" == 1 ]]; then
+    :  # compiles for TPU need libtpu (the tpu extra), no CUDA
+  elif [[ "$DRY_RUN" == 1 ]] || ! "$PYTHON" -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")' 2>/dev/null; then
     pip_cmd+=("jax[$JAX_CUDA]")
   fi
   step install "${pip_cmd[@]}"
@@ -148,7 +162,13 @@ if ! skipped tests; then
     "$PYTHON" -m pytest "${pytest_args[@]}" tests
 fi
 
-# 3. benchmarks on the GPU
+# 3. benchmarks on the GPU, or (--compile-only) the compiles for a TPU slice
+if [[ "$COMPILE_ONLY" == 1 ]]; then
+  step compile env JAX_PLATFORMS=cpu "$PYTHON" -m pcomp compile "${compile_args[@]}"
+  step tpu_tests env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+    "$PYTHON" -m pytest -q tests/test_tpu.py
+  SKIP="$SKIP,train,patch,equal_info"
+fi
 skipped train || step train "$PYTHON" experiments/bench_train.py "${train_args[@]}"
 skipped patch || step patch "$PYTHON" experiments/bench_patch.py "${patch_args[@]}" --json "$OUT_DIR/bench_patch.json"
 skipped equal_info || step equal_info "$PYTHON" experiments/bench_equal_info.py "${ei_args[@]}" \
@@ -214,6 +234,14 @@ word, secs = outcome("tests")
 text = log("tests")
 m = re.findall(r"=+ (.*?) in [\d.]+s", text) or re.findall(r"^(\d+ passed.*?) in [\d.]+s", text, re.M)
 rows.append(("tests (not slow, 8 CPU devices)", word, f"{m[-1] if m else ''} {secs}".strip()))
+
+if status("compile") is not None:
+    word, secs = outcome("compile")
+    lines = [line for line in log("compile").splitlines() if line.startswith("pcomp: ")]
+    rows.append(("pcomp compile (TPU, no TPU)", word, "<br>".join(lines) or secs))
+    word, secs = outcome("tpu_tests")
+    m = re.findall(r"^(\d+ passed.*?) in [\d.]+s", log("tpu_tests"), re.M)
+    rows.append(("TPU compile and splash tests", word, f"{m[-1] if m else ''} {secs}".strip()))
 
 word, secs = outcome("train")
 text = log("train")

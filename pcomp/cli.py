@@ -1,4 +1,4 @@
-"""The `pcomp` command line: train, eval, generate, demo (and the compressor's commands).
+"""The `pcomp` command line: train, compile, eval, generate, demo (and the compressor's commands).
 
 Every subcommand reports bad input as one line `pcomp: error: ...` and exits with status 2.
 """
@@ -33,6 +33,34 @@ def _cmd_train(args) -> None:
     cfg = Config.load(args.config).override(*args.overrides)
     # a stopped run checkpointed (the trainer said where): 0 after SIGTERM, 130 after SIGINT
     return train(cfg).exit_code
+
+
+def _cmd_compile(args) -> int:
+    """Compile every stage's train step for a topology with no device; exit 2 when one does not fit."""
+    import os
+
+    if "jax" not in __import__("sys").modules:
+        # a compile needs no accelerator: keep jax off any attached TPU / GPU (and libtpu's slow probe), and
+        # give cpu:N its N simulated devices
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        gen, _, n = args.topology.partition(":")
+        flags = os.environ.get("XLA_FLAGS", "")
+        if gen == "cpu" and n.isdigit() and "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    from pcomp.config import Config
+    from pcomp.train.quiet import quiet_stderr
+
+    with quiet_stderr():  # jax loads an installed CUDA plugin at import, which says it finds no GPU
+        from pcomp.train.aot import compile_for_topology, resolve
+
+    cfg = Config.load(args.config).override(*args.overrides)
+    cfg.validate()
+    target = resolve(args.topology)
+    reports = compile_for_topology(cfg, target, on_stage=lambda r: print(r.line(target), flush=True))
+    refused = next((r for r in reports if not r.fits), None)
+    if refused is not None:
+        raise ConfigError(refused.error)
+    return 0
 
 
 def _cmd_eval(args) -> None:
@@ -249,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", default="demo", help="preset name or JSON file (e.g. runs/x/config.json)")
     t.add_argument("overrides", nargs="*", help="section.key=value, e.g. training.lr=1e-3 mesh.fsdp=2 model=25m")
     t.set_defaults(fn=_cmd_train)
+
+    c = sub.add_parser("compile", help="compile the train steps for a TPU topology (no TPU needed): per-chip memory, "
+                                       "fit, collectives")
+    c.add_argument("--topology", required=True,
+                   help="v4:2x2x1, v5e:2x4, v5p:2x2x2, v6e:2x2, ... (generation:chips per axis), an accelerator "
+                        "type (v5litepod-8, v4-32), h100:N (GPUs; needs jax's CUDA plugin) or cpu:N")
+    c.add_argument("--config", default="demo", help="preset name or JSON file, as for pcomp train")
+    c.add_argument("overrides", nargs="*", help="section.key=value, as for pcomp train (e.g. mesh.fsdp=-1)")
+    c.set_defaults(fn=_cmd_compile)
 
     e = sub.add_parser("eval", help="bits/byte of a trained run: its held-out split, or whole files")
     e.add_argument("--checkpoint", required=True, help="the run's work directory")

@@ -26,6 +26,7 @@ from typing import Any
 
 from pcomp.errors import ConfigError
 
+ATTENTION_KINDS = ("auto", "blocked", "fused", "splash", "cudnn")  # model.attention (pcomp.models.attention)
 SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT): what every RNG (numpy, grain, jax) accepts
 # model.remat: none = keep every block's activations for the backward pass (fastest; the default, as
 # the CPU-sized presets have memory to spare); full = keep only each block's input and recompute the
@@ -57,7 +58,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"  # what the backward pass recomputes per block: none | full | dots_saveable
     scan_unroll: int = 1  # blocks per iteration of the scanned layer loop (>= n_layers: fully unrolled)
-    attention: str = "auto"  # auto (blocked on CPU, fused XLA/cuDNN elsewhere) | blocked | fused
+    # auto: splash on TPU, cuDNN on GPU (bf16), blocked on CPU (pcomp.models.attention) | blocked | fused (XLA)
+    # | splash | cudnn
+    attention: str = "auto"
     init_std: float = 0.02
 
     @property
@@ -92,8 +95,9 @@ class ModelConfig:
         if self.remat not in REMAT_POLICIES:
             raise ConfigError(f"model.remat={self.remat!r}; expected one of "
                               + ", ".join(repr(p) for p in REMAT_POLICIES))
-        if self.attention not in ("auto", "blocked", "fused"):
-            raise ConfigError(f"model.attention={self.attention!r}; expected 'auto', 'blocked' or 'fused'")
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"model.attention={self.attention!r}; expected one of "
+                              + ", ".join(repr(k) for k in ATTENTION_KINDS))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,9 +29,12 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "125m": _model("125m", d_model=768, n_layers=12, n_heads=12, d_ff=2048, max_seq_len=1024),
     "370m": _model("370m", d_model=1024, n_layers=24, n_heads=16, d_ff=2816, max_seq_len=2048),
     "1b": _model("1b", d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, d_ff=5632, max_seq_len=2048),
+    # Llama-2-7B's shape (with its 32,000-token vocabulary): a pod-slice model (experiments/tpu_fit.py
+    # compiles it for v5p and v5e slices).
+    "7b": _model("7b", d_model=4096, n_layers=32, n_heads=32, d_ff=11008, max_seq_len=4096, vocab_size=32000),
 }
 
-EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m, 370m, 1b) evaluate on
+EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m and up) evaluate on
 
 RUN_PRESETS: dict[str, Config] = {
     "test-tiny": Config(
@@ -87,5 +90,12 @@ RUN_PRESETS: dict[str, Config] = {
         data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
                         eval_max_bytes=EVAL_MAX_BYTES_LARGE),
         training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),
+    ),
+    # Llama 2's 4M-token global batch (1024 x 4096); a pod slice only (v5p-64, v5e-256: RESULTS.md "TPU fit")
+    "7b": Config(
+        model=dataclasses.replace(MODEL_PRESETS["7b"], dtype="bfloat16", remat="full"),
+        data=DataConfig(seq_len=4096, tokenizer="sentencepiece", vocab_size=32000,
+                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
+        training=TrainingConfig(batch_size=1024, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/7b"),
     ),
 }

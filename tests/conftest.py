@@ -7,6 +7,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite runs on CPU devices; with libtpu installed (the tpu extra) jax would otherwise probe for a TPU
+# at every start (slow, and noisy where there is none). TPU compiles need no TPU (`pcomp compile`).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent XLA compilation cache per test session, shared by the xdist workers and the
 # subprocesses the tests start (they inherit the environment): most tests compile the same few

@@ -36,7 +36,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
 _CONFIG_VARS = ("TPU_NAME", "ZONE", "PROJECT", "ACCELERATOR", "RUNTIME_VERSION", "QUEUED", "QR_ID", "SPOT",
                 "BEST_EFFORT", "JOB", "WORKER", "JOB_ENV", "PCOMP_REPO", "PCOMP_BRANCH", "PYTHON_VERSION", "DRY_RUN",
                 "PCOMP_HOME", "PCOMP_BIN", "SRUN_ARGS", "INSTALL", "WHEELS", "JAX_CUDA", "OUT_DIR", "SKIP",
-                "STEP_TIMEOUT", "TRAIN_ARGS", "PATCH_ARGS", "EQUAL_INFO_ARGS", "PYTEST_ARGS", "PYTHON")
+                "STEP_TIMEOUT", "TRAIN_ARGS", "PATCH_ARGS", "EQUAL_INFO_ARGS", "PYTEST_ARGS", "PYTHON", "COMPILE_CHECK",
+                "COMPILE_ONLY", "COMPILE_ARGS")
 
 
 def _env(extra: dict | None = None) -> dict:
@@ -173,8 +174,17 @@ def _pcomp_argv(remote: str, job: str) -> list[str]:
     return shlex.split(m.group(1))
 
 
+def _compile_then_start(proc) -> list[str]:
+    """A dry-run `train`: the local `pcomp compile` for the slice first, then the one start command."""
+    cmds = commands(proc)
+    assert len(cmds) == 2 and cmds[0][:2] == ["pcomp", "compile"], cmds
+    return cmds[1]
+
+
 def test_train_pod_slice_all_workers_detached():
-    remote = _ssh(one_command(run(TPU, *TPU_ARGS, "--accelerator", "v4-32", "train", *PCOMP_TRAIN)), "all")
+    proc = run(TPU, *TPU_ARGS, "--accelerator", "v4-32", "train", *PCOMP_TRAIN)
+    assert commands(proc)[0] == ["pcomp", "compile", "--topology", "v4-32", *PCOMP_TRAIN]
+    remote = _ssh(_compile_then_start(proc), "all")
     assert _pcomp_argv(remote, "train") == ["train", *PCOMP_TRAIN]
     assert "env PCOMP_DISTRIBUTED=1 setsid nohup .venv/bin/pcomp" in remote
     assert "echo $! > ~/pcomp-logs/train.pid" in remote
@@ -190,8 +200,18 @@ def test_prepare_job_and_extra_env():
 
 
 def test_options_after_train_go_to_pcomp():
-    remote = _ssh(one_command(run(TPU, *TPU_ARGS, "train", "--dry-run", "--zone", "x")), "all")
+    proc = run(TPU, *TPU_ARGS, "train", "--dry-run", "--zone", "x")
+    assert commands(proc)[0] == ["pcomp", "compile", "--topology", "v4-8", "--dry-run", "--zone", "x"]
+    remote = _ssh(_compile_then_start(proc), "all")
     assert _pcomp_argv(remote, "train") == ["train", "--dry-run", "--zone", "x"]
+
+
+def test_train_compile_check_can_be_skipped_or_pointed_elsewhere():
+    remote = _ssh(one_command(run(TPU, *TPU_ARGS, "--no-compile-check", "train", *PCOMP_TRAIN)), "all")
+    assert _pcomp_argv(remote, "train") == ["train", *PCOMP_TRAIN]
+    assert one_command(run(TPU, *TPU_ARGS, "prepare", "--out", "x"))  # prepare compiles nothing here
+    proc = run(TPU, *TPU_ARGS, "--accelerator", "v5litepod-8", "--pcomp", "/opt/pcomp/bin/pcomp", "train", "a=1")
+    assert commands(proc)[0] == ["/opt/pcomp/bin/pcomp", "compile", "--topology", "v5litepod-8", "a=1"]
 
 
 def test_logs_stop_status_use_job_and_worker():
@@ -238,24 +258,28 @@ def test_tpu_missing_required(missing, fragment):
 
 
 def _fake_gcloud(tmp_path: Path) -> tuple[dict, Path]:
-    """A `gcloud` on PATH that appends its argv (NUL-separated, one call per line) to a file."""
+    """A `gcloud` and a local `pcomp` on PATH that append their name and argv (NUL-separated, one call per
+    line) to a file; the fake pcomp exits with FAKE_PCOMP_RC (0), after printing FAKE_PCOMP_ERR to stderr."""
     bindir, log = tmp_path / "bin", tmp_path / "gcloud.calls"
     bindir.mkdir()
-    (bindir / "gcloud").write_text(textwrap.dedent(f"""\
-        #!/usr/bin/env bash
-        printf '%s\\0' "$@" >> {shlex.quote(str(log))}
-        printf '\\n' >> {shlex.quote(str(log))}
-        printf '%s' "${{FAKE_GCLOUD_OUTPUT:-}}"
-        """))
-    (bindir / "gcloud").chmod(0o755)
+    for name in ("gcloud", "pcomp"):
+        (bindir / name).write_text(textwrap.dedent(f"""\
+            #!/usr/bin/env bash
+            printf '%s\\0' "$(basename "$0")" "$@" >> {shlex.quote(str(log))}
+            printf '\\n' >> {shlex.quote(str(log))}
+            printf '%s' "${{FAKE_GCLOUD_OUTPUT:-}}"
+            [[ -z "${{FAKE_PCOMP_ERR:-}}" ]] || echo "$FAKE_PCOMP_ERR" >&2
+            exit "${{FAKE_PCOMP_RC:-0}}"
+            """))
+        (bindir / name).chmod(0o755)
     return {"PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}, log
 
 
 def _calls(log: Path) -> list[list[str]]:
-    """The fake gcloud's calls: each is its arguments NUL-terminated, then a newline."""
+    """The fakes' calls: each is its name and arguments NUL-terminated, then a newline."""
     if not log.exists():
         return []
-    return [["gcloud", *chunk.split("\0")] for chunk in log.read_text().split("\0\n") if chunk]
+    return [chunk.split("\0") for chunk in log.read_text().split("\0\n") if chunk]
 
 
 @pytest.mark.parametrize("args", [
@@ -274,6 +298,19 @@ def test_real_run_executes_what_dry_run_prints(tmp_path, args):
     real = run(TPU, *TPU_ARGS[1:], *args, env=env)
     assert real.returncode == 0, real.stderr
     assert _calls(log) == printed
+
+
+def test_train_that_does_not_compile_never_reaches_the_pod(tmp_path):
+    """The local compile's one-line error and status stop `train` before any gcloud call; without a local
+    pcomp, one line says how to get one."""
+    env, log = _fake_gcloud(tmp_path)
+    error = "pcomp: error: the token step of model 7b (batch 1024 x 4096 tokens, model.remat=full) needs ..."
+    proc = run(TPU, *TPU_ARGS[1:], "--accelerator", "v5litepod-8", "train", "--config", "7b",
+               env={**env, "FAKE_PCOMP_RC": "2", "FAKE_PCOMP_ERR": error})
+    assert proc.returncode == 2 and proc.stderr.strip() == error
+    assert _calls(log) == [["pcomp", "compile", "--topology", "v5litepod-8", "--config", "7b"]]
+    missing = run(TPU, *TPU_ARGS[1:], "--pcomp", str(tmp_path / "nowhere"), "train", "--config", "7b")
+    assert_one_line_error(missing, "no local pcomp", "pip install -e '.[tpu]'", "--no-compile-check")
 
 
 def test_wait_returns_when_active_and_fails_on_failed(tmp_path):
@@ -301,7 +338,7 @@ def test_remote_start_status_stop_commands_work(tmp_path):
         exec sleep 120
         """))
     (venv_bin / "pcomp").chmod(0o755)
-    start = flag(one_command(run(TPU, *TPU_ARGS, "--env", "EXTRA=x y", "train", *PCOMP_TRAIN)), "--command")
+    start = flag(_compile_then_start(run(TPU, *TPU_ARGS, "--env", "EXTRA=x y", "train", *PCOMP_TRAIN)), "--command")
     status = flag(commands(run(TPU, *TPU_ARGS, "status"))[1], "--command")
     stop = flag(one_command(run(TPU, *TPU_ARGS, "stop")), "--command")
     # one shell plays the worker's: the job is its child, so it is reaped once stopped
@@ -447,6 +484,22 @@ def test_device_check_dry_run():
     assert cmds[3][:2] == ["python3", "experiments/bench_patch.py"] and "--json" in cmds[3]
     assert cmds[4][:2] == ["python3", "experiments/bench_equal_info.py"]
     assert cmds[5] == ["python3", "-", "results/device_check"]
+
+
+def test_device_check_compile_only():
+    """No accelerator: the tpu extra instead of CUDA JAX, the tests, `pcomp compile` for a TPU slice and
+    the TPU tests; none of the GPU benchmarks."""
+    cmds = commands(run(DEVICE_CHECK, "--dry-run", "--python", "python3", "--compile-only"))
+    assert cmds[0] == ["python3", "-m", "pip", "install", "-q", "-e", ".[dev,bench,tpu]"]
+    assert _env_and_argv(cmds[2]) == ({"JAX_PLATFORMS": "cpu"}, ["python3", "-m", "pcomp", "compile", "--topology",
+                                                                  "v5e:2x4", "--config", "125m", "mesh.data=1",
+                                                                  "mesh.fsdp=-1"])
+    env, rest = _env_and_argv(cmds[3])
+    assert env["JAX_PLATFORMS"] == "cpu" and rest == ["python3", "-m", "pytest", "-q", "tests/test_tpu.py"]
+    assert not any("bench_" in " ".join(c) for c in cmds)
+    custom = commands(run(DEVICE_CHECK, "--dry-run", "--compile-only", "--skip", "tests",
+                          env={"COMPILE_ARGS": "--topology v5p:2x2x1 --config 1b"}))
+    assert _env_and_argv(custom[1])[1][-4:] == ["--topology", "v5p:2x2x1", "--config", "1b"]
 
 
 def test_device_check_offline_and_skips():

@@ -85,10 +85,10 @@ def _cli_lines() -> list[list[str]]:
 @pytest.mark.parametrize("argv", _cli_lines(), ids=lambda a: " ".join(a)[:60])
 def test_readme_command_line_parses(argv):
     """The subcommand and flags exist (argparse exits on an unknown one), and the overrides of
-    `pcomp train` / `pcomp demo` are valid keys and values of the preset's config (run configs named
+    `pcomp train` / `pcomp demo` / `pcomp compile` are valid keys and values of the preset's config (run configs named
     as runs/.../config.json do not exist here: their overrides are checked against `demo`)."""
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "demo"):
+    if args.command in ("train", "demo", "compile"):
         base = getattr(args, "config", "demo")
         cfg = Config.load("demo" if base.endswith(".json") else base)
         cfg.override(*args.overrides).validate()

@@ -22,7 +22,10 @@ Commands
                   job is running
   install         on every worker: clone/update pcomp, create ~/pcomp/.venv (uv, Python 3.11+),
                   pip install -e ~/pcomp "jax[tpu]"
-  train ARGS...   start `pcomp train ARGS...` on every worker at once with PCOMP_DISTRIBUTED=1,
+  train ARGS...   first, here: `pcomp compile --topology ACCELERATOR ARGS...` (every stage's train
+                  step compiled for the slice, no TPU needed; the local pcomp needs libtpu:
+                  pip install 'pcomp[tpu]'), so a config that does not fit never reaches the pod;
+                  then start `pcomp train ARGS...` on every worker at once with PCOMP_DISTRIBUTED=1,
                   detached (setsid nohup: an ssh drop does not kill it); output is appended to
                   ~/pcomp-logs/JOB.log on each worker, the process id is in ~/pcomp-logs/JOB.pid
   prepare ARGS... the same for `pcomp prepare ARGS...`
@@ -49,6 +52,8 @@ command, everything after train/prepare is passed to pcomp unchanged)
   --repo URL           git repository to install [PCOMP_REPO]
   --branch BRANCH      branch or tag [PCOMP_BRANCH]; default main
   --python VERSION     Python for the worker venv [PYTHON_VERSION]; default 3.11
+  --pcomp PATH         the local pcomp that compiles before `train` [PCOMP_LOCAL]; default pcomp
+  --no-compile-check   start `train` without compiling it here first [COMPILE_CHECK=0]
   --dry-run            print the gcloud commands, run nothing [DRY_RUN=1]
   -h, --help           this help
 
@@ -87,6 +92,8 @@ WORKER="${WORKER:-0}"
 PCOMP_REPO="${PCOMP_REPO:-https://github.com/pcomp/pcomp.git}"
 PCOMP_BRANCH="${PCOMP_BRANCH:-main}"
 PYTHON_VERSION="${PYTHON_VERSION:-3.11}"
+PCOMP_LOCAL="${PCOMP_LOCAL:-pcomp}"
+COMPILE_CHECK="${COMPILE_CHECK:-1}"
 DRY_RUN="${DRY_RUN:-0}"
 read -r -a JOB_ENV_LIST <<<"${JOB_ENV:-}"
 
@@ -111,8 +118,10 @@ while [[ $# -gt 0 ]]; do
     --repo) need_value "$@"; PCOMP_REPO="$2"; shift ;;
     --branch) need_value "$@"; PCOMP_BRANCH="$2"; shift ;;
     --python) need_value "$@"; PYTHON_VERSION="$2"; shift ;;
+    --pcomp) need_value "$@"; PCOMP_LOCAL="$2"; shift ;;
+    --no-compile-check) COMPILE_CHECK=0 ;;
     --name=* | --zone=* | --project=* | --accelerator=* | --version=* | --qr-id=* | --job=* | --worker=* | \
-      --env=* | --repo=* | --branch=* | --python=*)
+      --env=* | --repo=* | --branch=* | --python=* | --pcomp=*)
       die "write '${1%%=*} VALUE' (with a space), not '$1'" ;;
     -*) die "unknown option '$1' (see --help)" ;;
     create | wait | status | install | logs | stop | delete)
@@ -135,7 +144,7 @@ done
 [[ "$TPU_NAME" =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] ||
   die "TPU name '$TPU_NAME': expected lowercase letters, digits and '-', starting with a letter"
 QR_ID="${QR_ID:-$TPU_NAME}"
-for flag in QUEUED SPOT BEST_EFFORT DRY_RUN; do
+for flag in QUEUED SPOT BEST_EFFORT DRY_RUN COMPILE_CHECK; do
   [[ "${!flag}" == 0 || "${!flag}" == 1 ]] || die "$flag='${!flag}': expected 0 or 1"
 done
 [[ "$WORKER" =~ ^[0-9]+$ ]] || die "worker '$WORKER': expected a worker number (0, 1, ...)"
@@ -243,6 +252,12 @@ cmd_install() {
 }
 
 cmd_start() {
+  if [[ "$COMMAND" == train && "$COMPILE_CHECK" == 1 ]]; then
+    [[ "$DRY_RUN" == 1 ]] || command -v "$PCOMP_LOCAL" > /dev/null ||
+      die "no local pcomp ('$PCOMP_LOCAL') to compile the job for $ACCELERATOR first: pip install -e '.[tpu]', give --pcomp PATH, or --no-compile-check"
+    # pcomp prints the one-line error (e.g. the step does not fit the chip) and exits 2: nothing starts
+    run "$PCOMP_LOCAL" compile --topology "$ACCELERATOR" "${PCOMP_ARGS[@]+"${PCOMP_ARGS[@]}"}" || exit $?
+  fi
   local job="${JOB:-$COMMAND}" envs="PCOMP_DISTRIBUTED=1" kv
   for kv in "${JOB_ENV_LIST[@]+"${JOB_ENV_LIST[@]}"}"; do
     envs+=" $(q "$kv")"

@@ -43,15 +43,17 @@ from pcomp.data.tokenizers import BUILD_KINDS, Tokenizer, build_tokenizer, load_
 from pcomp.errors import ConfigError, DataError
 
 
-def vocab_size_before_reading(dc: DataConfig, saved_tokenizer: Path) -> int:
+def vocab_size_before_reading(dc: DataConfig, saved_tokenizer: Path, *, check_source_exists: bool = True) -> int:
     """The vocabulary the run's model gets, found without reading any text (so a run can be compiled
     and checked against the device's memory first): a prepared dataset's recorded size, the saved
     tokenizer's (a resumed run) or the named tokenizer directory's, 258 for bytes; for a SentencePiece
     tokenizer still to be trained on the data, data.vocab_size (the most it can have). A local source
-    that is missing or empty is a DataError here (`sources.check_source`)."""
+    that is missing or empty is a DataError here (`sources.check_source`), unless `check_source_exists`
+    is False (`pcomp compile`, which reads no data and may run where the data is not)."""
     if is_prepared(dc.source):
         return PreparedDataset(dc.source).vocab_size
-    check_source(dc.source)  # a missing or empty source fails here, not after compiling
+    if check_source_exists:
+        check_source(dc.source)  # a missing or empty source fails here, not after compiling
     if (saved_tokenizer / "tokenizer.json").exists():
         return load_tokenizer(saved_tokenizer).vocab_size
     if dc.tokenizer == "sentencepiece":

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pcomp.config import ModelConfig
+from pcomp.models.attention import attention, blocked_causal_attention  # noqa: F401  (re-exported)
 from pcomp.models.sharding import constrain
 
 KVCache = tuple[jax.Array, jax.Array]  # (k_lbksh, v_lbksh): every layer's keys and values, stacked
@@ -83,29 +84,6 @@ def rope(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
     return out.astype(x_bthd.dtype)
 
 
-def blocked_causal_attention(q_btnh, k_btkh, v_btkh, block: int = 64) -> jax.Array:
-    """Causal softmax attention computed per block of `block` queries against only the keys at or
-    before the block: skips the masked upper triangle (about 40% of the work at t = 256), which
-    makes it ~2x faster than the fused XLA path on CPU. Supports grouped-query attention."""
-    b, t, n, h = q_btnh.shape
-    kv = k_btkh.shape[2]
-    if t % block:
-        block = t
-    q = q_btnh.reshape(b, t, kv, n // kv, h).transpose(0, 2, 3, 1, 4) * (h**-0.5)  # [b, k, g, t, h]
-    k = k_btkh.transpose(0, 2, 1, 3)  # [b, k, t, h]
-    v = v_btkh.transpose(0, 2, 1, 3)
-    outs = []
-    for i in range(t // block):
-        end = (i + 1) * block
-        s = jnp.einsum("bkgqh,bksh->bkgqs", q[:, :, :, i * block : end], k[:, :, :end],
-                       preferred_element_type=jnp.float32)
-        visible = jnp.arange(end)[None, :] <= (i * block + jnp.arange(block))[:, None]
-        p = jax.nn.softmax(jnp.where(visible, s, -jnp.inf), axis=-1).astype(v.dtype)
-        outs.append(jnp.einsum("bkgqs,bksh->bkgqh", p, v[:, :, :end]))
-    o = jnp.concatenate(outs, axis=3)  # [b, k, g, t, h]
-    return o.transpose(0, 3, 1, 2, 4).reshape(b, t, n, h)
-
-
 class Attention(nnx.Module):
     N_KEYS = 4  # random keys its initialisation draws
 
@@ -135,11 +113,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x_btd, positions_bt):
         q, k, v = self._qkv(x_btd, positions_bt)
-        if self.attention == "blocked" or (self.attention == "auto" and jax.default_backend() == "cpu"):
-            o = blocked_causal_attention(q, k, v)
-        else:
-            o = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        return self._out(o)
+        return self._out(attention(self.attention, q, k, v))
 
     def decode(self, x_b1d, positions_b, cache_k_lbksh, cache_v_lbksh, layer):
         """One new position per row against layer `layer` of the stacked cache [l, b, k, s, h]; writes

@@ -56,6 +56,18 @@ def gib(n: int) -> str:
     return f"{n} B"
 
 
+# High-bandwidth memory per TPU chip, by generation: the one place pcomp states these figures. Nominal, as
+# the Cloud TPU system-architecture pages give them: v4 32 GiB HBM2, v5e 16 GiB HBM2e, v5p 95 GiB HBM2e,
+# v6e (Trillium) 32 GiB. The TPU compiler (libtpu 0.0.42.1) allows a program a little less, its "available
+# HBM" (the runtime keeps the rest), and refuses to compile a program whose temporaries alone exceed it:
+# v5e 15.75 GiB, v6e 31.25 GiB, v5p 95.74 GiB (read from its out-of-memory errors; results/tpu_fit/).
+# `TPU_AVAILABLE_BYTES` is what `pcomp compile` checks a step's peak against; v4's is not measured here,
+# so v4 is checked against its nominal HBM.
+TPU_HBM_BYTES = {"v4": 32 << 30, "v5e": 16 << 30, "v5p": 95 << 30, "v6e": 32 << 30}
+TPU_AVAILABLE_BYTES = {**TPU_HBM_BYTES, "v5e": int(15.75 * 2**30), "v6e": int(31.25 * 2**30),
+                       "v5p": int(95.74 * 2**30)}
+
+
 def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     """The memory one device's allocator may use (`memory_stats()["bytes_limit"]`), or None where the
     backend does not say (CPU). Tests replace this function to simulate a small device."""
@@ -68,14 +80,34 @@ def device_memory_bytes(device: jax.Device | None = None) -> int | None:
     return int(limit) if limit else None
 
 
+class DoesNotFit(ConfigError):
+    """A step that needs more device memory than the device has (`check_fits`, `out_of_memory`)."""
+
+
+def out_of_memory(error: Exception, what: str) -> ConfigError | None:
+    """The one-line ConfigError for a compile that XLA itself refused for want of device memory (the TPU
+    compiler stops with RESOURCE_EXHAUSTED when the temporaries alone exceed the HBM), else None."""
+    text = str(error)
+    if "RESOURCE_EXHAUSTED" not in text:
+        return None
+    detail = text.split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0].rstrip(".")
+    return DoesNotFit(f"{what} does not fit in device memory: the compiler reports: {detail}; {_remedy(what)}")
+
+
+def _remedy(what: str) -> str:
+    """What lowers a step's memory (remat=full only when `what` does not say it is on already)."""
+    remat = "" if "model.remat=full" in what else "set model.remat=full "
+    return (f"lower training.batch_size, raise training.grad_accum, {remat}or shard over more devices "
+            "(mesh.fsdp)").replace(", or", " or")
+
+
 def check_fits(use: MemoryUse | None, available: int | None, what: str) -> None:
     """ConfigError naming the needed and the available bytes when `use` does not fit in `available`
     (nothing to check when either is unknown)."""
     if use is None or available is None or use.peak_bytes <= available:
         return
-    raise ConfigError(
+    raise DoesNotFit(
         f"{what} needs {use.peak_bytes:,} bytes ({gib(use.peak_bytes)}) per device at its peak but the device has "
         f"{available:,} bytes ({gib(available)}) (arguments {use.argument_bytes:,}, outputs {use.output_bytes:,} "
-        f"of which {use.alias_bytes:,} donated, temporaries {use.temp_bytes:,}); lower training.batch_size, raise "
-        "training.grad_accum, set model.remat=full or shard over more devices (mesh.fsdp)"
+        f"of which {use.alias_bytes:,} donated, temporaries {use.temp_bytes:,}); {_remedy(what)}"
     )

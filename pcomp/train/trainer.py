@@ -60,38 +60,60 @@ class RunContext:
     programs: list[StageProgram] | None  # one per stage (None: set up without compiling)
 
 
+def stage_label(cfg: Config, stage: Stage) -> str:
+    """How logs and errors name a stage's step: "the token step of model 125m (batch 256 x 1024 tokens,
+    model.remat=full)"."""
+    return (f"the {stage.name} step of model {cfg.model.name} (batch {cfg.training.batch_size} x "
+            f"{stage.seq_tokens} tokens, model.remat={cfg.model.remat})")
+
+
+def compile_stage(cfg: Config, mesh: Mesh, stages: list[Stage], index: int) -> StageProgram:
+    """Stage `index`'s program on `mesh` and its train step compiled ahead of time for the stage's
+    global batch (`TrainProgram.compile_step`); nothing is allocated, so `mesh` may be made of devices
+    that are not there (a TPU topology compiled on a CPU machine: `pcomp.train.aot`). A step the compiler
+    itself refuses for want of device memory is the one-line ConfigError `memory.out_of_memory`."""
+    stage = stages[index]
+    program = build_program(cfg.model, cfg.training, mesh, steps=stage.steps, patch_size=stage.patch_size,
+                            first_stage=index == 0)
+    try:
+        step = program.compile_step(cfg.training.batch_size, stage.seq_tokens)
+    except jax.errors.JaxRuntimeError as e:
+        error = memory.out_of_memory(e, stage_label(cfg, stage))
+        if error is None:
+            raise
+        raise error from None
+    return StageProgram(program, step)
+
+
 def compile_stages(cfg: Config, mesh: Mesh, stages: list[Stage]) -> list[StageProgram]:
-    """Build and compile every stage's train step before step 1 (`TrainProgram.compile_step`), log the
-    compile seconds and the per-device memory against the device's, and raise a one-line ConfigError
-    for a stage that cannot fit (`memory.check_fits`), before anything runs."""
+    """Build and compile every stage's train step before step 1 (`compile_stage`), log the compile
+    seconds and the per-device memory against the device's, and raise a one-line ConfigError for a
+    stage that cannot fit (`memory.check_fits`), before anything runs."""
     device = next(d for d in mesh.devices.flat if d.process_index == jax.process_index())
     available = memory.device_memory_bytes(device)
     out = []
     for i, stage in enumerate(stages):
-        program = build_program(cfg.model, cfg.training, mesh, steps=stage.steps, patch_size=stage.patch_size,
-                                first_stage=i == 0)
-        compiled = program.compile_step(cfg.training.batch_size, stage.seq_tokens)
+        compiled = compile_stage(cfg, mesh, stages, i)
         where = f"of {memory.gib(available)} on {device.platform}" if available else \
             f"({device.platform} reports no memory limit)"
-        use = compiled.memory.describe() if compiled.memory else "no memory analysis"
+        use = compiled.step.memory.describe() if compiled.step.memory else "no memory analysis"
         _print(f"pcomp: compiled the {stage.name} step ({cfg.model.name}, batch {cfg.training.batch_size} x "
-               f"{stage.seq_tokens} tokens, model.remat={cfg.model.remat}) in {compiled.seconds:.1f} s; {use} {where}")
-        memory.check_fits(compiled.memory, available,
-                          f"the {stage.name} step of model {cfg.model.name} (batch {cfg.training.batch_size} x "
-                          f"{stage.seq_tokens} tokens, model.remat={cfg.model.remat})")
-        out.append(StageProgram(program, compiled))
+               f"{stage.seq_tokens} tokens, model.remat={cfg.model.remat}) in {compiled.step.seconds:.1f} s; "
+               f"{use} {where}")
+        memory.check_fits(compiled.step.memory, available, stage_label(cfg, stage))
+        out.append(compiled)
     return out
 
 
-def setup(cfg: Config, *, compile_steps: bool = True) -> RunContext:
-    """Validate, plan the stages, compile every stage's step and check it fits the device's memory
-    (`compile_stages`, before any data is read; skipped with `compile_steps=False`), read the data;
-    `config.json` and the tokenizer are written only once all of that succeeded (a failed set-up
-    leaves nothing a later run could pick up)."""
+def plan_run(cfg: Config, devices=None, *, check_data: bool = True) -> tuple[Config, Mesh, list[Stage]]:
+    """What a run compiles, known before any data is read: the config with the model's vocabulary
+    (`vocab_size_before_reading`), the mesh over all (or the given) devices, and the stages. A mesh
+    that does not fit the devices or the model, or a micro-batch the mesh does not divide, is a
+    one-line ConfigError; a missing local data source a DataError (unless `check_data` is False: a
+    compile without the data, `pcomp.train.aot`)."""
     cfg.validate()
     tc, dc = cfg.training, cfg.data
-    workdir = Path(tc.workdir)
-    mesh = make_mesh(cfg.mesh, model=cfg.model)
+    mesh = make_mesh(cfg.mesh, devices, model=cfg.model)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if (tc.batch_size // tc.grad_accum) % shards:
         raise ConfigError(
@@ -105,11 +127,23 @@ def setup(cfg: Config, *, compile_steps: bool = True) -> RunContext:
         patch_size=tc.patch_size,
         patch_fraction=tc.patch_fraction,
     )
-    vocab = vocab_size_before_reading(dc, workdir / "tokenizer")
+    vocab = vocab_size_before_reading(dc, Path(tc.workdir) / "tokenizer", check_source_exists=check_data)
+    return _with_vocab(cfg, vocab), mesh, stages
+
+
+def setup(cfg: Config, *, compile_steps: bool = True) -> RunContext:
+    """Validate and plan the run (`plan_run`), compile every stage's step and check it fits the device's
+    memory (`compile_stages`, before any data is read; skipped with `compile_steps=False`), read the data;
+    `config.json` and the tokenizer are written only once all of that succeeded (a failed set-up
+    leaves nothing a later run could pick up)."""
+    planned, mesh, stages = plan_run(cfg)
+    tc, dc = cfg.training, cfg.data
+    workdir = Path(tc.workdir)
+    vocab = planned.model.vocab_size
     saved = workdir / "config.json"
     if saved.exists():  # a resume with other settings fails before compiling
-        _check_same_run(json.loads(saved.read_text()), _with_vocab(cfg, vocab), saved)
-    programs = compile_stages(_with_vocab(cfg, vocab), mesh, stages) if compile_steps else None
+        _check_same_run(json.loads(saved.read_text()), planned, saved)
+    programs = compile_stages(planned, mesh, stages) if compile_steps else None
     data = RunData.load(dc, saved_tokenizer=workdir / "tokenizer", global_batch=tc.batch_size,
                         block_tokens=tc.patch_size * dc.seq_len)
     if programs is not None and data.vocab_size != vocab:  # a SentencePiece vocabulary came out smaller
