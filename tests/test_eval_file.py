@@ -212,5 +212,5 @@ def test_bad_data_is_one_error_line(m1_run, tmp_path, capsys):
     for data, needle in ((tmp_path / "missing.txt", "does not exist"), (empty, "is empty")):
         assert main(["eval", "--checkpoint", str(m1_run), "--data", str(data)]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"pcomp: error: data") and needle in err and str(data) in err, err
+        assert err.startswith("pcomp: error: data") and needle in err and str(data) in err, err
         assert len(err.strip().splitlines()) == 1

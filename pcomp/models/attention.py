@@ -24,7 +24,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pcomp.config import ATTENTION_KINDS  # noqa: F401  (model.attention's values; fused = XLA)
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import MESH_AXES, logical_to_spec
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from pcomp.config import ModelConfig
-from pcomp.models.attention import attention, blocked_causal_attention  # noqa: F401  (re-exported)
+from pcomp.models.attention import attention
 from pcomp.models.sharding import constrain
 
 KVCache = tuple[jax.Array, jax.Array]  # (k_lbksh, v_lbksh): every layer's keys and values, stacked
