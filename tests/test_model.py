@@ -20,7 +20,8 @@ from hypothesis import given, settings, strategies as st
 from pcomp.config import Config, MeshConfig, ModelConfig
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import make_mesh, param_shardings
-from pcomp.models.transformer import Transformer, blocked_causal_attention, count_params, rope
+from pcomp.models.attention import blocked_causal_attention
+from pcomp.models.transformer import Transformer, count_params, rope
 from pcomp.train.step import abstract_model
 
 TINY = Config.preset("test-tiny").model

@@ -343,7 +343,7 @@ def compile_for_topology(cfg: Config, target: Target, *, on_stage=None, on_hlo=N
         seconds, use, coll, error = 0.0, None, {}, None
         try:
             step = compile_stage(planned, mesh, stages, i).step
-            hlo = step.run.as_text()
+            hlo = step.executable.as_text()
             seconds, use, coll = step.seconds, step.memory, collectives(hlo)
             if on_hlo is not None:
                 on_hlo(stage.name, hlo)

@@ -36,15 +36,31 @@ class _OrbaxFailureFilter(logging.Filter):
         return "orbax" not in record.pathname and "orbax" not in record.getMessage()
 
 
+def _is_closed_loop_echo(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
+
+
 def _drop_closed_loop_echoes(previous):
     """A failed restore or write leaves tensorstore callbacks that reach orbax's event loop after it
-    closed; each prints `RuntimeError: Event loop is closed` with a traceback through `sys.excepthook`
-    (dozens of them). The failure itself reaches the user once, as a CheckpointError: this hook drops
-    exactly those echoes and passes everything else to the previous hook."""
+    closed; each prints `RuntimeError: Event loop is closed` with a traceback (dozens of them), through
+    `sys.excepthook` (tensorstore's PyErr_Print) or `sys.unraisablehook` (its PyErr_WriteUnraisable).
+    The failure itself reaches the user once, as a CheckpointError: this hook drops exactly those
+    echoes and passes everything else to the previous hook."""
 
     def hook(kind, value, tb):
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+        if not _is_closed_loop_echo(kind, value):
             previous(kind, value, tb)
+
+    hook.pcomp_drops_closed_loop_echoes = True
+    return hook
+
+
+def _drop_closed_loop_unraisable(previous):
+    """`_drop_closed_loop_echoes` for `sys.unraisablehook` (one argument: the UnraisableHookArgs)."""
+
+    def hook(unraisable):
+        if not _is_closed_loop_echo(unraisable.exc_type, unraisable.exc_value):
+            previous(unraisable)
 
     hook.pcomp_drops_closed_loop_echoes = True
     return hook
@@ -53,6 +69,8 @@ def _drop_closed_loop_echoes(previous):
 def _install_filter() -> None:
     if not getattr(sys.excepthook, "pcomp_drops_closed_loop_echoes", False):
         sys.excepthook = _drop_closed_loop_echoes(sys.excepthook)
+    if not getattr(sys.unraisablehook, "pcomp_drops_closed_loop_echoes", False):
+        sys.unraisablehook = _drop_closed_loop_unraisable(sys.unraisablehook)
     for name in ("absl", "asyncio"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _OrbaxFailureFilter) for f in logger.filters):

@@ -227,7 +227,12 @@ class TrainProgram:
     train_step_jit: Any  # jax.jit of `train_step`: (state, batch, schedule args) -> (state, metrics)
     eval: Callable[[nnx.State, dict], tuple[jax.Array, jax.Array]]
     batch_sharding: NamedSharding
-    schedule_args: dict  # `schedule.args()`, replicated on the mesh
+
+    @functools.cached_property
+    def schedule_args(self) -> dict:
+        """`schedule.args()` replicated on the mesh, made on first use: building or compiling a program
+        allocates nothing (its mesh may be a TPU topology with no TPU attached, `pcomp compile`)."""
+        return jax.device_put(self.schedule.args(), NamedSharding(self.mesh, P()))
 
     def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer step of this stage (donates `state`)."""
@@ -235,9 +240,11 @@ class TrainProgram:
 
     def lower_step(self, rows: int, seq_tokens: int):
         """`train_step_jit` lowered for global batches of `rows` x `seq_tokens` tokens from abstract
-        state and batch (call under `jax.set_mesh(self.mesh)`)."""
-        return self.train_step_jit.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens),
-                                         self.schedule_args)
+        state, batch and schedule (call under `jax.set_mesh(self.mesh)`); allocates nothing."""
+        replicated = NamedSharding(self.mesh, P())
+        schedule = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated)
+                    for k, v in jax.eval_shape(self.schedule.args).items()}
+        return self.train_step_jit.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens), schedule)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes with their shardings (an orbax restore target); allocates nothing."""
@@ -255,18 +262,20 @@ class TrainProgram:
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):  # the model's sharding constraints apply under the mesh
             compiled = self.lower_step(rows, seq_tokens).compile()
-        seconds = time.perf_counter() - start
-        args = self.schedule_args
-        return CompiledStep(lambda state, batch: compiled(state, batch, args), seconds, MemoryUse.of(compiled))
+        return CompiledStep(compiled, lambda: self.schedule_args, time.perf_counter() - start, MemoryUse.of(compiled))
 
 
 @dataclasses.dataclass(frozen=True)
 class CompiledStep:
     """A train step compiled for one batch shape; call `run(state, batch)` like `TrainProgram.step`."""
 
-    run: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    executable: Any  # the compiled `train_step_jit`: (state, batch, schedule args); .as_text() is its HLO
+    schedule_args: Callable[[], dict]  # the stage's schedule arguments (made on first use)
     seconds: float  # lowering + compilation
     memory: MemoryUse | None  # per device; None when the backend reports nothing
+
+    def run(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        return self.executable(state, batch, self.schedule_args())
 
 
 def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
@@ -287,6 +296,4 @@ def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, s
                    donate_argnums=(0,))
     evaluate = jax.jit(functools.partial(eval_step, graphdef), in_shardings=(state_sh["params"], batch_sh),
                        out_shardings=replicated)
-    schedule_args = jax.device_put(schedule.args(), replicated)
-    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"],
-                        schedule_args)
+    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"])
