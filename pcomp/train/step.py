@@ -45,7 +45,7 @@ def warmup_steps(tc: TrainingConfig, steps: int, *, first_stage: bool = True) ->
 @dataclasses.dataclass(frozen=True)
 class LRSchedule:
     """A stage's learning rate: linear warm-up from `init` to `peak` over `warmup` steps, then cosine decay
-    to `end` at step `decay_steps` (optax.warmup_cosine_decay_schedule's rule, value for value).
+    to `end` at step `decay_steps` (optax.warmup_cosine_decay_schedule's rule).
 
     The schedule enters the compiled train step as values (`args()`, replicated scalars), not as
     constants baked into the program: steps of any length, warm-up or learning rate compile to the same
@@ -81,8 +81,9 @@ class LRSchedule:
 def learning_rate(count: jax.Array, s: dict[str, jax.Array]) -> jax.Array:
     """The learning rate at optimizer step `count` under `LRSchedule.args()` `s`, traceable with the
     schedule's lengths as arrays. The operations are optax's (join_schedules of linear_schedule and
-    cosine_decay_schedule, exponent 1) in the same order and precision, so the value is bit for bit
-    optax.warmup_cosine_decay_schedule's (tests/test_patching.py checks it)."""
+    cosine_decay_schedule, exponent 1) in the same order and precision; the value agrees with
+    optax.warmup_cosine_decay_schedule's to float32 rounding of the peak (XLA folds the constants of a
+    fixed-length schedule, e.g. x / 7 into x * f32(1/7); tests/test_patching.py checks it)."""
     warmup = s["warmup"]
     # linear warm-up (optax.polynomial_schedule, power 1; constant `init` when there is no warm-up)
     ramp_count = jnp.clip(count, 0, jnp.maximum(warmup, 1))
