@@ -21,7 +21,7 @@ from pcomp.config import Config, MeshConfig, ModelConfig
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import make_mesh, param_shardings
 from pcomp.models.attention import blocked_causal_attention
-from pcomp.models.transformer import Transformer, count_params, rope
+from pcomp.models.transformer import Transformer, count_params, rope, rotary
 from pcomp.train.step import abstract_model
 
 TINY = Config.preset("test-tiny").model
@@ -39,7 +39,7 @@ EXPECTED_RULES = {
 }
 
 _forward = nnx.jit(lambda m, tokens: m(tokens))
-_rope = jax.jit(rope, static_argnums=2)
+_rope = jax.jit(lambda x, positions, theta: rope(x, rotary(positions, x.shape[-1], theta)), static_argnums=2)
 _blocked = jax.jit(blocked_causal_attention, static_argnames="block")
 _fused = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True))
 _decode = nnx.jit(lambda m, tokens, positions, cache: m.decode_step(tokens, positions, cache))

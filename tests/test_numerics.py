@@ -19,9 +19,23 @@ from flax import nnx
 from pcomp.config import Config, MeshConfig
 from pcomp.models.generate import generate
 from pcomp.models.sharding import make_mesh
-from pcomp.train.step import abstract_model, build_program, objective
+from pcomp.models.transformer import rope_tables
+from pcomp.train.step import CPU_TRAIN_OPTIONS, abstract_model, build_program, compiler_options, init_params, objective
 
 TINY = Config.preset("test-tiny").override("data.seq_len=32", "training.lr=1e-3", "training.warmup_steps=0")
+
+
+def assert_same_adam_step(after_a, after_b, lr: float = TINY.training.lr) -> None:
+    """Parameters after one step of two programs that differ only in float association (remat, the CPU
+    options), whose loss and gradient norm agree to 1e-6. Adam moves a weight by lr * g / (|g| + eps),
+    so a gradient entry whose magnitude is near eps (a sum that cancels) turns a reassociation of g
+    into a change of the update by a fraction of lr (seen: 1 of 16,384 entries off by 1.3e-5 at lr
+    1e-3). So: all but 0.1% of the entries agree to 1e-6, and none differs by more than one step
+    (lr); a wrong gradient moves most entries by up to 2 lr."""
+    for a, b in zip(_leaves(after_a), _leaves(after_b)):
+        diff = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+        assert np.mean(diff > 1e-6) <= 1e-3, f"{np.mean(diff > 1e-6):.2%} of the entries differ by > 1e-6"
+        assert diff.max() <= lr, f"an entry differs by {diff.max():.2e} > lr = {lr}"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +63,13 @@ def _one_step(cfg: Config, mesh, batch: dict, patch_size: int = 1):
         state, metrics = program.step(state, batch)
         after = jax.tree.map(lambda x: x, state["params"])
     return before, after, jax.device_get(metrics)
+
+
+def _step_of(program, mesh, batch: dict):
+    """(params after as numpy, metrics) of one step of `program` from the seed's init."""
+    with jax.set_mesh(mesh):
+        state, metrics = program.step(program.init(None), batch)
+        return jax.tree.map(np.asarray, state["params"]), jax.device_get(metrics)
 
 
 def _leaves(tree):
@@ -146,8 +167,7 @@ def test_remat_step_equals_plain_step(mesh1, patch_size, policy):
     _, remat, m_remat = _one_step(cfg.override(f"model.remat={policy}"), mesh1, batch, patch_size)
     np.testing.assert_allclose(m_remat["loss"], m_plain["loss"], rtol=1e-6)
     np.testing.assert_allclose(m_remat["grad_norm"], m_plain["grad_norm"], rtol=1e-6)
-    for a, b in zip(_leaves(plain), _leaves(remat)):
-        np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+    assert_same_adam_step(plain, remat)
 
 
 @pytest.mark.slow
@@ -161,6 +181,50 @@ def test_scan_unroll_step_equals_looped_step(mesh1):
     np.testing.assert_allclose(m_looped["grad_norm"], m_unrolled["grad_norm"], rtol=1e-6)
     for a, b in zip(_leaves(unrolled), _leaves(looped)):
         np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+
+
+# --- what the CPU train step gets on top: rotary tables as inputs, XLA:CPU options -------------------
+@pytest.mark.parametrize("patch_size", [1, 4])
+def test_rope_tables_give_the_same_objective_and_gradient(patch_size):
+    """The train step's rotary cos/sin tables (computed once, outside the program) are the values the
+    model computes in-graph: objective and gradient agree to the bit."""
+    graphdef, _ = abstract_model(TINY.model)
+    params = init_params(TINY.model, 5)
+    batch = _batch(TINY, seed=4, patch_size=patch_size, masked=True)
+    tokens, mask = jnp.asarray(batch["tokens"]), jnp.asarray(batch["mask"])
+    f = jax.jit(jax.value_and_grad(objective, has_aux=True), static_argnums=(1, 4))
+    (obj_in, _), grad_in = f(params, graphdef, tokens, mask, patch_size, 1e-4, 100.0, None)
+    (obj_tab, _), grad_tab = f(params, graphdef, tokens, mask, patch_size, 1e-4, 100.0, rope_tables(TINY.model))
+    assert float(obj_in) == float(obj_tab)
+    for a, b in zip(_leaves(grad_in), _leaves(grad_tab)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cpu_train_options_yield_to_the_users_xla_flags(mesh1, monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert compiler_options(mesh1) == CPU_TRAIN_OPTIONS
+    (flag, _), = CPU_TRAIN_OPTIONS.items()
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 --{flag}=LIBRARY_FUSION_TYPE_ELTWISE")
+    assert compiler_options(mesh1) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("patch_size", [1, 4])
+def test_cpu_train_options_change_the_program_not_the_step(mesh1, monkeypatch, patch_size):
+    """The XLA:CPU options compile another program (the options reach the compiler) that takes the same
+    step up to float reassociation."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    cfg = TINY.override(f"training.patch_size={patch_size}")
+    batch = _batch(cfg, seed=6, patch_size=patch_size, masked=True)
+    seq = cfg.data.seq_len * patch_size
+    programs = [build_program(cfg.model, cfg.training, mesh1, steps=10, patch_size=patch_size, cpu_options=on)
+                for on in (True, False)]
+    hlo, hlo0 = (p.compile_step(cfg.training.batch_size, seq).executable.as_text() for p in programs)
+    assert hlo != hlo0
+    (after, metrics), (after0, metrics0) = (_step_of(p, mesh1, batch) for p in programs)
+    np.testing.assert_allclose(metrics["loss"], metrics0["loss"], rtol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], metrics0["grad_norm"], rtol=1e-5)
+    assert_same_adam_step(after, after0)
 
 
 # --- z-loss -----------------------------------------------------------------------------------------

@@ -72,12 +72,32 @@ def dense(x, w, n_in: int = 1, preferred_element_type=None):
     return y.reshape(*lead, *out)
 
 
-def rope(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (rotate-half convention), computed in float32."""
+Rotary = tuple[jax.Array, jax.Array]  # (cos, sin) of every rotary angle, float32 [b or 1, t, 1, h/2]
+
+
+def rope_frequencies(head_dim: int, theta: float) -> jax.Array:
+    """The rotary inverse frequencies [h/2], float32."""
+    return theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+
+
+def rotary(positions_bt: jax.Array, head_dim: int, theta: float) -> Rotary:
+    """cos and sin of the rotary angles of each position [b, t] -> two float32 [b, t, 1, h/2]."""
+    angles = positions_bt[..., None].astype(jnp.float32) * rope_frequencies(head_dim, theta)  # [b, t, h/2]
+    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def rope_tables(cfg: ModelConfig) -> Rotary:
+    """`rotary` of positions 0 .. max_seq_len - 1 as [1, max_seq_len, 1, h/2] tables: what the train
+    step takes as an input (`Transformer.__call__(rope=...)`). Inside one program XLA re-fuses the
+    cosines into every consumer (each layer's q and k, forward and backward); computed once outside,
+    they are read, not recomputed."""
+    return rotary(jnp.arange(cfg.max_seq_len)[None, :], cfg.head_dim, cfg.rope_theta)
+
+
+def rope(x_bthd: jax.Array, rot: Rotary) -> jax.Array:
+    """Rotary position embedding (rotate-half convention) by the angles' `rot` = (cos, sin), in float32."""
+    cos, sin = rot
     h = x_bthd.shape[-1]
-    inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)  # [h/2]
-    angles = positions_bt[..., None].astype(jnp.float32) * inv_freq  # [b, t, h/2]
-    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
     x = x_bthd.astype(jnp.float32)
     x1, x2 = x[..., : h // 2], x[..., h // 2 :]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
@@ -95,33 +115,33 @@ class Attention(nnx.Module):
         self.wk = _param(keys[1], (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
         self.wv = _param(keys[2], (d, k, h), ("embed", "kv_heads", "head_dim"), cfg.init_std, pd)
         self.wo = _param(keys[3], (n, h, d), ("heads", "head_dim", "embed"), out_std, pd)
-        self.theta = cfg.rope_theta
         self.dtype = jnp.dtype(cfg.dtype)
         self.attention = cfg.attention
 
-    def _qkv(self, x_btd, positions_bt):
+    def _qkv(self, x_btd, rot: Rotary):
         dt = self.dtype
         q = dense(x_btd, self.wq[...].astype(dt))  # [b, t, n, h]
         k = dense(x_btd, self.wk[...].astype(dt))  # [b, t, k, h]
         v = dense(x_btd, self.wv[...].astype(dt))
-        q = constrain(rope(q, positions_bt, self.theta), ("batch", "length", "act_heads", None))
-        k = constrain(rope(k, positions_bt, self.theta), ("batch", "length", "act_heads", None))
+        q = constrain(rope(q, rot), ("batch", "length", "act_heads", None))
+        k = constrain(rope(k, rot), ("batch", "length", "act_heads", None))
         return q, k, v
 
     def _out(self, o_btnh):
         return dense(o_btnh, self.wo[...].astype(self.dtype), n_in=2)  # [b, t, d]
 
-    def __call__(self, x_btd, positions_bt):
-        q, k, v = self._qkv(x_btd, positions_bt)
+    def __call__(self, x_btd, rot: Rotary):
+        q, k, v = self._qkv(x_btd, rot)
         return self._out(attention(self.attention, q, k, v))
 
-    def decode(self, x_b1d, positions_b, cache_k_lbksh, cache_v_lbksh, layer):
+    def decode(self, x_b1d, positions_b, rot: Rotary, cache_k_lbksh, cache_v_lbksh, layer):
         """One new position per row against layer `layer` of the stacked cache [l, b, k, s, h]; writes
-        this position's k/v into it first (in place: the cache is the scan's carry).
+        this position's k/v into it first (in place: the cache is the scan's carry). `rot` is the rotary
+        cos/sin of `positions_b` ([b, 1, 1, h/2]).
 
         Heads before positions: each row's keys for one head are contiguous, so the two attention
         contractions are batched matrix-vector products (~9x faster on CPU than [b, s, k, h])."""
-        q, k, v = self._qkv(x_b1d, positions_b[:, None])
+        q, k, v = self._qkv(x_b1d, rot)
         b, _, n, h = q.shape
         kv = cache_k_lbksh.shape[2]
         rows = jnp.arange(b)
@@ -169,13 +189,13 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
         self.mlp = MLP(cfg, keys[Attention.N_KEYS :])
 
-    def __call__(self, x_btd, positions_bt):
-        x = x_btd + self.attn(self.attn_norm(x_btd), positions_bt)
+    def __call__(self, x_btd, rot: Rotary):
+        x = x_btd + self.attn(self.attn_norm(x_btd), rot)
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed"))
 
-    def decode(self, x_b1d, positions_b, cache_k_lbksh, cache_v_lbksh, layer):
-        a, cache_k_lbksh, cache_v_lbksh = self.attn.decode(self.attn_norm(x_b1d), positions_b, cache_k_lbksh,
+    def decode(self, x_b1d, positions_b, rot: Rotary, cache_k_lbksh, cache_v_lbksh, layer):
+        a, cache_k_lbksh, cache_v_lbksh = self.attn.decode(self.attn_norm(x_b1d), positions_b, rot, cache_k_lbksh,
                                                            cache_v_lbksh, layer)
         x = x_b1d + a
         return x + self.mlp(self.mlp_norm(x)), cache_k_lbksh, cache_v_lbksh
@@ -214,26 +234,41 @@ class Transformer(nnx.Module):
         real = jnp.arange(self.cfg.padded_vocab) < self.cfg.vocab_size
         return jnp.where(real, logits, -jnp.inf)
 
-    def hidden(self, x_btd: jax.Array, positions_bt: jax.Array) -> jax.Array:
-        """The blocks (one `nnx.scan` over the stacked layers) and the final norm."""
+    def hidden(self, x_btd: jax.Array, rot: Rotary) -> jax.Array:
+        """The blocks (one `nnx.scan` over the stacked layers) and the final norm; `rot` is the rotary
+        cos/sin of the positions ([b or 1, t, 1, h/2])."""
 
-        def layer(block, x_btd, positions_bt):
-            return block(x_btd, positions_bt)
+        def layer(block, x_btd, rot):
+            return block(x_btd, rot)
 
         if self.cfg.remat != "none":
             layer = nnx.remat(layer, policy=CHECKPOINT_POLICIES[self.cfg.remat], prevent_cse=False)
         scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None), out_axes=nnx.Carry, transform_metadata=_STACKED,
                         unroll=min(self.cfg.scan_unroll, self.cfg.n_layers))
-        return self.final_norm(scan(self.blocks, x_btd, positions_bt))
+        return self.final_norm(scan(self.blocks, x_btd, rot))
 
-    def __call__(self, tokens_bt=None, *, embeddings_btd=None, positions_bt=None) -> jax.Array:
-        """Logits [b, t, v] for token ids, or for given input embeddings (e.g. patch embeddings)."""
+    def __call__(self, tokens_bt=None, *, embeddings_btd=None, positions_bt=None, rope: Rotary | None = None
+                 ) -> jax.Array:
+        """Logits [b, t, v] for token ids, or for given input embeddings (e.g. patch embeddings).
+
+        Positions are 0 .. t-1 unless `positions_bt` is given. `rope` = `rope_tables(cfg)` passed in
+        (the train step does) supplies the rotary cos/sin of positions 0 .. t-1 instead of computing them
+        here: the same values (tests/test_numerics.py), read rather than recomputed in every layer."""
         if (tokens_bt is None) == (embeddings_btd is None):
             raise ValueError("pass exactly one of tokens_bt or embeddings_btd")
         x = self.embed_tokens(tokens_bt) if embeddings_btd is None else embeddings_btd.astype(self.cfg.dtype)
-        if positions_bt is None:
-            positions_bt = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
-        return self.logits(self.hidden(x, positions_bt))
+        t = x.shape[1]
+        if rope is not None and positions_bt is not None:
+            raise ValueError("pass positions_bt or rope tables (positions 0 .. t-1), not both")
+        if rope is not None:
+            if t > rope[0].shape[1]:
+                raise ValueError(f"{t} positions but rotary tables of {rope[0].shape[1]} (model.max_seq_len)")
+            rot = (rope[0][:, :t], rope[1][:, :t])
+        else:
+            if positions_bt is None:
+                positions_bt = jnp.broadcast_to(jnp.arange(t), x.shape[:2])
+            rot = rotary(positions_bt, self.cfg.head_dim, self.cfg.rope_theta)
+        return self.logits(self.hidden(x, rot))
 
     # --- incremental decoding --------------------------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
@@ -247,12 +282,14 @@ class Transformer(nnx.Module):
         """Feed one token per row at its own position; returns (logits_bv float32, new cache)."""
         x = self.embed_tokens(tokens_b[:, None])
 
-        def layer(block, carry, positions_b, index):
-            x_b1d, k_lbksh, v_lbksh = carry
-            return block.decode(x_b1d, positions_b, k_lbksh, v_lbksh, index)
+        rot = rotary(positions_b[:, None], self.cfg.head_dim, self.cfg.rope_theta)
 
-        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None, 0), out_axes=nnx.Carry, transform_metadata=_STACKED)
-        x, k_lbksh, v_lbksh = scan(self.blocks, (x, *cache), positions_b, jnp.arange(self.cfg.n_layers))
+        def layer(block, carry, positions_b, rot, index):
+            x_b1d, k_lbksh, v_lbksh = carry
+            return block.decode(x_b1d, positions_b, rot, k_lbksh, v_lbksh, index)
+
+        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None, None, 0), out_axes=nnx.Carry, transform_metadata=_STACKED)
+        x, k_lbksh, v_lbksh = scan(self.blocks, (x, *cache), positions_b, rot, jnp.arange(self.cfg.n_layers))
         return self.logits(self.final_norm(x))[:, 0], (k_lbksh, v_lbksh)
 
 

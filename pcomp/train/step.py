@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,12 +24,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from pcomp.config import ModelConfig, TrainingConfig
 from pcomp.errors import ConfigError
 from pcomp.models.sharding import batch_sharding, param_shardings
-from pcomp.models.transformer import LAYERS, Transformer
+from pcomp.models.transformer import LAYERS, Transformer, rope_tables
 from pcomp.patching import next_patch_nll, patchify
 from pcomp.train.checkpoint import abstract_with_shardings
 from pcomp.train.memory import MemoryUse
 
 TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
+
+# XLA:CPU options of the train step (and only of it: the compressor's M1 must keep its numerics, so these
+# are per-program compiler options, not process-wide XLA_FLAGS). YNNPACK's dot fusions, which also
+# take in the dots' elementwise neighbours, speed the small CPU models' steps by 3-8% (RESULTS.md,
+# "Against PyTorch"); a flag of the same name in the user's XLA_FLAGS wins.
+CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def compiler_options(mesh: Mesh) -> dict[str, str] | None:
+    """The train step's compiler options on `mesh`'s platform: `CPU_TRAIN_OPTIONS` on CPU (less any the
+    user's XLA_FLAGS sets), none elsewhere."""
+    if mesh.devices.flat[0].platform != "cpu":
+        return None
+    user = os.environ.get("XLA_FLAGS", "")
+    return {k: v for k, v in CPU_TRAIN_OPTIONS.items() if f"--{k}" not in user} or None
 
 
 def warmup_steps(tc: TrainingConfig, steps: int, *, first_stage: bool = True) -> int:
@@ -152,26 +168,29 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, pa
     }
 
 
-def objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: float, total):
+def objective(params, graphdef, tokens_bt, mask_bt, patch_size: int, z_loss: float, total, rope=None):
     """(summed next-patch NLL + z-loss) / `total` target tokens, and (nll, count) for logging.
 
     K = `patch_size` = 1 is the token-level loss; the z-loss term is K * mean-square log-normaliser.
+    `rope`: the model's `rope_tables`, passed in (else computed in the program).
     """
     model = nnx.merge(graphdef, params)
     x_bnd = patchify(model.embed_tokens(tokens_bt), patch_size)
-    logits_bnv = model(embeddings_btd=x_bnd)
+    logits_bnv = model(embeddings_btd=x_bnd, rope=rope)
     nll, count, lse_sq = next_patch_nll(logits_bnv, tokens_bt, patch_size, mask_bt)
     objective = (nll + z_loss * patch_size * lse_sq) / total
     return objective, (nll, count)
 
 
-def train_step(graphdef, tc: TrainingConfig, state: TrainState, batch: dict, schedule: dict, *, patch_size: int,
+def train_step(graphdef, tc: TrainingConfig, state: TrainState, batch: dict, consts: dict, *, patch_size: int,
                grad_accum: int) -> tuple[TrainState, dict]:
     """One optimizer step on a global batch {tokens [B, K*T], mask [B, K*T]}, accumulating over
     `grad_accum` micro-batches; the loss is the mean NLL over every target token of the batch.
 
-    `schedule` is the stage's `LRSchedule.args()`: the learning rate is computed from it in the step,
-    so the compiled program does not depend on the stage's length."""
+    `consts` = `step_constants(...)`: the stage's `LRSchedule.args()` (the learning rate is computed
+    from them in the step, so the compiled program does not depend on the stage's length) and the
+    model's rotary tables (read, not recomputed in every layer)."""
+    schedule = consts["schedule"]
     tx = adamw(tc, lambda count: learning_rate(count, schedule))
     z_loss = tc.z_loss
     tokens, mask = batch["tokens"], batch["mask"]
@@ -183,7 +202,7 @@ def train_step(graphdef, tc: TrainingConfig, state: TrainState, batch: dict, sch
 
     def accumulate(carry, mb):
         grads, nll, count = carry
-        g, (n, c) = grad_fn(state["params"], graphdef, mb[0], mb[1], patch_size, z_loss, total)
+        g, (n, c) = grad_fn(state["params"], graphdef, mb[0], mb[1], patch_size, z_loss, total, consts["rope"])
         return (jax.tree.map(jnp.add, grads, g), nll + n, count + c), None
 
     zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -214,38 +233,43 @@ class TrainProgram:
 
     `init(params)` makes a sharded train state (fresh parameters when `params` is None, else the given
     ones, e.g. carried over from stage 1) with a fresh optimizer state; `step(state, batch)` runs the
-    jitted, buffer-donating `train_step` (`train_step_jit`, which takes the stage's schedule as its third
-    argument); `eval(params, batch)` the jitted `eval_step`. The trainer, the loader, the benchmarks and
+    jitted, buffer-donating `train_step` (`train_step_jit`, which takes the stage's `step_constants` as
+    its third argument); `eval(params, batch)` the jitted `eval_step`. The trainer, the loader, the benchmarks and
     the tests all call `build_program`.
     """
 
     graphdef: nnx.GraphDef
     tx: optax.GradientTransformation  # the optimizer at the stage's schedule (what `init` initialises)
     schedule: LRSchedule
+    model: ModelConfig
     mesh: Mesh
     state_sharding: Any  # pytree of NamedSharding matching the train state
     init: Callable[[nnx.State | None], TrainState]
-    train_step_jit: Any  # jax.jit of `train_step`: (state, batch, schedule args) -> (state, metrics)
+    train_step_jit: Any  # jax.jit of `train_step`: (state, batch, step constants) -> (state, metrics)
     eval: Callable[[nnx.State, dict], tuple[jax.Array, jax.Array]]
     batch_sharding: NamedSharding
 
+    def constants(self) -> dict:
+        """The train step's third argument: {"schedule": `schedule.args()`, "rope": `rope_tables(model)`}."""
+        return {"schedule": self.schedule.args(), "rope": rope_tables(self.model)}
+
     @functools.cached_property
-    def schedule_args(self) -> dict:
-        """`schedule.args()` replicated on the mesh, made on first use: building or compiling a program
+    def step_constants(self) -> dict:
+        """`constants()` replicated on the mesh, made on first use: building or compiling a program
         allocates nothing (its mesh may be a TPU topology with no TPU attached, `pcomp compile`)."""
-        return jax.device_put(self.schedule.args(), NamedSharding(self.mesh, P()))
+        return jax.device_put(self.constants(), NamedSharding(self.mesh, P()))
 
     def step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         """One optimizer step of this stage (donates `state`)."""
-        return self.train_step_jit(state, batch, self.schedule_args)
+        return self.train_step_jit(state, batch, self.step_constants)
 
     def lower_step(self, rows: int, seq_tokens: int):
         """`train_step_jit` lowered for global batches of `rows` x `seq_tokens` tokens from abstract
-        state, batch and schedule (call under `jax.set_mesh(self.mesh)`); allocates nothing."""
+        state, batch and constants (call under `jax.set_mesh(self.mesh)`); allocates nothing."""
         replicated = NamedSharding(self.mesh, P())
-        schedule = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated)
-                    for k, v in jax.eval_shape(self.schedule.args).items()}
-        return self.train_step_jit.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens), schedule)
+        consts = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated),
+                              jax.eval_shape(self.constants))
+        return self.train_step_jit.lower(self.abstract_state(), self.abstract_batch(rows, seq_tokens), consts)
 
     def abstract_state(self) -> TrainState:
         """The state's shapes with their shardings (an orbax restore target); allocates nothing."""
@@ -263,27 +287,28 @@ class TrainProgram:
         start = time.perf_counter()
         with jax.set_mesh(self.mesh):  # the model's sharding constraints apply under the mesh
             compiled = self.lower_step(rows, seq_tokens).compile()
-        return CompiledStep(compiled, lambda: self.schedule_args, time.perf_counter() - start, MemoryUse.of(compiled))
+        return CompiledStep(compiled, lambda: self.step_constants, time.perf_counter() - start, MemoryUse.of(compiled))
 
 
 @dataclasses.dataclass(frozen=True)
 class CompiledStep:
     """A train step compiled for one batch shape; call `run(state, batch)` like `TrainProgram.step`."""
 
-    executable: Any  # the compiled `train_step_jit`: (state, batch, schedule args); .as_text() is its HLO
-    schedule_args: Callable[[], dict]  # the stage's schedule arguments (made on first use)
+    executable: Any  # the compiled `train_step_jit`: (state, batch, step constants); .as_text() is its HLO
+    step_constants: Callable[[], dict]  # the stage's `TrainProgram.step_constants` (made on first use)
     seconds: float  # lowering + compilation
     memory: MemoryUse | None  # per device; None when the backend reports nothing
 
     def run(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        return self.executable(state, batch, self.schedule_args())
+        return self.executable(state, batch, self.step_constants())
 
 
 def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, steps: int,
-                  patch_size: int = 1, first_stage: bool = True) -> TrainProgram:
+                  patch_size: int = 1, first_stage: bool = True, cpu_options: bool = True) -> TrainProgram:
     """The optimizer for a stage of `steps` steps (warm-up by `warmup_steps(..., first_stage)`) and its
     init / train / eval functions on `mesh`. The compiled train step does not depend on `steps` (the
-    schedule is an argument), so stages and runs of other lengths share it."""
+    schedule is an argument), so stages and runs of other lengths share it. `cpu_options=False` compiles
+    the step without `CPU_TRAIN_OPTIONS` (for comparisons: experiments/bench_cpu_step.py)."""
     graphdef, _ = abstract_model(model)
     tx, schedule = make_optimizer(training, steps, first_stage=first_stage)
     shapes = jax.eval_shape(lambda: init_state(model, tx, training.seed))
@@ -294,7 +319,7 @@ def build_program(model: ModelConfig, training: TrainingConfig, mesh: Mesh, *, s
     step = jax.jit(functools.partial(train_step, graphdef, training, patch_size=patch_size,
                                      grad_accum=training.grad_accum),
                    in_shardings=(state_sh, batch_sh, replicated), out_shardings=(state_sh, replicated),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=compiler_options(mesh) if cpu_options else None)
     evaluate = jax.jit(functools.partial(eval_step, graphdef), in_shardings=(state_sh["params"], batch_sh),
                        out_shardings=replicated)
-    return TrainProgram(graphdef, tx, schedule, mesh, state_sh, init, step, evaluate, batch_sh["tokens"])
+    return TrainProgram(graphdef, tx, schedule, model, mesh, state_sh, init, step, evaluate, batch_sh["tokens"])
