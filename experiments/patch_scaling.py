@@ -137,11 +137,20 @@ def ensure_corpus(path: Path) -> dict:
 # --- the study's plan ----------------------------------------------------------------------------
 PRESETS = {
     # bytes vocabulary; 32 x 128 tokens per step; held-out: the first 200 KB of each series' eval split.
-    "cpu": dict(models=("ps-100k", "ps-500k"), seq_len=128, batch=32, tokenizer="bytes", extra=(),
+    "cpu": dict(models=("ps-30k", "ps-100k", "ps-500k"), seq_len=128, batch=32, tokenizer="bytes", extra=(),
                 lrs=(1e-3, 3e-3, 1e-2), lr_dn=10, dns=(10, 30, 100, 300), late_dns=(1000,),
                 series=("unique", "epochs"), epochs_source="embedded", eval_max_bytes=200_000, evals=6,
-                # ps-500k's D/N > 30 runs (epochs series only: the corpus stops at ~64) take 16+ h of
-                # this shared CPU each point: they wait until after the seeds and the side study.
+                # Per-model D/N and series where they differ from `dns` / `series` (issue #24): ps-30k is
+                # the only size whose D/N = 1000 fits the unique corpus; ps-500k adds the largest D/N it
+                # reaches there (~64), for the gap against model size at fixed D/N.
+                model_dns={"ps-30k": (10, 30, 100, 300, 1000), "ps-500k": (10, 30, 60, 100, 300)},
+                model_series={"ps-30k": ("unique",)},
+                # ps-30k's held-out bits/byte still fell from lr 3e-3 to 1e-2 (6.14, 4.71, 3.77 at 1e-3, 3e-3,
+                # 1e-2): its grid goes on until the best lr is inside it.
+                model_lrs={"ps-30k": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)},
+                side_model="ps-100k",  # the K / lambda / warm-up side study runs on this model
+                # ps-500k's D/N > 30 runs take 5-16+ h of this shared CPU each point: they wait until
+                # after the seeds and the side study.
                 main_dn_cap={"ps-500k": 30}),
     # A minute-long check of the whole flow (embedded corpus, tiny model, D/N = 1).
     "smoke": dict(models=("test-tiny",), seq_len=64, batch=8, tokenizer="bytes", extra=(), lrs=(3e-3,), lr_dn=1,
@@ -209,7 +218,7 @@ def finished(out: Path) -> dict[str, dict]:
 def chosen_lr(model: str, preset: dict, done: dict[str, dict]) -> float | None:
     """The lr of the best token baseline (a) at D/N = lr_dn (unique series), once all candidates ran."""
     series = preset["series"][0]
-    cands = [arm_run(model, series, preset["lr_dn"], "a", lr, purpose="lr") for lr in preset["lrs"]]
+    cands = [arm_run(model, series, preset["lr_dn"], "a", lr, purpose="lr") for lr in model_lrs(preset, model)]
     if not all(c.name in done for c in cands):
         return None
     return min(cands, key=lambda c: done[c.name]["bpb"]).lr
@@ -253,10 +262,10 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         n = n_params(model)[0]
         lr = chosen_lr(model, preset, done)
         lrs[model] = lr
-        out += [arm_run(model, preset["series"][0], preset["lr_dn"], "a", c, purpose="lr") for c in preset["lrs"]]
+        out += [arm_run(model, preset["series"][0], preset["lr_dn"], "a", c, purpose="lr") for c in model_lrs(preset, model)]
         if lr is None:
             continue  # the main series wait for the lr choice (the lr runs come first anyway)
-        for series in preset["series"]:
+        for series in model_series(preset, model):
             for dn in main_dns(preset, model):
                 if reachable(dn, n, series, train_tokens.get(series), preset["seq_len"]):
                     out += [arm_run(model, series, dn, arm, lr) for arm in "abc"]
@@ -264,13 +273,13 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         lr = lrs[model]
         if lr is None:
             continue
-        for series in preset["series"]:
-            for dn in preset["dns"] + preset["late_dns"]:
+        for series in model_series(preset, model):
+            for dn in model_dns(preset, model) + tuple(preset["late_dns"]):
                 bpb = point_bpb(done, [arm_run(model, series, dn, arm, lr) for arm in "abc"])
                 arms = close_arms(bpb) if bpb else ""  # (b) first, then (c) (0.5x, cheaper), then (a)
                 out += [arm_run(model, series, dn, arm, lr, seed=s, purpose="seed") for arm in arms for s in (1, 2)]
-    model = preset["models"][0]  # side study on the first model, at its best unique-data D/N
-    best = best_dn(model, preset["series"][0], lrs[model], preset["dns"], done) if lrs[model] else None
+    model = preset.get("side_model", preset["models"][0])  # side study at its best unique-data D/N
+    best = best_dn(model, preset["series"][0], lrs[model], model_dns(preset, model), done) if lrs[model] else None
     if best is not None:
         lr, series = lrs[model], preset["series"][0]
         side = [(2, 2 / 3, WARMUP_FRACTION), (8, 2 / 3, WARMUP_FRACTION), (4, 0.5, WARMUP_FRACTION),
@@ -280,8 +289,8 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
         n, lr = n_params(model)[0], lrs[model]
         if lr is None:
             continue
-        for series in preset["series"]:
-            for dn in [d for d in preset["dns"] if d not in main_dns(preset, model)] + list(preset["late_dns"]):
+        for series in model_series(preset, model):
+            for dn in [d for d in model_dns(preset, model) if d not in main_dns(preset, model)] + list(preset["late_dns"]):
                 if reachable(dn, n, series, train_tokens.get(series), preset["seq_len"]):
                     out += [arm_run(model, series, dn, arm, lr) for arm in "abc"]
     seen, ordered = set(), []
@@ -292,10 +301,25 @@ def plan(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None
     return ordered
 
 
+def model_lrs(preset: dict, model: str) -> tuple[float, ...]:
+    """The learning-rate candidates of `model`: its own `model_lrs` entry, else the preset's `lrs`."""
+    return tuple(preset.get("model_lrs", {}).get(model, preset["lrs"]))
+
+
+def model_dns(preset: dict, model: str) -> tuple[int, ...]:
+    """The D/N points of `model`: its own `model_dns` entry, else the preset's `dns`."""
+    return tuple(preset.get("model_dns", {}).get(model, preset["dns"]))
+
+
+def model_series(preset: dict, model: str) -> tuple[str, ...]:
+    """The series `model` runs: its own `model_series` entry, else all the preset's series."""
+    return tuple(preset.get("model_series", {}).get(model, preset["series"]))
+
+
 def main_dns(preset: dict, model: str) -> list[int]:
     """The D/N of `model`'s main series (the rest run last, after the seeds and the side study)."""
     cap = preset.get("main_dn_cap", {}).get(model)
-    return [d for d in preset["dns"] if cap is None or d <= cap]
+    return [d for d in model_dns(preset, model) if cap is None or d <= cap]
 
 
 def pending_runs(preset: dict, done: dict[str, dict], train_tokens: dict[str, int | None]) -> list[Run]:
@@ -452,13 +476,26 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+def chosen_lrs(done: dict[str, dict]) -> dict[str, float]:
+    """{model: the lr of its best finished lr-candidate run} (what `chosen_lr` picks once all ran)."""
+    best: dict[str, dict] = {}
+    for r in done.values():
+        model = r["run"]["model"]
+        if r["run"]["purpose"] == "lr" and (model not in best or r["bpb"] < best[model]["bpb"]):
+            best[model] = r
+    return {m: r["run"]["lr"] for m, r in best.items()}
+
+
 def point_rows(done: dict[str, dict]) -> list[dict]:
-    """One row per (model, series, D/N, lr) main point, seeds averaged."""
+    """One row per (model, series, D/N) main point at the model's chosen lr, seeds averaged."""
+    lrs = chosen_lrs(done)
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in done.values():
         run = r["run"]
         if run["arm"] not in "abc":
             continue
+        if run["model"] in lrs and run["lr"] != lrs[run["model"]]:
+            continue  # points of a superseded lr choice (the candidates grew)
         if run["warmup_fraction"] != WARMUP_FRACTION:
             continue
         key = (run["model"], run["series"], run["dn"], run["lr"])
@@ -505,6 +542,7 @@ def report_markdown(done: dict[str, dict]) -> str:
             table.append({**r, "a_txt": _bpb(r, "a"), "b_txt": _bpb(r, "b"), "c_txt": _bpb(r, "c"),
                           "train": "/".join(f"{r[a + '_train']:.2f}" for a in "abc")})
         lines += [markdown_table(table, cols), ""]
+    lines += size_markdown(rows)
     lr_rows = [r for r in done.values() if r["run"]["purpose"] == "lr"]
     if lr_rows:
         lines += ["Learning-rate choice (token baseline (a) at the lr D/N, unique data):", ""]
@@ -525,6 +563,32 @@ def report_markdown(done: dict[str, dict]) -> str:
                                   ("of", "overfit", "s")]), ""]
     lines.append(f"{len(done)} finished runs.")
     return "\n".join(lines)
+
+
+def crossing_dn(rows: Sequence[dict], model: str, series: str = "unique") -> int | None:
+    """The smallest D/N where (b) patch at 0.5x is at or below (a) token at 1x (seed means), or None."""
+    hits = sorted(r["dn"] for r in rows if r["model"] == model and r["series"] == series and r["b_a"] <= 0)
+    return hits[0] if hits else None
+
+
+def size_markdown(rows: Sequence[dict]) -> list[str]:
+    """The gap against model size at each unique-data D/N that two or more sizes reached (the paper's
+    Table 3 direction: its gain shrinks from 370M to 2.7B), and each size's crossing D/N."""
+    unique = [r for r in rows if r["series"] == "unique"]
+    shared = sorted(dn for dn in {r["dn"] for r in unique} if len({r["model"] for r in unique if r["dn"] == dn}) > 1)
+    if not shared:
+        return []
+    table = [{**r, "Nk": r["N"] / 1e3} for r in sorted(unique, key=lambda r: (r["dn"], r["N"])) if r["dn"] in shared]
+    lines = ["Gap against model size at fixed D/N (unique data; seed means):", "",
+             markdown_table(table, [("dn", "D/N", "d"), ("model", "model", "s"), ("Nk", "N (K)", ".1f"),
+                                    ("b_a", "(b)−(a)", "+.3f"), ("b_c", "(b)−(c)", "+.3f"),
+                                    ("seeds_txt", "seeds a/b/c", "s")]), ""]
+    models = sorted({r["model"] for r in unique}, key=lambda m: n_params(m)[0])
+    top = {m: max(r["dn"] for r in unique if r["model"] == m) for m in models}
+    lines += ["Crossing (smallest unique-data D/N where (b) ≤ (a)): " + "; ".join(
+        f"{m} " + (f"D/N {crossing_dn(rows, m)}" if crossing_dn(rows, m) else f"none up to D/N {top[m]}")
+        for m in models) + ".", ""]
+    return lines
 
 
 def report_png(done: dict[str, dict], path: Path) -> Path:
@@ -579,6 +643,8 @@ def main(argv=None) -> None:
     p.add_argument("--build-corpus", action="store_true", help="build the unique-data corpus and stop")
     p.add_argument("--print-commands", action="store_true", help="print a tpu_scripts/tpu.sh line per pending run")
     p.add_argument("--max-runs", type=int, default=0, help="stop after this many runs (0 = all)")
+    p.add_argument("--models", default="",
+                   help="train only pending runs of these model presets (comma-separated; default: all the preset's)")
     p.add_argument("--purposes", default="main,lr,seed,side",
                    help="train only pending runs of these purposes (comma-separated: main, lr, seed, side),"
                         " e.g. to spend a sitting on the seeds before the remaining main points")
@@ -587,6 +653,9 @@ def main(argv=None) -> None:
     purposes = {x.strip() for x in args.purposes.split(",") if x.strip()}
     if not purposes or purposes - PURPOSES:
         p.error(f"--purposes {args.purposes!r}: expected a comma-separated subset of {', '.join(sorted(PURPOSES))}")
+    models = {x.strip() for x in args.models.split(",") if x.strip()} or set(preset["models"])
+    if models - set(preset["models"]):
+        p.error(f"--models {args.models!r}: expected a comma-separated subset of {', '.join(preset['models'])}")
 
     if args.report:
         done = finished(out)
@@ -639,7 +708,7 @@ def main(argv=None) -> None:
         print(f"projected wall time of the pending runs: {total / 3600:.2f} h", flush=True)
         if args.plan or not pending or (args.max_runs and ran >= args.max_runs):
             return
-        pending = [r for r in pending if r.name not in failed and r.purpose in purposes]
+        pending = [r for r in pending if r.name not in failed and r.purpose in purposes and r.model in models]
         if not pending:
             return
         run = pending[0]

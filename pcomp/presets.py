@@ -19,6 +19,7 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
     "test-tiny": _model("test-tiny", d_model=64, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
     # Patch-scaling study (experiments/patch_scaling.py), bytes vocabulary (258, padded to 384);
     # the names give the parameter count with embeddings (count_params).
+    "ps-30k": _model("ps-30k", d_model=24, n_layers=2, n_heads=4, d_ff=64, max_seq_len=128, scan_unroll=2),
     "ps-100k": _model("ps-100k", d_model=48, n_layers=2, n_heads=4, d_ff=128, max_seq_len=128, scan_unroll=2),
     "ps-500k": _model("ps-500k", d_model=96, n_layers=4, n_heads=4, d_ff=256, max_seq_len=128, scan_unroll=4),
     # The CPU demo: trains in minutes.
@@ -43,6 +44,11 @@ RUN_PRESETS: dict[str, Config] = {
         training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
     ),
     # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).
+    "ps-30k": Config(
+        model=MODEL_PRESETS["ps-30k"],
+        data=DataConfig(seq_len=128),
+        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-30k"),
+    ),
     "ps-100k": Config(
         model=MODEL_PRESETS["ps-100k"],
         data=DataConfig(seq_len=128),

@@ -3,8 +3,10 @@ resumable plan (which runs a rerun trains). No training."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -110,7 +112,9 @@ def _done(runs, bpb):
 
 
 def test_lr_candidates_come_first_and_the_best_one_is_used():
-    preset = ps.PRESETS["cpu"]
+    # the two-size study without per-model entries (test_per_model_points_... covers those)
+    preset = {**ps.PRESETS["cpu"], "models": ("ps-100k", "ps-500k"), "model_dns": {}, "model_series": {},
+              "model_lrs": {}}
     plan0 = ps.pending_runs(preset, {}, TOKENS)
     small, large = preset["models"]
     lr_runs = [ps.arm_run(small, "unique", 10, "a", lr) for lr in preset["lrs"]]
@@ -145,6 +149,44 @@ def test_lr_candidates_come_first_and_the_best_one_is_used():
     assert [d for _, d in late[::3]] == [d for d in preset["dns"] + preset["late_dns"] if d > cap]
     assert rest.index(next(r for r in rest if r.model == large and r.dn > cap)) > max(
         i for i, r in enumerate(rest) if r.model == large and r.dn <= cap)
+
+
+def test_per_model_points_series_and_lr_candidates():
+    """ps-30k (issue #24): unique data only, D/N up to 1000, five lr candidates; the side study stays on
+    ps-100k; ps-500k adds D/N 60; `chosen_lrs` and the report follow the grown lr grid."""
+    preset = ps.PRESETS["cpu"]
+    assert preset["models"][0] == "ps-30k" and ps.n_params("ps-30k")[0] == 32_376
+    lrs = ps.model_lrs(preset, "ps-30k")
+    plan0 = ps.pending_runs(preset, {}, TOKENS)
+    assert [(r.model, r.lr, r.purpose) for r in plan0[: len(lrs)]] == [("ps-30k", lr, "lr") for lr in lrs]
+    small_lr = [ps.arm_run("ps-30k", "unique", 10, "a", lr) for lr in lrs]
+    done = _done(small_lr, lambda r: abs(math.log10(r.lr) + 1.5))  # best: 3e-2, inside the grid
+    assert ps.chosen_lr("ps-30k", preset, done) == 3e-2
+    rest = ps.pending_runs(preset, done, TOKENS)
+    small = [r for r in rest if r.model == "ps-30k" and r.purpose == "main"]
+    assert {r.series for r in small} == {"unique"} and {r.lr for r in small} == {3e-2}
+    assert list(dict.fromkeys(r.dn for r in small)) == [10, 30, 100, 300, 1000]  # 1000 fits: 32.4M <= 33M
+    big_lr = [ps.arm_run(m, "unique", 10, "a", lr) for m in ("ps-100k", "ps-500k") for lr in preset["lrs"]]
+    done = {**done, **_done(big_lr, lambda r: 3.0 - r.lr)}
+    points = [ps.arm_run("ps-100k", "unique", dn, arm, 1e-2) for dn in (10, 30) for arm in "abc"]
+    done.update(_done(points, lambda r: 2.0 + 0.1 * (r.arm == "b") * (r.dn == 10)))
+    rest = ps.pending_runs(preset, done, TOKENS)
+    assert {r.model for r in rest if r.purpose == "side"} == {"ps-100k"}
+    assert ("unique", 60) in {(r.series, r.dn) for r in rest if r.model == "ps-500k"}
+    # a point left at an lr that a grown grid no longer picks is not reported beside the chosen one
+    # (arm (a) of a point is its lr candidate run: the same run, so the same name)
+    old_point = [ps.arm_run("ps-30k", "unique", 10, arm, 1e-2) for arm in "bc"]
+    new_point = [ps.arm_run("ps-30k", "unique", 10, arm, 3e-2) for arm in "bc"]
+    small_lr = [dataclasses.replace(r, purpose="lr") for r in small_lr]
+    report = {r.name: {"run": dataclasses.asdict(r), "bpb": bpb, "N": 32_376, "D": 323_760, "epochs": 0.01,
+                       "train_loss_bits_per_token": 3.0, "curve": [], "stage_steps": [10]}
+              for runs, bpbs in ((small_lr, [4.0, 3.9, 3.8, 3.7, 3.75]), (old_point, [3.9, 3.85]),
+                                 (new_point, [3.65, 3.75]))
+              for r, bpb in zip(runs, bpbs)}
+    assert ps.chosen_lrs(report) == {"ps-30k": 3e-2}
+    rows = ps.point_rows(report)
+    assert [(r["lr"], round(r["b_a"], 3)) for r in rows] == [(3e-2, -0.05)]
+    assert ps.crossing_dn(rows, "ps-30k") == 10
 
 
 def test_unique_points_beyond_the_corpus_are_not_planned():
