@@ -33,8 +33,8 @@ TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int
 
 # XLA:CPU options of the train step (and only of it: the compressor's M1 must keep its numerics, so these
 # are per-program compiler options, not process-wide XLA_FLAGS). YNNPACK's dot fusions, which also
-# take in the dots' elementwise neighbours, speed the small CPU models' steps by 3-8% (RESULTS.md,
-# "Against PyTorch"); a flag of the same name in the user's XLA_FLAGS wins.
+# take in the dots' elementwise neighbours, speed up the small CPU models' steps and leave the larger
+# ones as they were (RESULTS.md, "Against PyTorch"); a flag of the same name in the user's XLA_FLAGS wins.
 CPU_TRAIN_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
 
 
