@@ -1,7 +1,7 @@
 """What each CPU train-step change buys, measured in one process: the step before them, with the rotary
 tables passed in, with the XLA:CPU options (`pcomp.train.step.CPU_TRAIN_OPTIONS`), and with both (pcomp
 as it is). All variants are compiled first, then timed in interleaved, rotated rounds (median seconds per
-step), so the machine's drift between runs, which on the shared 2-core VM is larger than the effects
+step; `bench_vs_torch.measure`), so the machine's drift between runs, which on the shared 2-core VM is larger than the effects
 measured here, falls on all of them alike. Also prints each variant's first-step loss (they must agree
 to float reassociation).
 
@@ -12,8 +12,8 @@ to float reassociation).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+
+from experiments.bench_vs_torch import measure
 
 VARIANTS = {  # name: (XLA:CPU options, rotary tables as an input)
     "before": (False, False),
@@ -68,18 +68,9 @@ def main(argv=None) -> None:
     print("|---|---|" + "---|" * (2 * len(VARIANTS) - 1))
     for size in args.sizes.split(","):
         runs = variant_steps(size, args.patch_size, args.batch, args.seq_len)
-        losses = {n: float(run()["loss"]) for n, run in runs.items()}  # compiles; then one warm-up step each
-        for run in runs.values():
-            run()
-        times = {n: [] for n in runs}
+        losses = {n: float(run()["loss"]) for n, run in runs.items()}  # compiles each variant
+        ms = {n: 1000 * sec for n, sec in measure(runs, args.steps, args.rounds, warmup=1).items()}
         names = list(runs)
-        for r in range(args.rounds):
-            for n in names[r % len(names):] + names[: r % len(names)]:
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    runs[n]()
-                times[n].append((time.perf_counter() - t0) / args.steps)
-        ms = {n: 1000 * statistics.median(t) for n, t in times.items()}
         print(f"| {size} | {args.patch_size} | " + " | ".join(f"{ms[n]:.0f}" for n in names) + " | "
               + " | ".join(f"{ms[n] / ms['before']:.3f}" for n in names[1:]) + " |", flush=True)
         spread = max(losses.values()) - min(losses.values())

@@ -24,6 +24,7 @@ and the PNG from those JSONs only (no training).
     python -m experiments.patch_scaling --build-corpus      # needs the two Debian packages (see below)
     nice -n 19 python -m experiments.patch_scaling          # the CPU sweep, in priority order
     python -m experiments.patch_scaling --plan              # what would run next, projected times
+    nice -n 19 python -m experiments.patch_scaling --models ps-30k   # one size's runs only (lr, main, seeds)
     python -m experiments.patch_scaling --report            # tables + PNG + RESULTS.md section
     python -m experiments.patch_scaling --preset tpu --print-commands   # tpu_scripts/tpu.sh lines
     python -m experiments.patch_scaling --preset smoke --out /tmp/ps --workdirs /tmp/ps_runs  # minutes: the whole flow
