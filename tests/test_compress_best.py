@@ -89,19 +89,25 @@ def test_best_layout_cuts_small_inputs_into_parallel_segments(n, segment, block,
     seg, b = codec.best_layout(n, cfg, block)
     n_seg = -(-n // seg)
     assert 1 <= seg <= segment and 1 <= b <= batch and (b == batch or b % codec.BATCH_MULTIPLE == 0)
-    if seg != segment:  # shortened only to give PARALLEL_SEGMENTS rows, never below a context block
-        assert n_seg == min(codec.PARALLEL_SEGMENTS, n // block) and seg >= block
+    short = min(codec.PARALLEL_SEGMENTS, n // block)  # >= a context block each
+    long = min(codec.FULL_STEP_SEGMENTS, n // max(block, codec.LONG_SEGMENT_BYTES))  # >= 1 KB and a block each
+    if seg != segment:  # shortened only to give that many rows, never below a context block
+        assert n_seg == max(short, long) and seg >= block
+        assert seg >= codec.LONG_SEGMENT_BYTES or n_seg == short
     else:
-        assert n_seg >= min(codec.PARALLEL_SEGMENTS, n // block)
+        assert n_seg >= max(short, long)
     assert b >= min(batch, n_seg)  # every segment has a row (while the batch allows)
 
 
 def test_best_layout_examples():
     """m1-3m (context block 127 bytes), default settings: a 2,000-byte file is 8 chains of 250 bytes in a
-    batch of 8, 40 KB is 20 of 2,048 in 24 rows, 1 MB fills the 256 rows."""
+    batch of 8, 10 KB 9 of 1,112 in 16 rows, 40 KB 32 of 1,250 in 32 rows, 100 KB 49 of 2,048 in 56 rows,
+    1 MB fills the 256 rows."""
     cfg = CompressConfig()
     assert codec.best_layout(2000, cfg, 127) == (250, 8)
-    assert codec.best_layout(40_000, cfg, 127) == (2048, 24)
+    assert codec.best_layout(10_000, cfg, 127) == (1112, 16)
+    assert codec.best_layout(40_000, cfg, 127) == (1250, 32)
+    assert codec.best_layout(100_000, cfg, 127) == (2048, 56)
     assert codec.best_layout(1 << 20, cfg, 127) == (2048, 256)
     assert codec.best_layout(100, cfg, 127) == (2048, 8)
     assert codec.best_layout(0, cfg, 127) == (2048, 8)

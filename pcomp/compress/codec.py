@@ -8,10 +8,10 @@ M2 trains on; each window is decodable alone, which costs compression.
 `segment_bytes` (`best_layout`); each segment is one coder stream over its bytes and a final
 end-of-document symbol (M1's EOS), so segments decode in parallel (one row of the M1 batch each)
 and the file stores only each stream's length in bits. Decoding is sequential within a segment,
-one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts a
-small input into up to `PARALLEL_SEGMENTS` segments (a 2 KB file decodes as 8 chains of ~256
-bytes, not one of 2,048), and sizes the M1 batch to the segments (at most `m1_batch`), since a
-step costs about as much per row, busy or idle. The header records both; decoding reads them.
+one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts an
+input into enough segments to fill a step (`parallel_segments`: a 2 KB file decodes as 8 chains of
+250 bytes, not one of 2,048; 40 KB as 32 of 1,250) and sizes the M1 batch to them (at most
+`m1_batch`), since a step costs about as much per row, busy or idle. The header records both; decoding reads them.
 Within a segment M1 sees its full trained context: its context restarts from BOS every
 `m1_context - 1` bytes, `m1_context` = the positions M1 was trained on (min(data.seq_len,
 model.max_seq_len)). Restarting (rather than sliding the context by one byte
@@ -106,22 +106,34 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
     return fileformat.pack_streams(header, streams)
 
 
-PARALLEL_SEGMENTS = 8  # "best": an input longer than M1's context is cut into at least this many segments
+PARALLEL_SEGMENTS = 8  # "best": an input longer than 8 M1 context blocks is cut into at least 8 segments
+FULL_STEP_SEGMENTS = 32  # "best": ... and into at least 32 while each keeps LONG_SEGMENT_BYTES
+LONG_SEGMENT_BYTES = 1024  # a segment costs ~6 bytes (its length, EOS, the coder's end): <1% from here on
 BATCH_MULTIPLE = 8  # "best": the M1 batch is the segments rounded up to this (fewer compiled shapes)
+
+
+def parallel_segments(n_bytes: int, block_bytes: int) -> int:
+    """The fewest segments a "best" file of n_bytes is cut into (block_bytes = M1's context block):
+    PARALLEL_SEGMENTS of at least a context block (a short file still decodes in parallel rows), or
+    FULL_STEP_SEGMENTS of at least LONG_SEGMENT_BYTES (and a block) where the input has that many: an
+    M1 step of 32 rows costs 1.2x one of 24 and 2.3x one of 8 (m1-3m, RESULTS.md), so more rows per
+    step is what makes decoding fast, and at >= 1 KB a segment's fixed cost stays under 1%."""
+    return max(min(PARALLEL_SEGMENTS, n_bytes // block_bytes),
+               min(FULL_STEP_SEGMENTS, n_bytes // max(block_bytes, LONG_SEGMENT_BYTES)))
 
 
 def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[int, int]:
     """(segment_bytes, M1 batch) of a "best" file of n_bytes; block_bytes = M1's context block.
 
-    Segments: cfg.segment_bytes each, unless that gives fewer than PARALLEL_SEGMENTS segments; then
-    min(PARALLEL_SEGMENTS, floor(n / block_bytes)) equal ones (never shorter than a context block:
-    M1's context restarts every block_bytes anyway, so a shorter segment only adds a stream end and
-    a 4-byte length). Batch: the segments, rounded up to BATCH_MULTIPLE, at most cfg.m1_batch.
-    Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
+    Segments: cfg.segment_bytes each, unless that gives fewer than `parallel_segments`; then that
+    many equal ones (never shorter than a context block: M1's context restarts every block_bytes
+    anyway, so a shorter segment only adds a stream end and a 4-byte length). Batch: the segments,
+    rounded up to BATCH_MULTIPLE, at most cfg.m1_batch. Decoding steps M1 ceil(segments / batch) *
+    segment_bytes times; encoding, about as many.
     """
     n_segments = -(-n_bytes // cfg.segment_bytes)
     segment_bytes = cfg.segment_bytes
-    wanted = min(PARALLEL_SEGMENTS, n_bytes // block_bytes)
+    wanted = parallel_segments(n_bytes, block_bytes)
     if n_segments < wanted:
         segment_bytes = -(-n_bytes // wanted)
         n_segments = -(-n_bytes // segment_bytes)

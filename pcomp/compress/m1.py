@@ -38,7 +38,9 @@ from pcomp.train.load import TrainedModel, load_trained
 
 # Bump when M1's step computes differently (layout, quantization, ...): it is part of the fingerprint,
 # so files made by older code fail with a clear "other M1" error instead of decoding differently.
-# 3: projections as 2-D matmuls (pcomp.models.transformer.dense); 4: layers under nnx.scan, stacked KV cache
+# 3: projections as 2-D matmuls (pcomp.models.transformer.dense); 4: layers under nnx.scan, stacked KV
+# cache. The per-layer step that replaced 4's scan computes the same bits (the committed files of
+# tests/test_decode_fixtures.py decode), so it kept the number.
 NUMERICS_VERSION = 4
 BYTES = "bytes"  # 256 symbols: the byte values
 BYTES_EOS = "bytes+eos"  # 257 symbols: bytes, then end-of-document (M1's EOS token)
@@ -87,10 +89,13 @@ class StepTimer:
         return np.asarray(self.launch) + np.asarray(self.compute) + np.asarray(self.copy)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5), donate_argnums=(2,))
-def _step(graphdef, params, cache, tokens_b, positions_b, precision, symbol_ids):
+@functools.partial(jax.jit, static_argnums=(0, 1, 7), donate_argnums=(4,))
+def _step(graphdef, block_graphdef, params, block_params, cache, tokens_b, positions_b, precision, symbol_ids):
+    """M1's one jitted step; block_params = each layer's parameters (`Transformer.unstacked_blocks`),
+    split once by `M1`, so the step reads them in place (params' stacked copy goes unused)."""
     model = nnx.merge(graphdef, params)
-    logits_bv, cache = model.decode_step(tokens_b, positions_b, cache)
+    blocks = [nnx.merge(block_graphdef, p) for p in block_params]
+    logits_bv, cache = model.decode_step(tokens_b, positions_b, cache, blocks)
     probs_bn = jax.nn.softmax(logits_bv[:, symbol_ids], axis=-1)
     freqs_bn = quantize_probs_jax(probs_bn, precision)
     cum_bn = jnp.concatenate([jnp.zeros_like(freqs_bn[:, :1]), jnp.cumsum(freqs_bn, axis=-1)], axis=-1)
@@ -136,6 +141,9 @@ class M1:
         self.bos_id = tok.bos_id
         self.device = jax.local_devices()[0]
         self._params = jax.device_put(self.trained.params, self.device)
+        blocks = nnx.merge(self.trained.graphdef, self._params).unstacked_blocks()
+        self._block_graphdef = nnx.graphdef(blocks[0])
+        self._block_params = [nnx.state(b) for b in blocks]
         self._bos_cache = None
         self.first_cum = None
         self._with_batch = {self.batch: self}
@@ -198,25 +206,26 @@ class M1:
             model = nnx.merge(self.trained.graphdef, self._params)
             cache = jax.device_put(model.init_cache(self.batch, self.context), self.device)
             bos = jnp.full((self.batch,), self.bos_id, jnp.int32)
-            cum, cache = _step(self.trained.graphdef, self._params, cache, bos, jnp.zeros((self.batch,), jnp.int32),
-                               self.precision, self._symbol_ids)
+            cum, cache = self._call(cache, bos, jnp.zeros((self.batch,), jnp.int32))
             self.first_cum = np.asarray(cum)[0].astype(np.int64)
             self._bos_cache = cache
         return jax.tree.map(jnp.copy, self._bos_cache)
+
+    def _call(self, cache, tokens_b: jax.Array, positions_b: jax.Array):
+        return _step(self.trained.graphdef, self._block_graphdef, self._params, self._block_params, cache, tokens_b,
+                     positions_b, self.precision, self._symbol_ids)
 
     def step(self, cache, tokens_b: np.ndarray, positions_b: np.ndarray):
         """Feed tokens_b [batch] at positions_b [batch] (>= 1); returns (cum_bn int64 [batch, n+1], cache)."""
         if self.timer is not None:
             return self._timed_step(cache, tokens_b, positions_b)
-        cum, cache = _step(self.trained.graphdef, self._params, cache, jnp.asarray(tokens_b, jnp.int32),
-                           jnp.asarray(positions_b, jnp.int32), self.precision, self._symbol_ids)
+        cum, cache = self._call(cache, jnp.asarray(tokens_b, jnp.int32), jnp.asarray(positions_b, jnp.int32))
         return np.asarray(cum).astype(np.int64), cache
 
     def _timed_step(self, cache, tokens_b, positions_b):
         """`step` with a block_until_ready between launch and copy, recorded in `self.timer`."""
         t0 = time.perf_counter()
-        cum, cache = _step(self.trained.graphdef, self._params, cache, jnp.asarray(tokens_b, jnp.int32),
-                           jnp.asarray(positions_b, jnp.int32), self.precision, self._symbol_ids)
+        cum, cache = self._call(cache, jnp.asarray(tokens_b, jnp.int32), jnp.asarray(positions_b, jnp.int32))
         t1 = time.perf_counter()
         jax.block_until_ready(cum)
         t2 = time.perf_counter()

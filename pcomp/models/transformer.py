@@ -5,11 +5,13 @@ v (padded) vocabulary, s KV-cache length, l layers.
 
 The blocks are ONE stacked module: every block parameter has a leading `layers` axis (logical
 axis "layers", replicated: `pcomp.models.sharding.RULES`), created with `nnx.vmap` and run with
-`nnx.scan`, so the compiled program (and its compile time) does not grow with depth. The KV cache
-is stacked the same way: ([l, b, k, s, h], [l, b, k, s, h]). `model.remat` picks what the backward
-pass recomputes per block (`CHECKPOINT_POLICIES`); `model.scan_unroll` how many blocks one loop
-iteration runs in the forward (the CPU-sized presets unroll fully: `pcomp.config`). `decode_step`
-always runs one block per iteration (unrolling did not speed it up: experiments/bench_equal_info.py).
+`nnx.scan`, so the compiled program (and its compile time) does not grow with depth. `model.remat`
+picks what the backward pass recomputes per block (`CHECKPOINT_POLICIES`); `model.scan_unroll` how
+many blocks one loop iteration runs in the forward (the CPU-sized presets unroll fully:
+`pcomp.config`). `decode_step` is the exception: a one-position step is small, and slicing a
+layer's weights and cache out of the stacks inside it cost up to 40% of it on CPU, so it runs the
+blocks one after another (`unstacked_blocks`, sliced once by a caller that decodes many steps)
+against a per-layer KV cache: ((k [b, k, s, h], v [b, k, s, h]) for each layer).
 
 The forward accepts either token ids or an input-embedding override (`embeddings_btd`), so
 patch-level training (`pcomp.patching`) feeds averaged embeddings through the very same blocks.
@@ -29,7 +31,7 @@ from pcomp.config import ModelConfig
 from pcomp.models.attention import attention
 from pcomp.models.sharding import constrain
 
-KVCache = tuple[jax.Array, jax.Array]  # (k_lbksh, v_lbksh): every layer's keys and values, stacked
+KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer (k_bksh, v_bksh): its keys and values
 
 LAYERS = "layers"  # the logical axis of the stacked blocks (mapped to no mesh axis)
 # nnx.vmap / nnx.scan add (and, inside the scan body, remove) the leading axis in `logical_axes` too
@@ -134,26 +136,25 @@ class Attention(nnx.Module):
         q, k, v = self._qkv(x_btd, rot)
         return self._out(attention(self.attention, q, k, v))
 
-    def decode(self, x_b1d, positions_b, rot: Rotary, cache_k_lbksh, cache_v_lbksh, layer):
-        """One new position per row against layer `layer` of the stacked cache [l, b, k, s, h]; writes
-        this position's k/v into it first (in place: the cache is the scan's carry). `rot` is the rotary
-        cos/sin of `positions_b` ([b, 1, 1, h/2]).
+    def decode(self, x_b1d, positions_b, rot: Rotary, cache_k_bksh, cache_v_bksh):
+        """One new position per row against this layer's cache [b, k, s, h]; writes this position's
+        k/v into it first (in place when the caller donates the cache). `rot` is the rotary cos/sin of
+        `positions_b` ([b, 1, 1, h/2]).
 
         Heads before positions: each row's keys for one head are contiguous, so the two attention
         contractions are batched matrix-vector products (~9x faster on CPU than [b, s, k, h])."""
         q, k, v = self._qkv(x_b1d, rot)
         b, _, n, h = q.shape
-        kv = cache_k_lbksh.shape[2]
+        kv = cache_k_bksh.shape[1]
         rows = jnp.arange(b)
-        cache_k_lbksh = cache_k_lbksh.at[layer, rows, :, positions_b].set(k[:, 0].astype(cache_k_lbksh.dtype))
-        cache_v_lbksh = cache_v_lbksh.at[layer, rows, :, positions_b].set(v[:, 0].astype(cache_v_lbksh.dtype))
-        cache_k, cache_v = cache_k_lbksh[layer], cache_v_lbksh[layer]  # [b, k, s, h]
+        cache_k = cache_k_bksh.at[rows, :, positions_b].set(k[:, 0].astype(cache_k_bksh.dtype))
+        cache_v = cache_v_bksh.at[rows, :, positions_b].set(v[:, 0].astype(cache_v_bksh.dtype))
         q_bkgh = q[:, 0].reshape(b, kv, n // kv, h) * (h**-0.5)
         s = jnp.einsum("bkgh,bksh->bkgs", q_bkgh, cache_k.astype(q.dtype), preferred_element_type=jnp.float32)
         visible_bs = jnp.arange(cache_k.shape[2])[None, :] <= positions_b[:, None]
         p = jax.nn.softmax(jnp.where(visible_bs[:, None, None, :], s, -jnp.inf), axis=-1).astype(q.dtype)
         o = jnp.einsum("bkgs,bksh->bkgh", p, cache_v.astype(q.dtype))
-        return self._out(o.reshape(b, 1, n, h)), cache_k_lbksh, cache_v_lbksh
+        return self._out(o.reshape(b, 1, n, h)), cache_k, cache_v
 
 
 class MLP(nnx.Module):
@@ -194,11 +195,11 @@ class Block(nnx.Module):
         x = x + self.mlp(self.mlp_norm(x))
         return constrain(x, ("batch", "length", "act_embed"))
 
-    def decode(self, x_b1d, positions_b, rot: Rotary, cache_k_lbksh, cache_v_lbksh, layer):
-        a, cache_k_lbksh, cache_v_lbksh = self.attn.decode(self.attn_norm(x_b1d), positions_b, rot, cache_k_lbksh,
-                                                           cache_v_lbksh, layer)
+    def decode(self, x_b1d, positions_b, rot: Rotary, cache_k_bksh, cache_v_bksh):
+        a, cache_k_bksh, cache_v_bksh = self.attn.decode(self.attn_norm(x_b1d), positions_b, rot, cache_k_bksh,
+                                                         cache_v_bksh)
         x = x_b1d + a
-        return x + self.mlp(self.mlp_norm(x)), cache_k_lbksh, cache_v_lbksh
+        return x + self.mlp(self.mlp_norm(x)), cache_k_bksh, cache_v_bksh
 
 
 class Transformer(nnx.Module):
@@ -272,25 +273,34 @@ class Transformer(nnx.Module):
 
     # --- incremental decoding --------------------------------------------------------------------
     def init_cache(self, batch: int, length: int, dtype=None) -> KVCache:
-        """Zero keys and values [l, b, k, s, h] for `batch` rows of `length` positions."""
+        """Zero keys and values, ([b, k, s, h], [b, k, s, h]) per layer, for `batch` rows of `length`
+        positions."""
         cfg = self.cfg
-        shape = (cfg.n_layers, batch, cfg.kv_heads, length, cfg.head_dim)
+        shape = (batch, cfg.kv_heads, length, cfg.head_dim)
         dt = jnp.dtype(dtype or cfg.dtype)
-        return jnp.zeros(shape, dt), jnp.zeros(shape, dt)
+        return tuple((jnp.zeros(shape, dt), jnp.zeros(shape, dt)) for _ in range(cfg.n_layers))
 
-    def decode_step(self, tokens_b: jax.Array, positions_b: jax.Array, cache: KVCache):
-        """Feed one token per row at its own position; returns (logits_bv float32, new cache)."""
+    def unstacked_blocks(self) -> list[Block]:
+        """The L blocks as separate modules, each holding its layer's slice of the stacked parameters
+        (copies). `decode_step` runs them; a caller that decodes many steps (M1) makes them once,
+        outside jit, and passes them in, so no step copies weights out of the stack."""
+        graphdef, state = nnx.split(self.blocks)
+        return [nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)) for i in range(self.cfg.n_layers)]
+
+    def decode_step(self, tokens_b: jax.Array, positions_b: jax.Array, cache: KVCache,
+                    blocks: list[Block] | None = None):
+        """Feed one token per row at its own position; returns (logits_bv float32, new cache).
+
+        `blocks` = `self.unstacked_blocks()` (made here when None). The same values as the scanned
+        stack computed: the committed files of tests/test_decode_fixtures.py, made by it, decode."""
+        blocks = self.unstacked_blocks() if blocks is None else blocks
         x = self.embed_tokens(tokens_b[:, None])
-
         rot = rotary(positions_b[:, None], self.cfg.head_dim, self.cfg.rope_theta)
-
-        def layer(block, carry, positions_b, rot, index):
-            x_b1d, k_lbksh, v_lbksh = carry
-            return block.decode(x_b1d, positions_b, rot, k_lbksh, v_lbksh, index)
-
-        scan = nnx.scan(layer, in_axes=(0, nnx.Carry, None, None, 0), out_axes=nnx.Carry, transform_metadata=_STACKED)
-        x, k_lbksh, v_lbksh = scan(self.blocks, (x, *cache), positions_b, rot, jnp.arange(self.cfg.n_layers))
-        return self.logits(self.final_norm(x))[:, 0], (k_lbksh, v_lbksh)
+        new_cache = []
+        for block, (k_bksh, v_bksh) in zip(blocks, cache, strict=True):
+            x, k_bksh, v_bksh = block.decode(x, positions_b, rot, k_bksh, v_bksh)
+            new_cache.append((k_bksh, v_bksh))
+        return self.logits(self.final_norm(x))[:, 0], tuple(new_cache)
 
 
 def count_params(cfg: ModelConfig, *, embeddings: bool = True) -> int:
