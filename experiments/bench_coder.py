@@ -12,10 +12,11 @@ Overhead = (coded bits - ideal bits) / ideal bits.
 Usage: python experiments/bench_coder.py [--data PATH] [--n-tables N] [--precision P] [--repeats R]
 Without the data file, 1 MB of random bytes from a Zipf(1.3) distribution is used instead.
 
-M1-driven files (issue #27), `--m1 PRESET[,PRESET]`: `pcomp.compress.codec.compress` / `decompress` of
-the first --m1-bytes of --m1-data in both modes, under an UNTRAINED M1 of each preset (seed 0,
-trained context = the preset's data.seq_len): an M1 step costs the same whatever its weights, so the
-speed is that of a trained M1 (the sizes are not: they are an untrained model's). A 16-byte round
+M1-driven files (issue #27), `--m1 PRESET|RUN_DIR[,...]`: `pcomp.compress.codec.compress` / `decompress`
+of the first --m1-bytes of --m1-data in both modes, under an UNTRAINED M1 of each preset (seed 0,
+trained context = the preset's data.seq_len) or the trained M1 in a run directory: an M1 step costs
+the same whatever its weights, so a preset's speed is that of a trained M1 (its sizes are not: they
+are an untrained model's). A 16-byte round
 trip and one step of the run's batch shape first, so XLA and numba compilation (or cache loading)
 and M1's fingerprint are excluded. Per run: KB/s, M1 steps, the rows per step,
 median seconds of one step split into launch / compute / device->host copy, and of the numba kernel
@@ -71,7 +72,8 @@ def main(argv=None):
     ap.add_argument("--n-tables", type=int, default=200_000, help="bytes for case (b) (N x 256 int32 tables)")
     ap.add_argument("--precision", type=int, default=CompressConfig.precision)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--m1", default="", help="comma-separated model presets to time compress/decompress with")
+    ap.add_argument("--m1", default="", help="comma-separated model presets (untrained) or run directories "
+                    "(trained M1s) to time compress/decompress with")
     ap.add_argument("--m1-bytes", type=int, default=40_000)
     ap.add_argument("--m1-data", type=Path, default=DEFAULT_DATA.parent / "alice29.txt")
     ap.add_argument("--m1-modes", default="best,windows")
@@ -157,8 +159,11 @@ def bench_m1(args):
     print(f"{'preset':<10}{'mode':<9}{'ctx':>4}{'seg':>6}{'batch':>6}{'bytes out':>10}{'comp KB/s':>10}"
           f"{'dec KB/s':>10}{'dec/comp':>9}{'c steps':>8}{'d steps':>8}{'c ms/st':>8}{'d ms/st':>8}"
           f"{'launch':>7}{'compute':>8}{'copy':>6}{'kernel':>7}  load")
+    from pcomp.train.load import load_trained
+
     for preset in [p for p in args.m1.split(",") if p]:
-        model = untrained_m1_model(preset)
+        model = load_trained(preset) if Path(preset).is_dir() else untrained_m1_model(preset)
+        preset = model.cfg.model.name + ("" if preset == model.cfg.model.name else "*")  # *: trained (RUN_DIR)
         for mode in args.m1_modes.split(","):
             seg_bytes = args.windows_segment_bytes if mode == "windows" else CompressConfig.segment_bytes
             cfg = CompressConfig(precision=args.precision, segment_bytes=seg_bytes)
