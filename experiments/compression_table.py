@@ -201,12 +201,12 @@ def main(argv=None) -> None:
     ideal = sum(float(np.sum(ac.m1.precision - np.log2((hi - lo).astype(np.float64)))) for lo, hi in intervals)
     timings["arith_encode"] = time.perf_counter() - t0
     check = docs[:1]  # the library entry points on one document must agree with the shared pass
-    assert np.array_equal(ac.encode_batch(check)[0], bits_to_tokens(streams[0], 8)), "arith tokens differ"
+    assert np.array_equal(ac.encode_batch(check)[0], bits_to_tokens(streams[0], 8)), "ac tokens differ"
     assert abs(plain_ac.ideal_bits(ac.m1, check) - float(np.sum(ac.m1.precision - np.log2(
         (intervals[0][1] - intervals[0][0]).astype(np.float64))))) < 1e-6, "ideal bits differ"
     for N in (8, 16):
         v = "v256" if N == 8 else "v65k"
-        rows.append(row(f"ArithmeticCoding[{v}] (M1)", f"arith_{v}", 1 << N, n,
+        rows.append(row(f"ArithmeticCoding[{v}] (M1)", f"ac_{v}", 1 << N, n,
                         count(bits_to_tokens(s, N) for s in streams), N))
     print(f"arithmetic coding done ({timings['arith_encode']:.0f} s)", flush=True)
 
@@ -353,7 +353,7 @@ def plot(rows, path, data) -> None:
     rs = [r for r in rows if r.get("bits_per_byte") is not None]
     fig, ax = plt.subplots(figsize=(10, 0.32 * len(rs) + 1.5))
     ys = np.arange(len(rs))[::-1]
-    colors = ["tab:orange" if "M1" in r["tokenizer"] or r["key"].startswith(("arith", "equal_info"))
+    colors = ["tab:orange" if "M1" in r["tokenizer"] or r["key"].startswith(("ac_", "equal_info"))
               else "tab:gray" if r.get("tokens") is None else "tab:blue" for r in rs]
     ax.barh(ys, [r["bits_per_byte"] for r in rs], color=colors)
     for y, r in zip(ys, rs):

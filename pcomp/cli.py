@@ -165,7 +165,7 @@ def _score_source(run, source: str, dc, args, reference):
 
 
 def _cmd_generate(args) -> None:
-    from pcomp.models.generate import generate
+    from pcomp.compress.generate import Utf8Stream, generate_text
     from pcomp.train.load import load_trained
 
     _at_least("--max-tokens", args.max_tokens, 1)
@@ -175,83 +175,21 @@ def _cmd_generate(args) -> None:
     if not 0 <= args.seed < 2**32:
         raise ConfigError(f"--seed {args.seed} must be in [0, 2**32)")
     run = load_trained(args.checkpoint)
-    tok = run.tokenizer
     prompt = args.prompt.encode("utf-8", "surrogateescape")  # the bytes given, even if not UTF-8
-    if getattr(tok, "window_bits", None) is not None:  # M2 over Equal-Info windows: decode through M1
-        return _generate_through_m1(run, prompt, args)
-    if tok.name in _STREAM_CODED:  # M2 over gzip / static_ac / arith: decode the sampled stream as it grows
-        return _generate_through_stream(run, prompt, args)
-    ids = tok.encode(prompt)
-    if tok.bos_id is not None:
-        ids = [tok.bos_id, *ids]
-    context = run.cfg.model.max_seq_len
-    if not ids:
-        raise ConfigError(f"--prompt is empty and tokenizer {tok.name} has no BOS to start from; give a prompt")
-    if len(ids) > context:
-        bos = " including BOS" if tok.bos_id is not None else ""
-        raise ConfigError(f"--prompt is {len(ids)} tokens{bos} but the model's context is {context} tokens "
-                          f"(model.max_seq_len); shorten the prompt")
-    sample = dict(max_new_tokens=args.max_tokens, max_len=context, temperature=args.temperature, top_k=args.top_k,
-                  seed=args.seed, stop_id=tok.eos_id, bos_id=tok.bos_id)
-    if tok.name == "bytes":  # decode is per token: print each as it is sampled (Ctrl-C keeps the text so far)
-        from pcomp.compress.generate import Utf8Stream
-
-        def write(text: str) -> None:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-
-        stream = Utf8Stream(write)  # the same text as decoding the whole (UTF-8 split across tokens held)
-        stream(prompt)
-        generate(run.graphdef, run.params, ids, **sample, on_token=lambda token: stream(tok.decode([token])))
-        stream.close()
-        sys.stdout.write("\n")
-        return
-    # other tokenizers (SentencePiece) may decode a prefix differently from the whole: printed at the end
-    out = generate(run.graphdef, run.params, ids, **sample)
-    sys.stdout.write((prompt + tok.decode(out)).decode("utf-8", errors="replace") + "\n")
-
-
-_STREAM_CODED = ("gzip", "static_ac", "arith")  # compressed tokenizers without windows
-
-
-def _generate_through_m1(run, prompt: bytes, args) -> None:
-    """`pcomp generate` for an M2 over Equal-Info windows (`pcomp.compress.generate`): --max-tokens
-    rounded up to whole windows; each window is printed as soon as M1 decodes it."""
-    from pcomp.compress.generate import Utf8Stream, generate_text, tokens_per_window
-
-    def skip(index: int, why: str) -> None:
-        sys.stdout.flush()
-        print(f"pcomp: warning: sampled window {index} is not a window M1 decodes ({why}); skipped",
-              file=sys.stderr)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    stream = Utf8Stream(write)
-    windows = -(-args.max_tokens // tokens_per_window(run.tokenizer))
-    generate_text(run, prompt, max_windows=windows, temperature=args.temperature, top_k=args.top_k,
-                  seed=args.seed, on_bytes=stream, on_skip=skip, echo_prompt=True)
-    stream.close()
-    sys.stdout.write("\n")
-
-
-def _generate_through_stream(run, prompt: bytes, args) -> None:
-    """`pcomp generate` for an M2 over a stream code (`pcomp.compress.generate.generate_stream`): text is
-    printed as the sampled bits determine it; an invalid gzip stream is one warning line and ends it."""
-    from pcomp.compress.generate import Utf8Stream, generate_stream
-
-    def error(why: str) -> None:
+    def warn(message: str) -> None:
         sys.stdout.flush()
-        print(f"pcomp: warning: {why}; generation stopped", file=sys.stderr)
+        print(f"pcomp: warning: {message}", file=sys.stderr)
 
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
+    # printed as it is decoded (Ctrl-C keeps the text so far); a UTF-8 sequence split across ids or
+    # windows is held until complete, so the text is that of decoding the whole
     stream = Utf8Stream(write)
-    generate_stream(run, prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
-                    seed=args.seed, on_bytes=stream, on_error=error, echo_prompt=True)
+    generate_text(run, prompt, max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                  seed=args.seed, on_bytes=stream, on_warning=warn, echo_prompt=True)
     stream.close()
     sys.stdout.write("\n")
 

@@ -101,12 +101,12 @@ def test_best_layout_cuts_small_inputs_into_parallel_segments(n, segment, block,
 
 def test_best_layout_examples():
     """m1-3m (context block 127 bytes), default settings: a 2,000-byte file is 8 chains of 250 bytes in a
-    batch of 8, 10 KB 9 of 1,112 in 16 rows, 40 KB 32 of 1,250 in 32 rows, 100 KB 49 of 2,048 in 56 rows,
+    batch of 8, 10 KB 13 of 770 in 16 rows, 40 KB 48 of 834 in 48 rows, 100 KB 49 of 2,048 in 56 rows,
     1 MB fills the 256 rows."""
     cfg = CompressConfig()
     assert codec.best_layout(2000, cfg, 127) == (250, 8)
-    assert codec.best_layout(10_000, cfg, 127) == (1112, 16)
-    assert codec.best_layout(40_000, cfg, 127) == (1250, 32)
+    assert codec.best_layout(10_000, cfg, 127) == (770, 16)
+    assert codec.best_layout(40_000, cfg, 127) == (834, 48)
     assert codec.best_layout(100_000, cfg, 127) == (2048, 56)
     assert codec.best_layout(1 << 20, cfg, 127) == (2048, 256)
     assert codec.best_layout(100, cfg, 127) == (2048, 8)
@@ -125,6 +125,18 @@ def test_best_files_record_the_batch_they_need(random_m1_model, n, segment):
     assert header["m1_batch"] < m1.batch and header["n_segments"] >= codec.PARALLEL_SEGMENTS
     assert codec.decompress(m1, blob) == data
     assert codec.decompress(m1.with_batch(8), blob) == data  # any setup of the same M1 reads it
+
+
+def test_windows_files_record_the_rows_their_segments_need(random_m1_model):
+    """A windows segment is one sequential chain: 3,000 bytes in segments of 256 are 12 chains, coded in
+    16 rows (12 rounded up to 8s), not the default 256, and any setup of the same M1 decodes the file."""
+    cfg = CompressConfig(segment_bytes=256)
+    m1 = codec.m1_for(random_m1_model, cfg, "windows")
+    data = bytes(np.random.default_rng(5).integers(0, 256, 3000, dtype=np.uint8))
+    blob = codec.compress(m1, data, cfg, mode="windows")
+    header, _ = fileformat.unpack(blob)
+    assert header["m1_batch"] == 16 and m1.batch == 256
+    assert codec.decompress(m1, blob) == data == codec.decompress(m1.with_batch(8), blob)
 
 
 def test_best_is_smaller_than_windows_on_text(m1_run):

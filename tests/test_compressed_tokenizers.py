@@ -130,7 +130,13 @@ def test_arithmetic_coding_tokenizer(m1_run, docs, tmp_path, token_bits):
         assert np.array_equal(ids, bits_to_tokens(bits, token_bits))
         assert np.array_equal(tok.encode(doc), ids)
         assert tok.decode(ids) == doc
-    check_saved(tok, tmp_path / "arith", [docs[2], docs[3]])
+    check_saved(tok, tmp_path / "ac", [docs[2], docs[3]])
+    # saved by pcomp <= 0.1, whose name for this kind was "arith": it still loads, as "ac"
+    path = tmp_path / "ac" / "tokenizer.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "kind": "arith"}))
+    old = load_tokenizer(tmp_path / "ac")
+    assert type(old) is ArithmeticCodingTokenizer and old.to_config() == {**tok.to_config(), "kind": "ac"}
+    assert old.name == "ac" and old.decode(batch[2]) == docs[2]
 
 
 # ----------------------------------------------------------------------------- EqualInfo (M1)
@@ -153,9 +159,9 @@ def test_equal_info_tokenizer(m1_run, docs, tmp_path, b, token_bits, segment_byt
     check_saved(tok, tmp_path / "ei", [docs[2], docs[3]])
 
 
-@pytest.mark.parametrize("kind", ["arith", "equal_info"])
+@pytest.mark.parametrize("kind", ["ac", "equal_info"])
 def test_other_m1_fingerprint_is_a_checkpoint_error_on_use(m1_run, tmp_path, kind):
-    if kind == "arith":
+    if kind == "ac":
         tok = ArithmeticCodingTokenizer(m1_run, 16, batch=M1_BATCH)
     else:
         tok = EqualInfoTokenizer(m1_run, 16, 8, batch=M1_BATCH)
@@ -193,13 +199,13 @@ def tokenizers(m1_run, static_fit_docs):
         "gzip8": GZipTokenizer(8),
         "gzip16": GZipTokenizer(16),
         "static": StaticACTokenizer.fit(static_fit_docs, 16),
-        "arith": ArithmeticCodingTokenizer(m1_run, 8, batch=M1_BATCH),
+        "ac": ArithmeticCodingTokenizer(m1_run, 8, batch=M1_BATCH),
         "ei16": EqualInfoTokenizer(m1_run, 16, 16, batch=M1_BATCH),
         "ei24": EqualInfoTokenizer(m1_run, 24, 8, batch=M1_BATCH),
     }
 
 
-@pytest.mark.parametrize("name", ["gzip8", "gzip16", "static", "arith", "ei16", "ei24"])
+@pytest.mark.parametrize("name", ["gzip8", "gzip16", "static", "ac", "ei16", "ei24"])
 def test_ids_out_of_range_are_data_errors(tokenizers, name):
     tok = tokenizers[name]
     top = tok.vocab_size

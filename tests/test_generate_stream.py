@@ -1,5 +1,6 @@
-"""Generation through the stream codes (`pcomp.compress.generate.generate_stream`): M2 over gzip,
-static_ac and arith (plain AC under M1) tokens, its sampled stream decoded as it grows."""
+"""Generation through the stream codes (`pcomp.compress.generate.generate_text` with the tokenizers'
+`prompt_ids` and `token_decoder`, `pcomp.compress.incremental`): M2 over gzip, static_ac and ac
+(plain AC under M1) tokens, its sampled stream decoded as it grows."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from flax import nnx
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from pcomp.compress import arith
-from pcomp.compress.generate import (ArithStreamDecoder, GZipStreamDecoder, encode_stream_prompt, generate_stream,
-                                     stream_decoder)
+from pcomp.compress.generate import generate_text
+from pcomp.compress.incremental import ArithStreamDecoder
 from pcomp.compress.packing import tokens_to_bits
 from pcomp.compress.tokenizers import ArithmeticCodingTokenizer, GZipTokenizer, StaticACTokenizer
 from pcomp.config import Config
@@ -59,39 +60,39 @@ def test_prompt_round_trips_through_compress_tokens_decode(kind, n, static_tok):
     tok = _tokenizer(kind, n, static_tok)
     rng = np.random.default_rng(0)
     for prompt in PROMPTS:
-        ids = encode_stream_prompt(tok, prompt)
+        ids = tok.prompt_ids(prompt)
         assert len(ids) > 0 and ids.max() < 1 << n
-        out = _decode_all(stream_decoder(tok), ids)
+        out = _decode_all(tok.token_decoder(), ids)
         if kind == "gzip":  # a sync flush: exactly the prompt, and the stream goes on
             assert out == prompt
         else:  # the bits may already determine more bytes: the prompt comes first
             assert out[: len(prompt)] == prompt
         for _ in range(5):  # whatever M2 samples next, the prompt decodes first
-            dec = stream_decoder(tok)
+            dec = tok.token_decoder()
             more = _decode_all(dec, [*ids, *rng.integers(0, 1 << n, 20)])
             assert more[: len(prompt)] == prompt or dec.error is not None
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [8, 16])
-def test_arith_prompt_round_trips_through_m1(n, m1_run, static_tok):
-    tok = _tokenizer("arith", n, static_tok, m1_run)
+def test_ac_prompt_round_trips_through_m1(n, m1_run, static_tok):
+    tok = _tokenizer("ac", n, static_tok, m1_run)
     rng = np.random.default_rng(1)
     for prompt in PROMPTS[:3]:
-        ids = encode_stream_prompt(tok, prompt)
-        assert _decode_all(stream_decoder(tok), ids)[: len(prompt)] == prompt
-        more = _decode_all(stream_decoder(tok), [*ids, *rng.integers(0, 1 << n, 10)])
+        ids = tok.prompt_ids(prompt)
+        assert _decode_all(tok.token_decoder(), ids)[: len(prompt)] == prompt
+        more = _decode_all(tok.token_decoder(), [*ids, *rng.integers(0, 1 << n, 10)])
         assert more[: len(prompt)] == prompt
     # a whole document's tokens (with its end-of-document) decode incrementally to exactly it
     doc = b"The quick brown fox. " * 8
-    dec = stream_decoder(tok)
+    dec = tok.token_decoder()
     assert _decode_all(dec, tok.encode(doc)) == doc and dec.done
 
 
 def test_gzip_prompt_of_16_bit_tokens_is_padded_with_an_empty_stored_block():
     tok = GZipTokenizer(16)
     for prompt in (b"a", b"ab", b"hello hello hello"):
-        raw = np.packbits(tokens_to_bits(encode_stream_prompt(tok, prompt), 16)).tobytes()
+        raw = np.packbits(tokens_to_bits(tok.prompt_ids(prompt), 16)).tobytes()
         d = zlib.decompressobj(-15)
         assert d.decompress(raw) == prompt and not d.eof  # not a final block: the document goes on
 
@@ -110,7 +111,7 @@ def _naive_decode(bits: np.ndarray, cum: np.ndarray, precision: int, n: int) -> 
 def test_incremental_static_decoding_emits_exactly_what_the_bits_determine(static_tok, tokens, token_bits):
     tok = static_tok[token_bits]
     tokens = [t % (1 << token_bits) for t in tokens] if token_bits == 8 else [t * 257 for t in tokens]
-    dec = stream_decoder(tok)
+    dec = tok.token_decoder()
     pieces = [dec.feed(t) for t in tokens]
     out = b"".join(pieces)
     bits = tokens_to_bits(tokens, token_bits) if tokens else np.zeros(0, np.uint8)
@@ -131,7 +132,7 @@ def test_incremental_static_decoding_emits_exactly_what_the_bits_determine(stati
 @example(data=b"", token_bits=16)
 def test_incremental_static_decoding_of_a_document_ends_at_its_end(static_tok, data, token_bits):
     tok = static_tok[token_bits]
-    dec = stream_decoder(tok)
+    dec = tok.token_decoder()
     assert isinstance(dec, ArithStreamDecoder)
     assert _decode_all(dec, tok.encode(data)) == data == tok.decode(tok.encode(data)) and dec.done
 
@@ -142,7 +143,7 @@ def test_incremental_static_decoding_of_a_document_ends_at_its_end(static_tok, d
 def test_gzip_sampled_tokens_decode_or_stop_once_never_raise(tokens, token_bits):
     tokens = [t % (1 << token_bits) for t in tokens]
     errors = []
-    dec = GZipStreamDecoder(GZipTokenizer(token_bits), on_error=errors.append)
+    dec = GZipTokenizer(token_bits).token_decoder(errors.append)
     out = _decode_all(dec, tokens)
     raw = np.packbits(tokens_to_bits(tokens, token_bits)).tobytes() if tokens else b""
     ref = zlib.decompressobj(-15)
@@ -166,41 +167,51 @@ def test_random_m2_streams_decode_or_stop_through_the_documented_path(kind, n, s
     prompt = b"The "
     for seed in range(3):
         chunks, errors = [], []
-        out, dec = generate_stream(run, prompt, max_tokens=24, temperature=1.0, top_k=0, seed=seed,
-                                   on_bytes=chunks.append, on_error=errors.append, echo_prompt=True)
+        out, dec = generate_text(run, prompt, max_tokens=24, temperature=1.0, top_k=0, seed=seed,
+                                   on_bytes=chunks.append, on_warning=errors.append, echo_prompt=True)
         assert chunks[0] == prompt and b"".join(chunks[1:]) == out
         assert len(errors) <= 1 and (dec.error is None) == (not errors)
         # independently: the same samples (stopped where the decoder stopped), decoded from scratch
-        ids = encode_stream_prompt(tok, prompt)
+        ids = tok.prompt_ids(prompt)
         sampled = generate(run.graphdef, run.params, ids, max_new_tokens=24, max_len=128, temperature=1.0,
                            top_k=0, seed=seed)
         full, ref = _replay(tok, [*ids, *sampled])
         assert full == prompt + out and ref.done == dec.done and ref.error == dec.error
 
 
-def test_generate_stream_refuses_an_empty_prompt_and_other_tokenizers(static_tok):
+def test_generate_text_refuses_an_empty_prompt_and_one_past_the_context(static_tok):
     run = _random_m2(GZipTokenizer(8), seed=0)
     with pytest.raises(ConfigError, match="--prompt is empty"):
-        generate_stream(run, b"", max_tokens=4)
+        generate_text(run, b"", max_tokens=4)
     with pytest.raises(ConfigError, match="max_tokens=0"):
-        generate_stream(run, b"x", max_tokens=0)
-    with pytest.raises(ConfigError, match="compresses to .* tokens but the model's context is 128"):
-        generate_stream(run, bytes(np.random.default_rng(0).integers(0, 256, 400, np.uint8)), max_tokens=4)
+        generate_text(run, b"x", max_tokens=0)
+    with pytest.raises(ConfigError, match=r"is \d+ tokens \(400 bytes as gzip tokens\) but the model's context is 128"):
+        generate_text(run, bytes(np.random.default_rng(0).integers(0, 256, 400, np.uint8)), max_tokens=4)
+
+
+def test_a_byte_lm_generates_through_the_same_loop():
+    """Bytes: BOS first, each id decoded alone, the text equal to decoding the sampled ids at once."""
     from pcomp.data.tokenizers import ByteTokenizer
 
-    with pytest.raises(ConfigError, match="not a stream code"):
-        generate_stream(_random_m2(ByteTokenizer(), seed=0), b"x", max_tokens=4)
+    tok = ByteTokenizer()
+    run = _random_m2(tok, seed=0)
+    chunks = []
+    out, dec = generate_text(run, b"ab", max_tokens=6, temperature=1.0, top_k=0, seed=2, on_bytes=chunks.append,
+                             echo_prompt=True)
+    sampled = generate(run.graphdef, run.params, np.asarray([tok.bos_id, 97, 98], np.int32), max_new_tokens=6,
+                       max_len=128, temperature=1.0, top_k=0, seed=2, stop_id=tok.eos_id, bos_id=tok.bos_id)
+    assert chunks[0] == b"ab" and b"".join(chunks[1:]) == out == tok.decode(sampled) and not dec.done
 
 
 @pytest.mark.slow
-def test_random_m2_over_arith_tokens_generates_through_m1(m1_run, static_tok):
-    tok = _tokenizer("arith", 8, static_tok, m1_run)
+def test_random_m2_over_ac_tokens_generates_through_m1(m1_run, static_tok):
+    tok = _tokenizer("ac", 8, static_tok, m1_run)
     run = _random_m2(tok, seed=5)
     chunks = []
-    out, dec = generate_stream(run, b"The ", max_tokens=12, temperature=1.0, top_k=0, seed=1,
+    out, dec = generate_text(run, b"The ", max_tokens=12, temperature=1.0, top_k=0, seed=1,
                                on_bytes=chunks.append, echo_prompt=True)
     assert b"".join(chunks) == b"The " + out and dec.error is None
-    ids = encode_stream_prompt(tok, b"The ")
+    ids = tok.prompt_ids(b"The ")
     sampled = generate(run.graphdef, run.params, ids, max_new_tokens=12, max_len=128, temperature=1.0, top_k=0,
                        seed=1)
     full, _ = _replay(tok, [*ids, *sampled])
@@ -210,7 +221,7 @@ def test_random_m2_over_arith_tokens_generates_through_m1(m1_run, static_tok):
 def _replay(tok, token_ids):
     """The independent reference: a fresh decoder fed the same tokens, stopped where it says the
     document ends; returns (its bytes, the decoder)."""
-    ref = stream_decoder(tok)
+    ref = tok.token_decoder()
     full = b""
     for t in token_ids:
         full += ref.feed(t)

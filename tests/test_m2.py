@@ -147,34 +147,31 @@ def _bad_window_code(tok) -> int:
 
 @pytest.mark.slow
 def test_prompt_round_trips_through_compress_tokens_decode(eq_tok):
-    from pcomp.compress.generate import WindowDecoder, encode_prompt
-
     text = "The quick brown fox jumps over the lazy dog. Ünïcödé too.".encode()
-    ids = encode_prompt(eq_tok, text)
+    ids = eq_tok.prompt_ids(text)
     assert len(ids) % 2 == 0 and len(ids) >= 4  # whole windows of b/N = 2 tokens
-    dec = WindowDecoder(eq_tok)
+    dec = eq_tok.token_decoder()
     assert b"".join(dec.feed(t) for t in ids) == text
     assert dec.skipped == [] and dec.windows == len(ids) // 2
 
 
 @pytest.mark.slow
 def test_a_window_no_text_encodes_to_is_reported_once_and_skipped(eq_tok):
-    from pcomp.compress.generate import WindowDecoder, encode_prompt
     from pcomp.compress.packing import codes_to_tokens
 
-    first, second = encode_prompt(eq_tok, b"Hello"), encode_prompt(eq_tok, b" world")
+    first, second = eq_tok.prompt_ids(b"Hello"), eq_tok.prompt_ids(b" world")
     bad = codes_to_tokens(np.asarray([_bad_window_code(eq_tok)], np.uint64), 16, 8)
     calls = []
-    dec = WindowDecoder(eq_tok, on_skip=lambda i, why: calls.append((i, why)))
+    dec = eq_tok.token_decoder(calls.append)
     out = b"".join(dec.feed(t) for t in [*first, *bad, *second])
     assert out == b"Hello world"
-    assert [i for i, _ in calls] == dec.skipped == [len(first) // 2]
-    assert "does not decode" in calls[0][1]
+    assert dec.skipped == [len(first) // 2] and len(calls) == 1
+    assert f"sampled window {len(first) // 2} " in calls[0] and "does not decode" in calls[0]
 
 
 @pytest.mark.slow
 def test_random_m2_streams_decode_or_skip_whole_windows(eq_tok):
-    from pcomp.compress.generate import encode_prompt, generate_text
+    from pcomp.compress.generate import generate_text
     from pcomp.compress.windows import decode_windows
     from pcomp.errors import CompressedFormatError
     from pcomp.models.generate import generate
@@ -184,12 +181,13 @@ def test_random_m2_streams_decode_or_skip_whole_windows(eq_tok):
     prompt = b"The "
     for seed in range(3):
         chunks, skips = [], []
-        out, dec = generate_text(run, prompt, max_windows=5, temperature=1.0, top_k=0, seed=seed,
-                                 on_bytes=chunks.append, on_skip=lambda i, why: skips.append(i), echo_prompt=True)
+        out, dec = generate_text(run, prompt, max_tokens=9, temperature=1.0, top_k=0, seed=seed,  # 5 windows
+                                 on_bytes=chunks.append, on_warning=skips.append, echo_prompt=True)
         assert chunks[0] == prompt and b"".join(chunks[1:]) == out
-        assert dec.windows == 5 and dec.skipped == skips
+        assert dec.windows == 5 and len(dec.skipped) == len(skips)  # each skipped window reported once
+        assert all(f"sampled window {i} " in why for i, why in zip(dec.skipped, skips))
         # independently: the same samples, each window decoded alone
-        ids = encode_prompt(eq_tok, prompt)
+        ids = eq_tok.prompt_ids(prompt)
         sampled = generate(run.graphdef, run.params, ids, max_new_tokens=10, max_len=run.cfg.model.max_seq_len,
                            temperature=1.0, top_k=0, seed=seed)
         expect, bad = b"", []

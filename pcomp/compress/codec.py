@@ -1,7 +1,9 @@
 """Whole-file compression with M1: `compress` / `decompress` (the CLI's engine), in two modes.
 
 "windows" (the default): Equal-Info windows of b bits (`pcomp.compress.windows`), the tokenization
-M2 trains on; each window is decodable alone, which costs compression.
+M2 trains on; each window is decodable alone, which costs compression. Windows never cross a segment
+of `segment_bytes`, so each segment is one sequential chain of M1 steps: the M1 batch is sized to
+the segments (`rows_for`, at most `m1_batch`) and recorded.
 
 "best": plain arithmetic coding under M1 (`pcomp.compress.plain_ac`, the one coder of
 `pcomp.compress.arith`), the best code M1 gives. The input is cut into segments of at most
@@ -10,7 +12,7 @@ end-of-document symbol (M1's EOS), so segments decode in parallel (one row of th
 and the file stores only each stream's length in bits. Decoding is sequential within a segment,
 one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts an
 input into enough segments to fill a step (`parallel_segments`: a 2 KB file decodes as 8 chains of
-250 bytes, not one of 2,048; 40 KB as 32 of 1,250) and sizes the M1 batch to them (at most
+250 bytes, not one of 2,048; 40 KB as 48 of 834) and sizes the M1 batch to them (at most
 `m1_batch`), since a step costs about as much per row, busy or idle. The header records both; decoding reads them.
 Within a segment M1 sees its full trained context: its context restarts from BOS every
 `m1_context - 1` bytes, `m1_context` = the positions M1 was trained on (min(data.seq_len,
@@ -93,8 +95,10 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
         "original_crc32": zlib.crc32(data),
     }
     if mode == WINDOWS:
-        enc = encode_windows(m1, [data], cfg.window_bits, segment_bytes=cfg.segment_bytes, progress=progress)
-        return fileformat.pack({**cfg.to_dict(), **common}, enc.codes)
+        batch = rows_for(-(-len(data) // cfg.segment_bytes), cfg)
+        enc = encode_windows(m1.with_batch(batch), [data], cfg.window_bits, segment_bytes=cfg.segment_bytes,
+                             progress=progress)
+        return fileformat.pack({**cfg.to_dict(), **common, "m1_batch": batch}, enc.codes)
     segment_bytes, batch = best_layout(len(data), cfg, m1.max_window_bytes)
     m1 = m1.with_batch(batch)
     streams = []
@@ -107,17 +111,18 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
 
 
 PARALLEL_SEGMENTS = 8  # "best": an input longer than 8 M1 context blocks is cut into at least 8 segments
-FULL_STEP_SEGMENTS = 32  # "best": ... and into at least 32 while each keeps LONG_SEGMENT_BYTES
-LONG_SEGMENT_BYTES = 1024  # a segment costs ~6 bytes (its length, EOS, the coder's end): <1% from here on
+FULL_STEP_SEGMENTS = 48  # "best": ... and into at least 48 while each keeps LONG_SEGMENT_BYTES
+LONG_SEGMENT_BYTES = 768  # each segment costs ~7 bytes (its 4-byte length, EOS, the coder's end)
 BATCH_MULTIPLE = 8  # "best": the M1 batch is the segments rounded up to this (fewer compiled shapes)
 
 
 def parallel_segments(n_bytes: int, block_bytes: int) -> int:
     """The fewest segments a "best" file of n_bytes is cut into (block_bytes = M1's context block):
     PARALLEL_SEGMENTS of at least a context block (a short file still decodes in parallel rows), or
-    FULL_STEP_SEGMENTS of at least LONG_SEGMENT_BYTES (and a block) where the input has that many: an
-    M1 step of 32 rows costs 1.2x one of 24 and 2.3x one of 8 (m1-3m, RESULTS.md), so more rows per
-    step is what makes decoding fast, and at >= 1 KB a segment's fixed cost stays under 1%."""
+    FULL_STEP_SEGMENTS of at least LONG_SEGMENT_BYTES (and a block) where the input has that many.
+    An M1 step costs about as much for 8 rows as for 24, and far less per row at 48 or 64, so rows
+    per step is what makes decoding fast; the price is a few bytes per segment (the trade, measured:
+    RESULTS.md, "Decompression speed")."""
     return max(min(PARALLEL_SEGMENTS, n_bytes // block_bytes),
                min(FULL_STEP_SEGMENTS, n_bytes // max(block_bytes, LONG_SEGMENT_BYTES)))
 
@@ -127,9 +132,8 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
 
     Segments: cfg.segment_bytes each, unless that gives fewer than `parallel_segments`; then that
     many equal ones (never shorter than a context block: M1's context restarts every block_bytes
-    anyway, so a shorter segment only adds a stream end and a 4-byte length). Batch: the segments,
-    rounded up to BATCH_MULTIPLE, at most cfg.m1_batch. Decoding steps M1 ceil(segments / batch) *
-    segment_bytes times; encoding, about as many.
+    anyway, so a shorter segment only adds a stream end and a 4-byte length). Batch: `rows_for` the
+    segments. Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
     """
     n_segments = -(-n_bytes // cfg.segment_bytes)
     segment_bytes = cfg.segment_bytes
@@ -137,8 +141,14 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
     if n_segments < wanted:
         segment_bytes = -(-n_bytes // wanted)
         n_segments = -(-n_bytes // segment_bytes)
-    batch = min(cfg.m1_batch, max(BATCH_MULTIPLE, -(-n_segments // BATCH_MULTIPLE) * BATCH_MULTIPLE))
-    return segment_bytes, batch
+    return segment_bytes, rows_for(n_segments, cfg)
+
+
+def rows_for(n_segments: int, cfg: CompressConfig) -> int:
+    """The M1 batch of a file of n_segments segments (either mode: a segment is one sequential chain
+    of M1 steps, so it needs one row): n_segments rounded up to BATCH_MULTIPLE, at most cfg.m1_batch.
+    An idle row costs about as much as a busy one."""
+    return min(cfg.m1_batch, max(BATCH_MULTIPLE, -(-n_segments // BATCH_MULTIPLE) * BATCH_MULTIPLE))
 
 
 def segments(data: bytes, segment_bytes: int) -> list[bytes]:

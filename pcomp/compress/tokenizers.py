@@ -5,7 +5,8 @@ registers them; `load_tokenizer` finds them without naming this package through 
 entry points (setup.cfg) or the module recorded in a saved tokenizer.json:
   gzip        raw DEFLATE (zlib level 9, no header) of each document, chunked into N-bit tokens
   static_ac   arithmetic coding under a unigram byte model fitted on training text
-  arith       arithmetic coding under M1, no windows (the paper's "ArithmeticCoding")
+  ac          arithmetic coding under M1, no windows (the paper's "ArithmeticCoding"; saved by
+              pcomp <= 0.1 as kind "arith", which still loads)
   equal_info  Equal-Info Windows of b bits under M1 (the paper's "EqualInfoAC[b, v]")
 None has BOS/EOS: a document's tokens end where its compressed stream ends.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from pcomp.compress import arith, plain_ac
+from pcomp.compress import arith, incremental, plain_ac
 from pcomp.compress.m1 import BYTES, BYTES_EOS, M1
 from pcomp.compress.packing import bits_to_tokens, codes_to_tokens, tokens_to_bits, tokens_to_codes
 from pcomp.compress.quantize import cumulative, quantize_probs
@@ -65,6 +66,12 @@ class GZipTokenizer(_CompressedTokenizer):
         if not d.eof:
             raise DataError("gzip tokens end before the DEFLATE stream does")
         return out
+
+    def prompt_ids(self, prompt: bytes) -> np.ndarray:
+        return incremental.gzip_prompt_tokens(bytes(prompt), self.token_bits)
+
+    def token_decoder(self, on_warning=None) -> incremental.GZipStreamDecoder:
+        return incremental.GZipStreamDecoder(self.token_bits, on_warning)
 
     def to_config(self) -> dict:
         return {"kind": "gzip", "token_bits": self.token_bits}
@@ -123,6 +130,13 @@ class StaticACTokenizer(_CompressedTokenizer):
         if not ok:
             raise DataError("static_ac tokens do not end with an end-of-document symbol")
         return out.astype(np.uint8).tobytes()
+
+    def prompt_ids(self, prompt: bytes) -> np.ndarray:
+        sym = np.frombuffer(bytes(prompt), np.uint8).astype(np.int64)
+        return incremental.ac_prompt_tokens(self._cum[sym], self._cum[sym + 1], self.precision, self.token_bits)
+
+    def token_decoder(self, on_warning=None) -> incremental.ArithStreamDecoder:
+        return incremental.ArithStreamDecoder(incremental.StaticTables(self._cum), self.token_bits, self.precision)
 
     def to_config(self) -> dict:
         return {"kind": "static_ac", "token_bits": self.token_bits, "precision": self.precision,
@@ -216,11 +230,11 @@ class _M1Tokenizer(_CompressedTokenizer):
                 "context": self._context or self.m1.context}
 
 
-@register_tokenizer("arith")
+@register_tokenizer("ac")
 class ArithmeticCodingTokenizer(_M1Tokenizer):
     """Plain arithmetic coding under M1 (no windows): one stream per document, ended by EOS."""
 
-    name = "arith"
+    name = "ac"
     symbols = BYTES_EOS
 
     def encode_batch(self, docs) -> list[np.ndarray]:
@@ -230,14 +244,24 @@ class ArithmeticCodingTokenizer(_M1Tokenizer):
         bits = tokens_to_bits(ids, self.token_bits)
         return plain_ac.decode_docs(self.m1, [bits], max_bytes=plain_ac.max_symbols(len(bits), self.m1))[0]
 
+    def prompt_ids(self, prompt: bytes) -> np.ndarray:
+        lo, hi = plain_ac.symbol_intervals(self.m1, [bytes(prompt)])[0]
+        return incremental.ac_prompt_tokens(lo[:-1], hi[:-1], self.m1.precision, self.token_bits)  # no EOS
+
+    def token_decoder(self, on_warning=None) -> incremental.ArithStreamDecoder:
+        return incremental.ArithStreamDecoder(incremental.M1Tables(self.m1), self.token_bits, self.m1.precision)
+
     def to_config(self) -> dict:
-        return {"kind": "arith", **self._m1_config()}
+        return {"kind": "ac", **self._m1_config()}
 
     @classmethod
     def from_config(cls, config, directory=None):
         return cls(config["m1_path"], config["token_bits"], precision=config["precision"], batch=config["batch"],
                    load_from=_m1_location(config, directory),
                    fingerprint=config["fingerprint"], context=config.get("context", 0))
+
+
+register_tokenizer("arith")(ArithmeticCodingTokenizer)  # its kind's name until 0.1: saved ones still load
 
 
 @register_tokenizer("equal_info")
@@ -260,6 +284,15 @@ class EqualInfoTokenizer(_M1Tokenizer):
     def decode(self, ids) -> bytes:
         codes = tokens_to_codes(ids, self.window_bits, self.token_bits)
         return decode_windows(self.m1, codes, self.window_bits)[0]
+
+    def prompt_ids(self, prompt: bytes) -> np.ndarray:
+        """Whole windows, the last one closed by the end of the prompt (as a document's last window
+        is by the document's end): nothing of the prompt is dropped, and M2 continues at a window
+        boundary."""
+        return np.asarray(self.encode(bytes(prompt)), np.int32)
+
+    def token_decoder(self, on_warning=None) -> incremental.WindowDecoder:
+        return incremental.WindowDecoder(self.m1, self.window_bits, self.token_bits, on_warning)
 
     def to_config(self) -> dict:
         return {"kind": "equal_info", "window_bits": self.window_bits, "window_rule": WINDOW_RULE,

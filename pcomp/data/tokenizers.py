@@ -85,6 +85,18 @@ class Tokenizer(abc.ABC):
     def _save_files(self, directory) -> None:
         """Hook for subclasses with model files; called by save before tokenizer.json."""
 
+    # --- generation: what differs between kinds (how a prompt begins a document, how ids decode)
+    def prompt_ids(self, prompt: bytes) -> np.ndarray:
+        """int32 ids that begin a document with `prompt`: BOS (when there is one), then its tokens."""
+        ids = np.asarray(self.encode(prompt), np.int32)
+        return ids if self.bos_id is None else np.concatenate([[self.bos_id], ids]).astype(np.int32)
+
+    def token_decoder(self, on_warning: Callable[[str], None] | None = None) -> "TokenDecoder | None":
+        """An incremental decoder of sampled ids (`TokenDecoder`); what is not text goes to
+        `on_warning`. None (this default) when a prefix of the ids may decode otherwise than the whole
+        (SentencePiece): the sampled ids are then decoded once, at the end."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
 
@@ -135,12 +147,41 @@ class ByteTokenizer(Tokenizer):
             ids_i64 = ids_i64[ids_i64 < 256]
         return ids_i64.astype(np.uint8).tobytes()
 
+    def token_decoder(self, on_warning=None) -> "_PerIdDecoder":
+        """Every id decodes alone (`decode([id])`; BOS/EOS to nothing)."""
+        return _PerIdDecoder(self)
+
     def to_config(self) -> dict:
         return {"kind": "bytes", "specials": self.specials}
 
     @classmethod
     def from_config(cls, config: dict, directory=None) -> "ByteTokenizer":
         return cls(specials=config.get("specials", True))
+
+
+class TokenDecoder(abc.ABC):
+    """What `Tokenizer.token_decoder` returns: sampled ids in, the bytes they determine out."""
+
+    done = False  # the document has ended: nothing more decodes
+    tokens_per_unit = 1  # ids that decode together (an Equal-Info window's b / N)
+
+    @abc.abstractmethod
+    def feed(self, token: int) -> bytes:
+        """The bytes that this id, with those before it, newly determines."""
+
+    def prompt(self, ids) -> bytes:
+        """Feed a prompt's ids (`Tokenizer.prompt_ids`); returns what they decode to."""
+        return b"".join(self.feed(t) for t in ids)
+
+
+class _PerIdDecoder(TokenDecoder):
+    """`Tokenizer.token_decoder` of a tokenizer whose ids decode one at a time."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok = tok
+
+    def feed(self, token: int) -> bytes:
+        return self.tok.decode([token])
 
 
 # ---------------------------------------------------------------------------

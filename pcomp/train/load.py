@@ -21,6 +21,9 @@ from pcomp.train.step import build_program
 
 @dataclasses.dataclass
 class TrainedModel:
+    """A run's checkpoint loaded for use (evaluation, generation, an M1): config, tokenizer, model
+    definition and parameters at `step`, from `workdir` (`load_trained`)."""
+
     cfg: Config
     tokenizer: Tokenizer
     graphdef: nnx.GraphDef

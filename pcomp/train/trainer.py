@@ -44,7 +44,14 @@ def is_main() -> bool:
 # --- run set-up ----------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class StageProgram:
-    """One stage's program and its train step, compiled ahead of time for the stage's batch shape."""
+    """One stage's program and its train step, compiled ahead of time for the stage's batch shape.
+
+    The run nouns: `RunContext` = a run as set up (config, directory, mesh, data, stages) before any
+    step; `StageProgram` = one stage of it compiled; `_Run` = one call of `train` executing them;
+    `TrainResult` = what that call returns; `pcomp.train.load.TrainedModel` = a finished run's
+    checkpoint loaded for use (eval, generation, M1). Below them, `pcomp.train.step.TrainProgram`
+    (a stage's jitted functions) and `CompiledStep` (its step for one batch shape); `RunData`
+    (`pcomp.data.run_data`) is a run's batches."""
 
     program: TrainProgram
     step: CompiledStep
@@ -52,6 +59,8 @@ class StageProgram:
 
 @dataclasses.dataclass
 class RunContext:
+    """A run as set up, before its first step: what `train` executes and `pcomp compile` compiles."""
+
     cfg: Config  # with model.vocab_size set from the data
     workdir: Path
     mesh: Mesh
