@@ -189,7 +189,7 @@ def test_output_helper(tmp_path):
 def test_generate_prints_each_token_as_it_is_sampled(m1_run, capsys, monkeypatch):
     """`pcomp generate` of a byte-level model writes the text as tokens are sampled (a Ctrl-C keeps what was
     printed), and the whole output is byte for byte what decoding all tokens at the end gives."""
-    import pcomp.models.generate as gen
+    import pcomp.compress.generate as gen  # the generation loop, which calls the sampler by this name
     from pcomp.train.load import load_trained
 
     real, seen = gen.generate, []
