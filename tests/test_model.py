@@ -235,6 +235,29 @@ def test_decode_step_matches_forward_gqa_sharp_attention():
     _check_decode_matches_forward(model, lags=[5, 0, 2], t_len=20)
 
 
+def test_decode_step_with_blocks_sliced_once_equals_slicing_in_the_step():
+    """M1 passes `unstacked_blocks()` made once, outside jit; generation lets decode_step slice the
+    stacked parameters inside the step. Same logits and caches, bit for bit, over a few steps."""
+    model = _random_model(dataclasses.replace(TINY, n_kv_heads=2), std=0.2, seed=6)
+    blocks = model.unstacked_blocks()
+    assert len(blocks) == TINY.n_layers
+    stacked = jax.tree.leaves(nnx.state(model.blocks))
+    for i, block in enumerate(blocks):  # each block holds its layer's slice of the stack
+        assert all(np.array_equal(np.asarray(a), np.asarray(s[i])) for a, s in zip(jax.tree.leaves(nnx.state(block)),
+                                                                                    stacked))
+    given = nnx.jit(lambda m, bl, tokens, positions, cache: m.decode_step(tokens, positions, cache, bl))
+    rng = np.random.default_rng(7)
+    cache_a = cache_b = model.init_cache(3, 16)
+    for step in range(6):
+        tokens = jnp.asarray(rng.integers(0, TINY.vocab_size, 3), jnp.int32)
+        positions = jnp.asarray([step, step + 2, 9 - step], jnp.int32)
+        logits_a, cache_a = _decode(model, tokens, positions, cache_a)
+        logits_b, cache_b = given(model, blocks, tokens, positions, cache_b)
+        assert np.array_equal(np.asarray(logits_a), np.asarray(logits_b))
+        assert all(np.array_equal(np.asarray(x), np.asarray(y))
+                   for x, y in zip(jax.tree.leaves(cache_a), jax.tree.leaves(cache_b)))
+
+
 def test_embedding_override_equals_token_path(tiny):
     tokens = jnp.asarray(np.random.default_rng(5).integers(0, TINY.vocab_size, size=(3, 20)), jnp.int32)
 
