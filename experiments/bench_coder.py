@@ -9,7 +9,7 @@ numba compilation is excluded; MB/s from wall-clock time, and in "cpu" columns f
 time (closer to the unloaded figure when other jobs share the cores; the load average is printed).
 Overhead = (coded bits - ideal bits) / ideal bits.
 
-Usage: python experiments/bench_coder.py [--data PATH] [--n-tables N] [--precision P] [--repeats R]
+Usage: python -m experiments.bench_coder [--data PATH] [--n-tables N] [--precision P] [--repeats R]
 Without the data file, 1 MB of random bytes from a Zipf(1.3) distribution is used instead.
 
 M1-driven files (issue #27), `--m1 PRESET|RUN_DIR[,...]`: `pcomp.compress.codec.compress` / `decompress`

@@ -10,9 +10,9 @@ XLA's memory accounting of one device (`compiled.memory_analysis()`: arguments, 
 - depth: a fixed width (the 25m model's) at 4, 8, 16 and 32 layers, where the layer loop's compile
   time grew with depth and `nnx.scan`'s stays flat.
 
-    python experiments/bench_compile.py                                  # both sweeps, 8 CPU devices
-    python experiments/bench_compile.py --presets test-tiny --depths ""  # one tiny configuration
-    python experiments/bench_compile.py --remat full --json out.json
+    python -m experiments.bench_compile                                  # both sweeps, 8 CPU devices
+    python -m experiments.bench_compile --presets test-tiny --depths ""  # one tiny configuration
+    python -m experiments.bench_compile --remat full --json out.json
 
 The script lowers through `TrainProgram.lower_step` (the trainer's own path).
 Compile times depend on the machine and on its load: time on an otherwise idle machine.

@@ -30,9 +30,9 @@ tokenization: the median of the trainer's perf/tokens_per_s over the logged step
 (which includes compilation). Without `--m1`, the M1-driven kinds use an m1-3m trained for one step
 here (speed per M1 step is a trained one's; bytes per window is not).
 
-    python experiments/bench_equal_info.py                      # 200 KB, b in {16, 32}, B in {64, 256, 1024}
-    python experiments/bench_equal_info.py --m1 results/compression_table/m1 --bytes 100000
-    python experiments/bench_equal_info.py --prepare equal_info,ac,gzip,static_ac,bytes --prepare-bytes 50000 \
+    python -m experiments.bench_equal_info                      # 200 KB, b in {16, 32}, B in {64, 256, 1024}
+    python -m experiments.bench_equal_info --m1 results/compression_table/m1 --bytes 100000
+    python -m experiments.bench_equal_info --prepare equal_info,ac,gzip,static_ac,bytes --prepare-bytes 50000 \
         --no-round-trips --no-profile                          # prepare bytes/s and M2 tokens/s only
 """
 
@@ -49,7 +49,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pcomp.report import add_data_arg, markdown_table, min_median, write_json
+from experiments.harness import add_data_arg, markdown_table, min_median, write_json
 
 from pcomp.compress import windows
 from pcomp.compress.m1 import M1, StepTimer, window_context
@@ -196,7 +196,7 @@ def prepare_m1(args, out: Path) -> str:
     if args.m1:
         return args.m1
     from pcomp.config import Config
-    from pcomp.report import train_to_end
+    from experiments.harness import train_to_end
 
     run = out / "m1-1step"
     if not (run / "summary.json").is_file():
@@ -230,7 +230,7 @@ def time_prepare(args, kind: str, source: str, n_bytes: int, m1_path: str | None
 def time_m2(args, dataset: str, out: Path) -> float | None:
     """Median trainer tokens/s of --m2-steps steps of a --m2-preset M2 on a prepared dataset."""
     from pcomp.config import Config
-    from pcomp.report import train_to_end
+    from experiments.harness import train_to_end
 
     run = Path(out) / f"m2-{Path(dataset).name}"
     shutil.rmtree(run, ignore_errors=True)

@@ -6,8 +6,8 @@ Steps are built with `pcomp.train.step.build_program` on a one-device mesh, warm
 excluded), then timed interleaved (the order rotates every round) and repeated; min and median
 per-step times are reported.
 
-    python experiments/bench_patch.py                       # demo model, K in {2, 4, 8}
-    python experiments/bench_patch.py --model 25m --batch 4 --seq-len 256
+    python -m experiments.bench_patch                       # demo model, K in {2, 4, 8}
+    python -m experiments.bench_patch --model 25m --batch 4 --seq-len 256
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pcomp.config import Config, MeshConfig
 from pcomp.presets import MODEL_PRESETS, RUN_PRESETS
 from pcomp.models.sharding import batch_sharding, make_mesh
 from pcomp.models.transformer import count_params
-from pcomp.report import markdown_table, min_median, write_json
+from experiments.harness import markdown_table, min_median, write_json
 from pcomp.train.step import build_program
 
 

@@ -5,8 +5,8 @@ device's dense-matmul rate: the vendor peak on TPU/GPU, the measured float32 mat
 (the practical limit there). Compile time is excluded; the best of `--repeats` timed steps is
 reported together with the median.
 
-    python experiments/bench_train.py                       # demo, m1-3m, 25m on this machine
-    python experiments/bench_train.py --models 125m --batch 8 --seq 1024
+    python -m experiments.bench_train                       # demo, m1-3m, 25m on this machine
+    python -m experiments.bench_train --models 125m --batch 8 --seq 1024
 """
 
 from __future__ import annotations

@@ -16,10 +16,10 @@ in two processes measure each alone. Time only on an otherwise idle machine: tor
 busy-waits, and on oversubscribed cores (another job running) its eager step slows by more than an
 order of magnitude at 2 threads, while a 1-thread run does not.
 
-    python experiments/bench_vs_torch.py                                   # demo .. 125m, K = 1 and 4
-    python experiments/bench_vs_torch.py --sizes demo --steps 2 --repeats 1 --warmup 1 --batch 2 --seq-len 64
-    python experiments/bench_vs_torch.py --device cuda                     # GPU: torch on CUDA, JAX default
-    python experiments/bench_vs_torch.py --sizes demo --threads 1 --profile /tmp/prof   # + where the time goes
+    python -m experiments.bench_vs_torch                                   # demo .. 125m, K = 1 and 4
+    python -m experiments.bench_vs_torch --sizes demo --steps 2 --repeats 1 --warmup 1 --batch 2 --seq-len 64
+    python -m experiments.bench_vs_torch --device cuda                     # GPU: torch on CUDA, JAX default
+    python -m experiments.bench_vs_torch --sizes demo --threads 1 --profile /tmp/prof   # + where the time goes
 
 `--profile DIR` then traces `--profile-steps` more steps of each framework (jax.profiler; torch.profiler,
 with inductor's C++ kernels named) into DIR/SIZE_KK/ and prints, per (size, K), milliseconds per step in
@@ -398,7 +398,7 @@ def main(argv=None) -> None:
     from pcomp.config import Config
     from pcomp.presets import MODEL_PRESETS
     from pcomp.models.transformer import count_params
-    from pcomp.report import markdown_table, write_json
+    from experiments.harness import markdown_table, write_json
 
     frameworks = set(args.frameworks.split(","))
     unknown = frameworks - {"pcomp", "torch", "torch.compile"}

@@ -10,8 +10,8 @@ own training source (its config's data.source) is marked "seen by M1": only the 
 Default files: every regular file of ../shared/data except README.md (the Canterbury-corpus
 texts, tinyshakespeare, ...); they may not exist (the script then says so and stops).
 
-    python experiments/best_vs_xz.py --m1 runs/m1                         # ../shared/data/*
-    python experiments/best_vs_xz.py --m1 runs/m1 --files a.txt b.txt --max-bytes 20000
+    python -m experiments.best_vs_xz --m1 runs/m1                         # ../shared/data/*
+    python -m experiments.best_vs_xz --m1 runs/m1 --files a.txt b.txt --max-bytes 20000
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from pcomp.report import markdown_table, write_json
+from experiments.harness import markdown_table, write_json
 
 from pcomp.compress import codec, fileformat
 from pcomp.config import CompressConfig

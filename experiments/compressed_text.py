@@ -15,9 +15,9 @@ One command:
 Resumable: a method whose result.json exists (with the same config) is not trained again; a dataset is
 prepared just before its first M2 run, so rows finish in `methods()` order.
 
-    python experiments/compressed_text.py --preset smoke --out /tmp/ct     # minutes: proves the pipeline
-    python experiments/compressed_text.py                                  # CPU study (not yet timed)
-    python experiments/compressed_text.py --preset tpu --data tfds:c4 --out results/ct_tpu
+    python -m experiments.compressed_text --preset smoke --out /tmp/ct     # minutes: proves the pipeline
+    python -m experiments.compressed_text                                  # CPU study (not yet timed)
+    python -m experiments.compressed_text --preset tpu --data tfds:c4 --out results/ct_tpu
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from pcomp.train.evaluation import account_prepared
 from pcomp.config import CompressConfig, Config
 from pcomp.data.prepared import PreparedDataset
 from pcomp.patching import relative_cost
-from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json
+from experiments.harness import (add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json,
+                                 write_section)
 from pcomp.train.load import load_trained
 from pcomp.train.metrics import flops_per_position
 
@@ -186,20 +187,6 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
     return save_png(fig, path)
 
 
-BEGIN, END = "<!-- compressed_text:begin -->", "<!-- compressed_text:end -->"
-
-
-def write_section(path: Path, text: str) -> None:
-    """Replace the marked section of `path` with `text` (appended, with its markers, if absent)."""
-    old = path.read_text() if path.exists() else ""
-    block = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old and END in old:
-        new = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, old, flags=re.S)
-    else:
-        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
-    path.write_text(new)
-
-
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arg(p)
@@ -247,7 +234,7 @@ def write_results(results: dict[str, list[dict]], n_methods: int, preset: dict, 
     write_json(out / "results.json", {"preset": args.preset, "data": args.data, "runs": flat})
     png = plot(flat, out / "bpb_vs_flops_per_byte.png", f"M2 over compressed text ({args.preset})")
     if args.results_md:
-        write_section(Path(args.results_md), text + f"\n\n![bits/byte vs FLOPs/byte]({png})")
+        write_section(args.results_md, "compressed_text", text + f"\n\n![bits/byte vs FLOPs/byte]({png})")
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {png}", flush=True)
 
 

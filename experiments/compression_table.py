@@ -18,8 +18,8 @@ windows (`plain_ac.ideal_bits`) and M1's held-out cross-entropy (`pcomp.train.ev
 `pcomp compress --mode best` (the whole file format over the held-out text) gets a row with its
 ratio to xz -9e; `experiments/best_vs_xz.py` does that for whole files (../shared/data).
 
-    python experiments/compression_table.py                                   # embedded corpus, trains M1
-    python experiments/compression_table.py --data ../shared/data/tinyshakespeare.txt --m1 runs/m1
+    python -m experiments.compression_table                                   # embedded corpus, trains M1
+    python -m experiments.compression_table --data ../shared/data/tinyshakespeare.txt --m1 runs/m1
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, write_json
+from experiments.harness import add_data_arg, markdown_table, pyplot, save_png, write_json
 
 from pcomp.compress import arith, codec, plain_ac
 from pcomp.compress.packing import bits_to_tokens, codes_to_tokens
@@ -90,7 +90,7 @@ def get_m1(args) -> tuple[str, dict]:
         info = {"m1_source": "given", "m1_train_s": None}
     else:
         from pcomp.config import Config
-        from pcomp.report import train_to_end
+        from experiments.harness import train_to_end
 
         run = Path(args.out) / "m1"
         cfg = Config.preset("m1-3m").override(

@@ -39,7 +39,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -47,7 +46,7 @@ import traceback
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from pcomp.report import markdown_table, pyplot, save_png, train_to_end, write_json
+from experiments.harness import markdown_table, pyplot, save_png, train_to_end, write_json, write_section
 from pcomp.config import Config
 from pcomp.data.sources import load_documents, split_documents
 from pcomp.errors import DataError
@@ -619,19 +618,6 @@ def report_png(done: dict[str, dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
-RESULTS_BEGIN, RESULTS_END = "<!-- patch_scaling:begin -->", "<!-- patch_scaling:end -->"
-
-
-def fill_results(results_md: Path, text: str) -> bool:
-    """Replace the text between the RESULTS.md markers; False when the markers are missing."""
-    doc = results_md.read_text()
-    pattern = re.compile(re.escape(RESULTS_BEGIN) + ".*?" + re.escape(RESULTS_END), re.S)
-    if not pattern.search(doc):
-        return False
-    results_md.write_text(pattern.sub(lambda _: f"{RESULTS_BEGIN}\n{text}\n{RESULTS_END}", doc))
-    return True
-
-
 # --- main ----------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -664,8 +650,8 @@ def main(argv=None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(text + "\n")
         png = report_png(done, out / "gap_vs_dn.png")
-        filled = args.preset == "cpu" and args.out == p.get_default("out") and fill_results(
-            Path("RESULTS.md"), text + f"\n\n![gap vs D/N]({png.as_posix()})")
+        filled = args.preset == "cpu" and args.out == p.get_default("out") and write_section(
+            "RESULTS.md", "patch_scaling", text + f"\n\n![gap vs D/N]({png.as_posix()})", append=False)
         print(text + f"\n\nwrote {out / 'report.md'}, {png}" + (", RESULTS.md section" if filled else ""))
         return
 

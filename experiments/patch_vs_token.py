@@ -12,9 +12,9 @@ bits/byte), writes it as results.md / results.json, and plots held-out bits/byte
 FLOPs for all runs (bpb_vs_flops.png). A finished run whose config is unchanged is reused; --fresh
 reruns everything.
 
-    python experiments/patch_vs_token.py                                   # CPU, ~30 min on 2 cores
-    python experiments/patch_vs_token.py --data ../shared/data/tinyshakespeare.txt
-    python experiments/patch_vs_token.py --preset tpu --data tfds:... --out results/pvt_tpu
+    python -m experiments.patch_vs_token                                   # CPU, ~30 min on 2 cores
+    python -m experiments.patch_vs_token --data ../shared/data/tinyshakespeare.txt
+    python -m experiments.patch_vs_token --preset tpu --data tfds:... --out results/pvt_tpu
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from pcomp.config import Config
-from pcomp.report import add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json
+from experiments.harness import add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json
 
 # Model / data / schedule per preset. `tokens` is the token budget D of the baseline (a).
 PRESETS = {

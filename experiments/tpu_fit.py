@@ -11,10 +11,10 @@ Rows run one at a time, cheapest first, each saved as results/tpu_fit/ROW.json a
 rerunning skips rows whose JSON exists, so the table fills in over sittings (one 125m compile took
 ~8 minutes of one core). `--report` prints the markdown table from the JSONs only.
 
-    nice -n 19 python experiments/tpu_fit.py              # every missing row, in order
-    python experiments/tpu_fit.py --rows 125m-k4,125m-oom  # some rows
-    python experiments/tpu_fit.py --list                   # the rows, done or not
-    python experiments/tpu_fit.py --report [--write]       # the RESULTS.md table (--write: put it there)
+    nice -n 19 python -m experiments.tpu_fit              # every missing row, in order
+    python -m experiments.tpu_fit --rows 125m-k4,125m-oom  # some rows
+    python -m experiments.tpu_fit --list                   # the rows, done or not
+    python -m experiments.tpu_fit --report [--write]       # the RESULTS.md table (--write: put it there)
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def report(rows=ROWS) -> str:
     if missing:
         lines.append("")
         lines.append("Rows still to compile: " + ", ".join(missing)
-                     + " (`nice -n 19 python experiments/tpu_fit.py`).")
+                     + " (`nice -n 19 python -m experiments.tpu_fit`).")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 
 from experiments import patch_scaling as ps
-from pcomp.report import write_json
+from experiments.harness import write_json
 from pcomp.data.sources import load_documents
 from pcomp.errors import DataError
 
@@ -226,16 +226,6 @@ def test_finished_reads_the_committed_jsons(tmp_path):
     assert list(done) == [run.name] and done[run.name]["bpb"] == 2.5
     assert run.name not in {r.name for r in ps.pending_runs(ps.PRESETS["cpu"], done, TOKENS)}
     assert ps.finished(tmp_path / "nothing") == {}
-
-
-def test_fill_results_replaces_only_the_marked_section(tmp_path):
-    md = tmp_path / "RESULTS.md"
-    md.write_text(f"before\n{ps.RESULTS_BEGIN}\nold\n{ps.RESULTS_END}\nafter\n")
-    assert ps.fill_results(md, "new $1 \\1 table")
-    assert md.read_text() == f"before\n{ps.RESULTS_BEGIN}\nnew $1 \\1 table\n{ps.RESULTS_END}\nafter\n"
-    other = tmp_path / "other.md"
-    other.write_text("no markers\n")
-    assert not ps.fill_results(other, "x") and other.read_text() == "no markers\n"
 
 
 def test_run_overrides_make_a_valid_config_with_the_planned_budget(tmp_path):

@@ -1,12 +1,14 @@
-"""Helpers for the experiment scripts: `--data`, training a run to its end, timing summaries, markdown
-tables, JSON and PNG.
+"""The experiment scripts' shared harness: `--data`, training a run to its end, timing summaries,
+markdown tables, JSON, PNG, and the marked sections they write into RESULTS.md.
 
-Top layer (beside cli/demo): nothing in the library imports it."""
+Part of experiments/, not of the library: nothing in pcomp imports it. Run the scripts from the
+repository root as modules (`python -m experiments.NAME`) or with PYTHONPATH=. ."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -77,3 +79,21 @@ def save_png(fig, path: str | Path, dpi: int = 130) -> Path:
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+def write_section(path: str | Path, name: str, text: str, *, append: bool = True) -> bool:
+    """Replace the text between `<!-- name:begin -->` and `<!-- name:end -->` in `path` with `text`.
+    Without the markers: append them with the text (append=True), or change nothing and return False."""
+    path = Path(path)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    old = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    if pattern.search(old):
+        new = pattern.sub(lambda _: block, old)
+    elif append:
+        new = old.rstrip("\n") + ("\n\n" if old else "") + block + "\n"
+    else:
+        return False
+    path.write_text(new)
+    return True

@@ -1,9 +1,9 @@
-"""pcomp.report helpers the experiment scripts rely on."""
+"""experiments/harness.py: what the experiment scripts rely on."""
 
 import pytest
 
 import pcomp.train.trainer as trainer
-from pcomp.report import train_to_end
+from experiments.harness import train_to_end, write_section
 from pcomp.train.trainer import TrainResult
 
 
@@ -29,3 +29,15 @@ def test_a_run_stopped_at_a_step_is_not_finished(monkeypatch):
     with pytest.raises(SystemExit) as e:
         train_to_end(object())
     assert e.value.code == 0
+
+
+def test_write_section_replaces_only_its_marked_text(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# R\n\n<!-- a:begin -->\nold a\n<!-- a:end -->\n\nkept\n<!-- b:begin -->\nold b\n<!-- b:end -->\n")
+    assert write_section(path, "a", "new a $1 \\1\nline 2")  # (patch_scaling and compressed_text write theirs)
+    assert path.read_text() == ("# R\n\n<!-- a:begin -->\nnew a $1 \\1\nline 2\n<!-- a:end -->\n\nkept\n"
+                                "<!-- b:begin -->\nold b\n<!-- b:end -->\n")
+    before = path.read_text()
+    assert not write_section(path, "c", "x", append=False) and path.read_text() == before  # no markers: untouched
+    assert write_section(path, "c", "x\\1 $ \\g<0>")  # appended; the text is not a regex template
+    assert path.read_text() == before + "\n<!-- c:begin -->\nx\\1 $ \\g<0>\n<!-- c:end -->\n"
