@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from experiments.bench_vs_torch import measure
+from experiments.harness import measure
 
 VARIANTS = {  # name: (XLA:CPU options, rotary tables as an input)
     "before": (False, False),

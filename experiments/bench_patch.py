@@ -13,7 +13,6 @@ per-step times are reported.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import numpy as np
@@ -22,7 +21,7 @@ from pcomp.config import Config, MeshConfig
 from pcomp.presets import MODEL_PRESETS, RUN_PRESETS
 from pcomp.models.sharding import batch_sharding, make_mesh
 from pcomp.models.transformer import count_params
-from experiments.harness import markdown_table, min_median, write_json
+from experiments.harness import interleaved_times, markdown_table, min_median, write_json
 from pcomp.train.step import build_program
 
 
@@ -48,22 +47,18 @@ def batches(mesh, b: int, t: int, patch_sizes: list[int], vocab: int, seed: int 
 
 
 def measure(mesh, state, fns: dict, data: dict, steps: int, repeats: int, warmup: int = 2):
-    """{K: [seconds per step, one per repeat]}; configurations interleaved, order rotated per round."""
-    keys = list(fns)
-    times = {k: [] for k in keys}
+    """{K: [seconds per step, one per repeat]}: `experiments.harness.interleaved_times` over one
+    train state that every configuration's step advances (async dispatch: each round blocks on it)."""
+    held = {"state": state, "metrics": None}
+
+    def step(k):
+        def run():
+            held["state"], held["metrics"] = fns[k](held["state"], data[k])
+        return run
+
     with jax.set_mesh(mesh):
-        for k in keys:  # compile + warm up
-            for _ in range(warmup):
-                state, m = fns[k](state, data[k])
-            jax.block_until_ready((state, m))
-        for r in range(repeats):
-            for k in keys[r % len(keys):] + keys[: r % len(keys)]:
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    state, m = fns[k](state, data[k])
-                jax.block_until_ready((state, m))
-                times[k].append((time.perf_counter() - t0) / steps)
-    return times
+        return interleaved_times({k: step(k) for k in fns}, steps, repeats, warmup,
+                                 sync=lambda _: jax.block_until_ready((held["state"], held["metrics"])))
 
 
 def main(argv=None) -> None:

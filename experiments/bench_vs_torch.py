@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import statistics
 import time
 
 
@@ -129,23 +128,6 @@ def torch_step(cfg, patch_size: int, batch: int, seq_len: int, *, compile: bool,
             torch.cuda.synchronize()
 
     return run
-
-
-# --- measurement ---------------------------------------------------------------------------------
-def measure(runs: dict, steps: int, repeats: int, warmup: int) -> dict:
-    """{name: median seconds per step}; each callable warmed up, then rounds interleaved and rotated."""
-    names = [n for n, fn in runs.items() if fn is not None]
-    for n in names:
-        for _ in range(warmup):
-            runs[n]()
-    times = {n: [] for n in names}
-    for r in range(repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                runs[n]()
-            times[n].append((time.perf_counter() - t0) / steps)
-    return {n: statistics.median(t) for n, t in times.items()}
 
 
 # --- profiling: where each framework's step time goes ---------------------------------------------
@@ -398,7 +380,7 @@ def main(argv=None) -> None:
     from pcomp.config import Config
     from pcomp.presets import MODEL_PRESETS
     from pcomp.models.transformer import count_params
-    from experiments.harness import markdown_table, write_json
+    from experiments.harness import markdown_table, measure, write_json
 
     frameworks = set(args.frameworks.split(","))
     unknown = frameworks - {"pcomp", "torch", "torch.compile"}

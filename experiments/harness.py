@@ -10,6 +10,7 @@ import argparse
 import json
 import re
 import statistics
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,6 +38,37 @@ def min_median(times: Sequence[float]) -> tuple[float, float]:
 
 
 Column = tuple[str, str, Callable[[Any], str] | str]  # (key, header, format spec or function)
+
+
+def interleaved_times(runs: dict[str, Callable[[], Any]], steps: int, repeats: int, warmup: int = 1,
+                      sync: Callable[[str], Any] | None = None) -> dict[str, list[float]]:
+    """{name: [seconds per step, one per round]} of each callable (one step per call; None = skipped).
+
+    The one timing loop of the benchmarks: each callable is warmed up (compiled) first, then `repeats`
+    rounds of `steps` calls each, the order rotated every round so that machine drift hits all alike.
+    `sync(name)`, when given, runs after a round's calls and inside its timing (async dispatch:
+    block on the round's last result)."""
+    names = [n for n, fn in runs.items() if fn is not None]
+    for n in names:
+        for _ in range(warmup):
+            runs[n]()
+        if sync is not None:
+            sync(n)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                runs[n]()
+            if sync is not None:
+                sync(n)
+            times[n].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def measure(runs: dict[str, Callable[[], Any]], steps: int, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """{name: median seconds per step} over `interleaved_times` rounds (synchronous callables)."""
+    return {n: statistics.median(t) for n, t in interleaved_times(runs, steps, repeats, warmup).items()}
 
 
 def _fmt(value: Any, fmt: Callable[[Any], str] | str) -> str:

@@ -3,7 +3,7 @@
 import pytest
 
 import pcomp.train.trainer as trainer
-from experiments.harness import train_to_end, write_section
+from experiments.harness import interleaved_times, measure, train_to_end, write_section
 from pcomp.train.trainer import TrainResult
 
 
@@ -41,3 +41,16 @@ def test_write_section_replaces_only_its_marked_text(tmp_path):
     assert not write_section(path, "c", "x", append=False) and path.read_text() == before  # no markers: untouched
     assert write_section(path, "c", "x\\1 $ \\g<0>")  # appended; the text is not a regex template
     assert path.read_text() == before + "\n<!-- c:begin -->\nx\\1 $ \\g<0>\n<!-- c:end -->\n"
+
+
+def test_interleaved_times_warm_up_then_rotate_the_order_every_round():
+    calls = []
+    runs = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b"), "off": None, "c": lambda: calls.append("c")}
+    synced = []
+    times = interleaved_times(runs, steps=2, repeats=3, warmup=1, sync=lambda n: synced.append(n))
+    # warm-up once each; then rounds a b c / b c a / c a b, two calls per name per round
+    assert calls == ["a", "b", "c"] + ["a", "a", "b", "b", "c", "c"] + ["b", "b", "c", "c", "a", "a"] + [
+        "c", "c", "a", "a", "b", "b"]
+    assert synced == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]  # after each warm-up and round
+    assert set(times) == {"a", "b", "c"} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
+    assert set(measure(runs, steps=1, repeats=3)) == {"a", "b", "c"}
