@@ -195,15 +195,9 @@ def prepare_m1(args, out: Path) -> str:
     """--m1, or an m1-3m trained one step here (cached in out/m1-1step)."""
     if args.m1:
         return args.m1
-    from pcomp.config import Config
-    from experiments.harness import train_to_end
+    from experiments.harness import train_m1
 
-    run = out / "m1-1step"
-    if not (run / "summary.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        train_to_end(Config.preset("m1-3m").override(  # a stopped M1 ends the script, never used as if trained
-            f"training.workdir={run}", "training.steps=1", "training.warmup_steps=1", "training.progress=false",
-            "data.eval_max_bytes=2048"))
+    run = train_m1(out / "m1-1step", "training.steps=1", "training.warmup_steps=1", "data.eval_max_bytes=2048")
     return str(run)
 
 

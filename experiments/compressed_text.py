@@ -34,7 +34,7 @@ from pcomp.train.evaluation import account_prepared
 from pcomp.config import CompressConfig, Config
 from pcomp.data.prepared import PreparedDataset
 from pcomp.patching import relative_cost
-from experiments.harness import (add_data_arg, markdown_table, pyplot, save_png, train_to_end, write_json,
+from experiments.harness import (add_data_arg, markdown_table, pyplot, save_png, train_m1, train_to_end, write_json,
                                  write_section)
 from pcomp.train.load import load_trained
 from pcomp.train.metrics import flops_per_position
@@ -99,21 +99,6 @@ PRESETS = {
                 m2=("25m", "125m"), seq_len=512, batch=256, lr=6e-4, warmup=1000, flops=1e19, sp_vocab=32000,
                 m1_batch=1024, max_docs=0, extra=("model.dtype=bfloat16",)),
 }
-
-
-def train_m1(preset: dict, data: str, out: Path, eval_fraction: float, overrides: list[str]) -> Path:
-    workdir = out / "m1"
-    if (workdir / "summary.json").is_file():
-        print(f"M1: reusing {workdir}", flush=True)
-        return workdir
-    m1 = preset["m1"]
-    train_to_end(Config().override(
-        f"model={m1['model']}", f"data.source={data}", "data.tokenizer=bytes", "data.bos_first=true",
-        f"data.eval_fraction={eval_fraction}", f"data.seq_len={m1['seq_len']}", f"training.batch_size={m1['batch']}",
-        f"training.steps={m1['steps']}", f"training.lr={m1['lr']}",
-        f"training.warmup_steps={max(1, m1['steps'] // 20)}", "training.progress=false",
-        f"training.workdir={workdir}", *overrides))
-    return workdir
 
 
 def prepare_dataset(method: Method, preset: dict, data: str, m1: Path, out: Path, eval_fraction: float) -> Path:
@@ -202,7 +187,11 @@ def main(argv=None) -> list[dict]:
     if args.flops:
         preset["flops"] = args.flops
     chosen = methods(args.methods)
-    m1 = train_m1(preset, args.data, out, args.eval_fraction, [])
+    m = preset["m1"]
+    m1 = train_m1(out / "m1", f"model={m['model']}", f"data.source={args.data}",
+                  f"data.eval_fraction={args.eval_fraction}", f"data.seq_len={m['seq_len']}",
+                  f"training.batch_size={m['batch']}", f"training.steps={m['steps']}", f"training.lr={m['lr']}",
+                  f"training.warmup_steps={max(1, m['steps'] // 20)}")
     datasets: dict[str, Path] = {}  # prepared on first use, so the first rows finish early
     results: dict[str, list[dict]] = {model: [] for model in preset["m2"]}
     for model in preset["m2"]:

@@ -89,18 +89,13 @@ def get_m1(args) -> tuple[str, dict]:
         run = Path(args.m1)
         info = {"m1_source": "given", "m1_train_s": None}
     else:
-        from pcomp.config import Config
-        from experiments.harness import train_to_end
+        from experiments.harness import train_m1
 
         run = Path(args.out) / "m1"
-        cfg = Config.preset("m1-3m").override(
-            f"data.source={args.data}", f"training.workdir={run}", f"training.steps={args.m1_steps}",
-            f"training.warmup_steps={max(1, min(200, args.m1_steps // 10))}",
-            f"training.checkpoint_every={max(args.m1_steps // 4, 1)}", "training.keep_checkpoints=1")
-        print(f"training M1 (m1-3m, {args.m1_steps} steps of {cfg.training.batch_size} x {cfg.data.seq_len} "
-              f"bytes) in {run} ...", flush=True)
         t0 = time.perf_counter()
-        train_to_end(cfg)  # a stopped M1 ends the script: the table is never made with it
+        train_m1(run, f"data.source={args.data}", f"training.steps={args.m1_steps}",
+                 f"training.warmup_steps={max(1, min(200, args.m1_steps // 10))}",
+                 f"training.checkpoint_every={max(args.m1_steps // 4, 1)}", "training.keep_checkpoints=1")
         info = {"m1_source": "trained here", "m1_train_s": time.perf_counter() - t0}
     summary = run / "summary.json"
     if summary.is_file():

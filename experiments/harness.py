@@ -27,6 +27,26 @@ def train_to_end(cfg):
     return result
 
 
+def train_m1(workdir: str | Path, *overrides: str) -> Path:
+    """The experiments' one M1 trainer: preset m1-3m with `key=value` overrides (`model=...`,
+    `training.steps=...`, `data.source=...`), trained to its end in `workdir`, byte-level with BOS
+    first (what the coder primes M1 with). A run that finished (its summary.json) is reused as it is;
+    an unfinished one resumes from its checkpoint; a signal ends the script (`train_to_end`), so no
+    table is ever made with a stopped M1. Returns `workdir`."""
+    from pcomp.config import Config
+
+    workdir = Path(workdir)
+    if (workdir / "summary.json").is_file():
+        print(f"M1: reusing {workdir}", flush=True)
+        return workdir
+    cfg = Config.preset("m1-3m").override(*overrides, "data.tokenizer=bytes", "data.bos_first=true",
+                                          f"training.workdir={workdir}", "training.progress=false")
+    print(f"M1: training {cfg.model.name} ({cfg.training.steps} steps of {cfg.training.batch_size} x "
+          f"{cfg.data.seq_len} bytes) in {workdir} ...", flush=True)
+    train_to_end(cfg)
+    return workdir
+
+
 def add_data_arg(parser: argparse.ArgumentParser, default: str = "embedded") -> None:
     parser.add_argument("--data", default=default,
                         help="training text: 'embedded', a text file / directory / .jsonl, or tfds:NAME "

@@ -149,9 +149,9 @@ PRESETS = {
                 # 1e-2): its grid goes on until the best lr is inside it.
                 model_lrs={"ps-30k": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)},
                 side_model="ps-100k",  # the K / lambda / warm-up side study runs on this model
-                # ps-500k's D/N > 30 runs take 5-16+ h of this shared CPU each point: they wait until
-                # after the seeds and the side study.
-                main_dn_cap={"ps-500k": 30}),
+                # ps-500k's (a) run at D/N 100 and 300 is 50M and 150M tokens (hours on 2 cores):
+                # those points wait until after the seeds and the side study.
+                main_dn_cap={"ps-500k": 60}),
     # A minute-long check of the whole flow (embedded corpus, tiny model, D/N = 1).
     "smoke": dict(models=("test-tiny",), seq_len=64, batch=8, tokenizer="bytes", extra=(), lrs=(3e-3,), lr_dn=1,
                   dns=(1,), late_dns=(), series=("epochs",), epochs_source="embedded", eval_max_bytes=5_000, evals=2),

@@ -3,7 +3,7 @@
 import pytest
 
 import pcomp.train.trainer as trainer
-from experiments.harness import interleaved_times, measure, train_to_end, write_section
+from experiments.harness import interleaved_times, measure, train_m1, train_to_end, write_section
 from pcomp.train.trainer import TrainResult
 
 
@@ -29,6 +29,20 @@ def test_a_run_stopped_at_a_step_is_not_finished(monkeypatch):
     with pytest.raises(SystemExit) as e:
         train_to_end(object())
     assert e.value.code == 0
+
+
+def test_train_m1_trains_a_bos_first_byte_model_once(monkeypatch, tmp_path):
+    # the experiments' one M1 trainer: the overrides apply, except what the coder needs (bytes, BOS first)
+    seen = []
+    monkeypatch.setattr(trainer, "train", lambda cfg: seen.append(cfg) or TrainResult("w", {"stages": [], "eval": {}}))
+    run = tmp_path / "m1"
+    assert train_m1(run, "model=test-tiny", "training.steps=7", "data.bos_first=false", "data.tokenizer=sentencepiece") == run
+    (cfg,) = seen
+    assert (cfg.model.name, cfg.training.steps, cfg.training.workdir) == ("test-tiny", 7, str(run))
+    assert (cfg.data.tokenizer, cfg.data.bos_first) == ("bytes", True)
+    run.mkdir()
+    (run / "summary.json").write_text("{}")  # finished: reused, not trained again
+    assert train_m1(run, "model=test-tiny") == run and len(seen) == 1
 
 
 def test_write_section_replaces_only_its_marked_text(tmp_path):
