@@ -429,8 +429,6 @@ def from_dict(raw: Any, *, origin: str = "config") -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"config section {name!r} in {origin} is a JSON {_json_kind(values)} "
                               f"({_short(values)}); expected an object of {name}.key values")
-        if name == "model" and isinstance(values.get("remat"), bool):  # config.json before remat policies
-            values = {**values, "remat": "full" if values["remat"] else "none"}
         hints = _hints(cls)
         unknown = set(values) - set(hints)
         if unknown:

@@ -22,7 +22,7 @@ from pcomp.data.prepared import DATASET_FILE
 from pcomp.data.tokenizers import ByteTokenizer
 from pcomp.errors import CheckpointError, ConfigError
 from pcomp.models.transformer import count_params
-from pcomp.train import memory
+from pcomp.train import checkpoint, memory
 from pcomp.train.checkpoint import CHECKPOINT_FORMAT, Checkpointer
 from pcomp.train.load import load_trained
 from pcomp.train.memory import MemoryUse, check_fits, device_memory_bytes
@@ -149,14 +149,33 @@ def test_checkpoints_record_their_format(tmp_path):
     ckpt.close()
 
 
+def test_a_format_2_checkpoint_restores_without_its_rng_key(tmp_path, monkeypatch):
+    # format 2 held an rng key nothing read; format 3 dropped it: a run written before still resumes
+    state = {"w": jnp.arange(4.0), "step": jnp.asarray(5, jnp.int32)}
+    old = Checkpointer(tmp_path / "ckpt", keep=1)
+    monkeypatch.setattr(checkpoint, "CHECKPOINT_FORMAT", 2)
+    saved_it = _iterator()
+    next(saved_it), next(saved_it)
+    old.save(5, {**state, "rng": jax.random.key_data(jax.random.key(0))}, saved_it, {"stage": 0})
+    old.close()
+    monkeypatch.undo()
+    ckpt = Checkpointer(tmp_path / "ckpt", keep=1)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    it = _iterator()
+    restored, meta = ckpt.restore(5, abstract, it)
+    assert sorted(restored) == ["step", "w"] and meta == {"stage": 0, "format": 2}
+    np.testing.assert_array_equal(restored["w"], state["w"])
+    assert int(restored["step"]) == 5 and next(it) == 2
+    assert sorted(ckpt.restore_params(5, abstract)) == ["step", "w"]
+    ckpt.close()
+
+
 def _old_run(tmp_path):
-    """A run directory as the pcomp before nnx.scan wrote it: a boolean model.remat in config.json, one
-    parameter set per layer, no format in the checkpoint's metadata."""
+    """A run directory as the pcomp before nnx.scan wrote it: one parameter set per layer, no format in
+    the checkpoint's metadata."""
     run = tmp_path / "old-run"
     run.mkdir()
-    raw = json.loads(Config.preset("test-tiny").override(f"training.workdir={run}").to_json())
-    raw["model"]["remat"] = False
-    (run / "config.json").write_text(json.dumps(raw))
+    (run / "config.json").write_text(Config.preset("test-tiny").override(f"training.workdir={run}").to_json())
     ByteTokenizer().save(run / "tokenizer")
     layer = {"attn": {"wq": np.zeros((64, 4, 16), np.float32)}, "attn_norm": {"scale": np.ones(64, np.float32)}}
     state = {"params": {"blocks": {"0": layer, "1": layer}, "embed": np.zeros((384, 64), np.float32)},

@@ -210,14 +210,14 @@ def test_remat_policies_are_accepted(policy):
     assert TINY.override(f"model.remat={policy}").validate().model.remat == policy
 
 
-@pytest.mark.parametrize("legacy, policy", [(False, "none"), (True, "full")])
-def test_config_json_with_a_boolean_remat_loads_as_a_policy(tmp_path, legacy, policy):
-    """config.json files written before model.remat named a policy hold true/false."""
+def test_config_json_with_a_boolean_remat_is_a_clear_error(tmp_path):
+    """model.remat names a policy; a true/false (what pcomp wrote before 0.1.0) is named, not guessed."""
     raw = json.loads(TINY.to_json())
-    raw["model"]["remat"] = legacy
+    raw["model"]["remat"] = True
     path = tmp_path / "config.json"
     path.write_text(json.dumps(raw))
-    assert Config.load(str(path)).validate().model.remat == policy
+    msg = _one_line_error(lambda: Config.load(str(path)).validate())
+    assert "model.remat" in msg and "true" in msg and "expected a string" in msg, msg
 
 
 def test_two_rest_axes():

@@ -90,7 +90,7 @@ _AXIS_NAMES = {
 
 def param_shardings(state, mesh: Mesh):
     """A NamedSharding for every leaf of `state`: Variables by their `logical_axes` metadata, any
-    other array (optimizer counts, step, rng) replicated. A mesh axis that does not divide a
+    other array (optimizer counts, step) replicated. A mesh axis that does not divide a
     dimension it shards is a ConfigError naming the config value (before anything is compiled)."""
     bad: list[tuple[int, str]] = []
 

@@ -1,9 +1,10 @@
 """orbax checkpoints of the whole run: train state, grain iterator state and run position.
 
-A checkpoint holds three items: `state` (params, optimizer, step, rng as sharded arrays), `data`
+A checkpoint holds three items: `state` (params, optimizer state and step as sharded arrays), `data`
 (the grain iterator, one JSON per process) and `meta` (stage, steps and tokens so far). The last
 `keep` are kept; `latest()` finds where to resume. `meta` also records the checkpoint's format
-(`CHECKPOINT_FORMAT`); reading a checkpoint of another format is a one-line CheckpointError.
+(`CHECKPOINT_FORMAT`); format 2 still restores (its unused rng key is read and dropped), any other
+format is a one-line CheckpointError.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from grain.checkpoint import CheckpointRestore, CheckpointSave
 
 from pcomp.errors import CheckpointError
 
-# Bump when the train state's layout changes: a checkpoint of another format cannot be restored.
-# 1 (unrecorded): one parameter per block and layer; 2: the blocks stacked along a leading layers axis.
-CHECKPOINT_FORMAT = 2
-_FORMATS = {1: "one set of parameters per layer", 2: "the layers' parameters stacked, under nnx.scan"}
+# Bump when the train state's layout changes; `_READS` lists the formats this pcomp restores.
+# 1 (unrecorded): one parameter per block and layer; 2: the blocks stacked along a leading layers axis,
+# and an rng key nothing read; 3: format 2 without the rng key.
+CHECKPOINT_FORMAT = 3
+_FORMATS = {1: "one set of parameters per layer", 2: "the layers' parameters stacked, under nnx.scan, and an rng key",
+            3: "the layers' parameters stacked, under nnx.scan"}
+_READS = (2, 3)
 
 
 class _OrbaxFailureFilter(logging.Filter):
@@ -144,17 +149,17 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state, data_iterator):
         """Returns (state, meta); `data_iterator` is advanced in place to the saved position."""
-        self.restore_meta(step)  # the format first: another layout fails clearly, not inside orbax
-        out = self._restore(step, state=ocp.args.StandardRestore(abstract_state), data=CheckpointRestore(data_iterator),
-                            meta=ocp.args.JsonRestore())
-        return out["state"], out["meta"]
+        meta = self.restore_meta(step)  # the format first: another layout fails clearly, not inside orbax
+        out = self._restore(step, state=ocp.args.StandardRestore(_stored(abstract_state, meta)),
+                            data=CheckpointRestore(data_iterator), meta=ocp.args.JsonRestore())
+        return _current(out["state"]), out["meta"]
 
     def restore_meta(self, step: int) -> dict:
         """The run position saved with checkpoint `step`; a CheckpointError if its format is not this
         pcomp's (`CHECKPOINT_FORMAT`)."""
         meta = self._restore(step, meta=ocp.args.JsonRestore())["meta"]
         found = meta.get("format", 1) if isinstance(meta, dict) else None
-        if found != CHECKPOINT_FORMAT:
+        if found not in _READS:
             raise CheckpointError(
                 f"checkpoint step {step} in {self.directory} has format {found} "
                 f"({_FORMATS.get(found, 'unknown')}); this pcomp reads format {CHECKPOINT_FORMAT} "
@@ -164,8 +169,8 @@ class Checkpointer:
 
     def restore_params(self, step: int, abstract_state):
         """Only the train state (for eval / generate, where no data iterator exists)."""
-        self.restore_meta(step)
-        return self._restore(step, state=ocp.args.StandardRestore(abstract_state))["state"]
+        meta = self.restore_meta(step)
+        return _current(self._restore(step, state=ocp.args.StandardRestore(_stored(abstract_state, meta)))["state"])
 
     def _restore(self, step: int, **items):
         """The one restore path: orbax's restore of `items`, any failure of which (missing or damaged
@@ -208,6 +213,20 @@ class Checkpointer:
             self._mngr.close()
         except (OSError, ValueError, RuntimeError) as e:
             raise self._write_error(None, e) from None
+
+
+def _stored(abstract_state, meta: dict):
+    """The state as checkpoint `meta`'s format stored it: format 2 also held a threefry key's data
+    (uint32[2], replicated like the step), which orbax must be asked for to restore the rest."""
+    if meta.get("format") != 2 or not isinstance(abstract_state, dict):
+        return abstract_state
+    step = abstract_state["step"]
+    return {**abstract_state, "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=getattr(step, "sharding", None))}
+
+
+def _current(state):
+    """A restored state in this format's layout (a format-2 checkpoint's rng key dropped)."""
+    return {k: v for k, v in state.items() if k != "rng"} if isinstance(state, dict) else state
 
 
 def abstract_with_shardings(shape_tree, sharding_tree):

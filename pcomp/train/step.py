@@ -1,7 +1,7 @@
 """The pure train and eval steps, the optimizer, and `build_program`: their jit wrappers with explicit
 shardings, the one place a train state and step are built.
 
-A train state is a plain dict pytree {params, opt_state, step, rng}; the model's graph definition
+A train state is a plain dict pytree {params, opt_state, step}; the model's graph definition
 is static. Token-level training is the K = 1 case of the patch-level step, so both levels share one
 code path (`pcomp.patching`).
 """
@@ -29,7 +29,7 @@ from pcomp.patching import next_patch_nll, patchify
 from pcomp.train.checkpoint import abstract_with_shardings
 from pcomp.train.memory import MemoryUse
 
-TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[], "rng": key}
+TrainState = dict  # {"params": nnx.State, "opt_state": optax state, "step": int32[]}
 
 # XLA:CPU options of the train step (and only of it: the compressor's M1 must keep its numerics, so these
 # are per-program compiler options, not process-wide XLA_FLAGS). YNNPACK's dot fusions, which also
@@ -164,7 +164,6 @@ def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, seed: int, pa
         "params": params,
         "opt_state": tx.init(params),
         "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.key_data(jax.random.key(seed)),
     }
 
 
@@ -215,7 +214,7 @@ def train_step(graphdef, tc: TrainingConfig, state: TrainState, batch: dict, con
     loss, grad_norm = nll / jnp.maximum(count, 1.0), optax.tree.norm(grads)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": learning_rate(state["step"], schedule),
                "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "rng": state["rng"]}
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     return new_state, metrics
 
 

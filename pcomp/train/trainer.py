@@ -2,7 +2,7 @@
 
 `train(cfg)` runs one or two stages (patch level then token level, `pcomp.patching.plan_stages`)
 in `cfg.training.workdir`, resuming from the latest checkpoint there if one exists. Everything a
-resumed run needs is in the checkpoint: parameters, optimizer state, step, rng, the grain iterator
+resumed run needs is in the checkpoint: parameters, optimizer state, step, the grain iterator
 position and which stage it was in.
 """
 
