@@ -24,22 +24,46 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # the process that made it
 
 
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
+
 import pytest  # noqa: E402
+
+
+@contextlib.contextmanager
+def shared_path(tmp_path_factory, name: str):
+    """`name` in a directory every xdist worker of this test session sees (this session's base
+    temporary directory without xdist), held under an exclusive file lock: the first worker to need a
+    shared artifact makes it while the others wait, then all read it. Never shared across sessions."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield root / name
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """`shared_path` for tests: `with shared("name") as path: ...`."""
+    return lambda name: shared_path(tmp_path_factory, name)
 
 
 @pytest.fixture(scope="session")
 def m1_run(tmp_path_factory) -> Path:
     """A trained test-tiny byte M1 (20 steps, BOS first; checkpoints at steps 10 and 20), trained once
-    per test session (per xdist worker) for the compressor tests."""
+    per test session (shared by the xdist workers) for the compressor tests. Read-only for tests."""
     from pcomp.config import Config
     from pcomp.train.trainer import train
 
-    run = tmp_path_factory.getbasetemp() / "compress-tests-m1"
-    if not (run / "summary.json").is_file():
-        shutil.rmtree(run, ignore_errors=True)
-        train(Config.preset("test-tiny").override(f"training.workdir={run}", "training.steps=20",
-                                                  "training.checkpoint_every=10", "training.progress=false",
-                                                  "data.bos_first=true"))
+    with shared_path(tmp_path_factory, "compress-tests-m1") as run:
+        if not (run / "summary.json").is_file():
+            shutil.rmtree(run, ignore_errors=True)
+            train(Config.preset("test-tiny").override(f"training.workdir={run}", "training.steps=20",
+                                                      "training.checkpoint_every=10", "training.progress=false",
+                                                      "data.bos_first=true"))
     return run
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,9 @@ def _needs_training(block: str) -> bool:
 API_BLOCK = next(b for b in _blocks("python") if "training.workdir=runs/api" in b)
 
 
+# each distinct block once (the API example is in README.md and docs/cli.md, word for word)
 PYTHON_BLOCKS = [pytest.param(b, id=f"block{i}", marks=[pytest.mark.slow] if _needs_training(b) else [])
-                 for i, b in enumerate(_blocks("python"))]
+                 for i, b in enumerate(dict.fromkeys(_blocks("python")))]
 
 
 def _run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -53,21 +55,37 @@ def test_readme_has_the_examples_these_tests_run():
     assert len(_cli_lines()) >= 10
 
 
+def _api_block_run(shared) -> tuple[Path, subprocess.CompletedProcess]:
+    """The API example run once per test session (5 steps, not 50) in a shared directory: (that
+    directory, the run's process)."""
+    with shared("readme-api") as cwd:
+        if not (cwd / "proc.json").is_file():
+            cwd.mkdir(exist_ok=True)
+            proc = _run_python(API_BLOCK.replace("training.steps=50", "training.steps=5"), cwd)
+            (cwd / "proc.json").write_text(json.dumps([proc.args, proc.returncode, proc.stdout, proc.stderr]))
+    return cwd, subprocess.CompletedProcess(*json.loads((cwd / "proc.json").read_text()))
+
+
 @pytest.mark.parametrize("block", PYTHON_BLOCKS)
 def test_readme_python_block_runs(block, tmp_path, request):
     """Each block as written, except: the training example's 50 steps become 5, and `runs/m1` is the
-    test session's trained test-tiny M1 (`m1_run` in conftest.py)."""
+    test session's trained test-tiny M1 (`m1_run` in conftest.py); blocks that use the API example's
+    `runs/api` run beside a copy of it."""
     code = block.replace("training.steps=50", "training.steps=5")
     if "runs/m1" in code:
         code = code.replace('"runs/m1"', repr(str(request.getfixturevalue("m1_run"))))
-    if "runs/api" in code and "training.workdir=runs/api" not in code:  # uses the API example's run
-        first = _run_python(API_BLOCK.replace("training.steps=50", "training.steps=5"), tmp_path)
+    if "training.workdir=runs/api" in block:  # it trained where it says, and printed the held-out bits/byte
+        cwd, proc = _api_block_run(request.getfixturevalue("shared"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((cwd / "runs" / "api" / "summary.json").read_text())
+        assert proc.stdout.strip().splitlines()[-1] == str(summary["eval"]["eval/bits_per_byte"])
+        return
+    if "runs/api" in code:  # uses the API example's run
+        cwd, first = _api_block_run(request.getfixturevalue("shared"))
         assert first.returncode == 0, first.stderr[-3000:]
+        shutil.copytree(cwd / "runs" / "api", tmp_path / "runs" / "api")
     proc = _run_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    if "training.workdir=runs/api" in block:  # it trained where it says, and printed the held-out bits/byte
-        summary = json.loads((tmp_path / "runs" / "api" / "summary.json").read_text())
-        assert proc.stdout.strip().splitlines()[-1] == str(summary["eval"]["eval/bits_per_byte"])
 
 
 # --- the command lines ---------------------------------------------------------------------------------
