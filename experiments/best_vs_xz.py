@@ -2,7 +2,7 @@
 
 For each file: the size of the pcomp file in the best mode (plain arithmetic coding under M1, one
 stream per `--segment-bytes` segment, M1's trained context restarting from BOS every context - 1
-bytes: `pcomp.compress.codec`), header and framing included, as bits/byte; the same for the
+bytes, re-primed with `--context-overlap` of it: `pcomp.compress.codec`), header and framing included, as bits/byte; the same for the
 standard compressors (`codec.baseline_sizes`), and the ratio best / xz -9e (< 1: pcomp wins). Each
 file is decompressed again and compared with the original unless `--no-verify`. A file that is M1's
 own training source (its config's data.source) is marked "seen by M1": only the others are held out.
@@ -49,13 +49,15 @@ def main(argv=None) -> None:
     p.add_argument("--segment-bytes", type=int, default=CompressConfig.segment_bytes)
     p.add_argument("--batch", type=int, default=CompressConfig.m1_batch, help="M1 rows per step")
     p.add_argument("--precision", type=int, default=CompressConfig.precision)
+    p.add_argument("--context-overlap", type=float, default=CompressConfig.context_overlap)
     p.add_argument("--no-verify", action="store_true", help="skip decompressing each file again")
     p.add_argument("--out", default="results/best_vs_xz")
     args = p.parse_args(argv)
     files = [Path(f) for f in args.files] if args.files is not None else default_files()
     if not files:
         sys.exit(f"no files: {SHARED} does not exist; pass --files")
-    cfg = CompressConfig(m1_batch=args.batch, segment_bytes=args.segment_bytes, precision=args.precision).validate()
+    cfg = CompressConfig(m1_batch=args.batch, segment_bytes=args.segment_bytes, precision=args.precision,
+                         context_overlap=args.context_overlap).validate()
     m1 = codec.m1_for(args.m1, cfg, "best")
     source = m1_source(args.m1)
     print(f"M1 {args.m1} (trained on {source}), context {m1.context - 1} bytes, segments of {cfg.segment_bytes} "

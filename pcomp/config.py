@@ -269,7 +269,7 @@ MIN_PRECISION, MAX_PRECISION = 2, 24  # bits of the coder's frequency total (int
 class CompressConfig:
     """Equal-Info compression settings (`pcomp compress`, `pcomp prepare`, the compressed tokenizers).
 
-    Every field is recorded in the compressed file's header: the decoder needs the same values.
+    Every field a mode uses is recorded in its files' headers: the decoder needs the same values.
     """
 
     window_bits: int = 16  # b: bits per window
@@ -278,6 +278,9 @@ class CompressConfig:
     m1_batch: int = 256  # M1 rows per step (M1's float results depend on it: recorded)
     segment_bytes: int = 2048  # windows never cross a segment: long documents fill the M1 batch
     window_rule: str = WINDOW_RULES[0]
+    # "best" mode: the fraction of M1's context block re-primed when its context restarts (0 = from BOS
+    # alone); the file records the resulting bytes (m1_overlap)
+    context_overlap: float = 0.5
 
     def validate(self) -> CompressConfig:
         """Each value in range, naming the setting and what was expected (ConfigError otherwise)."""
@@ -305,6 +308,9 @@ class CompressConfig:
             raise ConfigError(f"m1_batch={self.m1_batch}: expected >= 1 M1 rows per step")
         if self.segment_bytes < 1:
             raise ConfigError(f"segment_bytes={self.segment_bytes} must be >= 1")
+        if isinstance(self.context_overlap, bool) or not isinstance(self.context_overlap, numbers.Real) or not (
+                0 <= self.context_overlap < 1):
+            raise ConfigError(f"context_overlap={self.context_overlap!r}: expected a fraction of M1's context in [0, 1)")
         if self.window_rule not in WINDOW_RULES:
             raise ConfigError(f"window_rule={self.window_rule!r}; this pcomp codes {', '.join(WINDOW_RULES)}")
         return self

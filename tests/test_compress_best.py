@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import json
 import lzma
 import struct
@@ -71,11 +72,13 @@ def test_best_round_trips_any_bytes(m1, data):
     assert len(streams) == header["n_segments"] == len(segs)
     got_header, got = fileformat.unpack(blob)
     assert got_header == header and [s.tolist() for s in got] == [s.tolist() for s in streams]
+    overlap = header["m1_overlap"]
+    assert overlap == int(CFG.context_overlap * m1.max_window_bytes) == 7  # half of a 15-byte block
     m1b = m1.with_batch(batch)
     for seg, stream in zip(segs, streams):  # each segment's stream decodes alone, to that segment
-        assert plain_ac.decode_docs(m1b, [stream], max_bytes=seg_bytes) == [seg]
+        assert plain_ac.decode_docs(m1b, [stream], max_bytes=seg_bytes, overlap=overlap) == [seg]
     # arithmetic coding is within 2 bits of the ideal code length per stream (and never below it - 1)
-    ideal = [plain_ac.ideal_bits(m1b, [s]) for s in segs]
+    ideal = [plain_ac.ideal_bits(m1b, [s], overlap) for s in segs]
     for stream, bits in zip(streams, ideal):
         assert bits - 1 <= len(stream) <= bits + 2 + 1e-3 * bits
 
@@ -179,7 +182,10 @@ def _split(blob: bytes):
     (lambda h, p: ({**h, "segment_bytes": 0}, p), ["segment_bytes=0"]),
     (lambda h, p: ({**h, "payload_bytes": h["payload_bytes"] + 1}, p + b"\x00"), ["stream lengths add up"]),
     (lambda h, p: (h, struct.pack(">I", struct.unpack(">I", p[:4])[0] + 8) + p[4:]), ["stream lengths add up"]),
-], ids=["unknown-mode", "no-mode", "segments", "segment-bytes", "payload-longer", "stream-length"])
+    (lambda h, p: ({**h, "m1_overlap": h["m1_context"] - 1}, p), ["m1_overlap=15"]),
+    (lambda h, p: ({**h, "m1_overlap": "7"}, p), ["m1_overlap='7'"]),
+], ids=["unknown-mode", "no-mode", "segments", "segment-bytes", "payload-longer", "stream-length", "overlap",
+        "overlap-type"])
 def test_crafted_best_files_fail_in_one_error(m1, change, needles):
     blob = codec.compress(m1, b"hello best mode " * 10, CFG, mode="best")
     bad = _reseal(*change(*_split(blob)))
@@ -196,8 +202,56 @@ def test_version_1_files_are_windows_files(random_m1_model):
     header, payload = _split(codec.compress(m1w, data, CFG))
     assert header.pop("mode") == "windows"
     assert codec.decompress(m1w, _reseal(header, payload, version=1)) == data
-    with pytest.raises(CompressedFormatError, match="version 3; this pcomp reads versions 1, 2"):
-        fileformat.unpack(_reseal(header, payload, version=3))
+    with pytest.raises(CompressedFormatError, match="version 4; this pcomp reads versions 1, 2, 3"):
+        fileformat.unpack(_reseal(header, payload, version=4))
+
+
+def test_only_reprimed_best_files_need_version_3(m1):
+    """A reader must know re-priming to decode a file with m1_overlap > 0: such a file is version 3 (the
+    pcomp before re-priming refuses it at its version check); windows files and best files without
+    overlap stay version 2, which that pcomp reads as before."""
+    version = lambda blob: struct.unpack(">H", blob[8:10])[0]  # noqa: E731
+    data = b"re-primed context blocks " * 4
+    assert version(codec.compress(m1, data, CFG, mode="best")) == 3
+    plain = codec.compress(m1, data, dataclasses.replace(CFG, context_overlap=0.0), mode="best")
+    assert version(plain) == 2 and _split(plain)[0]["m1_overlap"] == 0
+    assert codec.decompress(m1, plain) == data
+    header, payload = _split(plain)  # as the pcomp before re-priming wrote it: no m1_overlap
+    del header["m1_overlap"]
+    assert codec.decompress(m1, _reseal(header, payload)) == data
+
+
+def _naive_block_start(j: int, lb: int, h: int) -> int:
+    """The first symbol M1's context holds when symbol j is coded: 0 in the first block of lb symbols;
+    then blocks of lb - h new symbols, each primed with the h symbols before it."""
+    return 0 if j < lb else lb + (j - lb) // (lb - h) * (lb - h) - h
+
+
+@pytest.mark.parametrize("n, overlap", [(40, 7), (40, 0), (31, 14), (15, 7), (16, 1)])
+def test_each_symbol_is_coded_in_its_rule_context(m1, n, overlap):
+    """symbol_intervals against a naive reference: symbol j's table is M1's after BOS and exactly the
+    symbols from its block's start to j (fed one step at a time from a fresh cache)."""
+    doc = bytes(np.random.default_rng(n + overlap).integers(0, 256, n, dtype=np.uint8))
+    lo, hi = plain_ac.symbol_intervals(m1, [doc], overlap)[0]
+    sym = list(doc) + [plain_ac.EOF]
+    lb = m1.max_window_bytes
+    for j, s in enumerate(sym):
+        context = sym[_naive_block_start(j, lb, overlap) : j]
+        assert len(context) < lb and (j < lb or len(context) >= overlap)
+        cache, cum = m1.start(), np.broadcast_to(m1.first_cum, (m1.batch, m1.n_symbols + 1))
+        for pos, c in enumerate(context, start=1):
+            cum, cache = m1.step(cache, np.full(m1.batch, c), np.full(m1.batch, pos))
+        assert (lo[j], hi[j]) == (cum[0, s], cum[0, s + 1]), j
+
+
+def test_reprimed_context_blocks_decode(m1):
+    """Every overlap from none to a block less one round-trips through the decoder's re-priming."""
+    docs = [bytes(np.random.default_rng(k).integers(0, 256, 20 + 9 * k, dtype=np.uint8)) for k in range(6)]
+    for overlap in range(m1.max_window_bytes):
+        streams = plain_ac.encode_docs(m1, docs, overlap)
+        assert plain_ac.decode_docs(m1, streams, max_bytes=80, overlap=overlap) == docs, overlap
+    with pytest.raises(ConfigError, match="context overlap 15: expected 0 <= overlap < 15"):
+        plain_ac.encode_docs(m1, docs, 15)
 
 
 # ----------------------------------------------------------------------------- the command line

@@ -72,7 +72,8 @@ def _check_output(input_path: str, path: str, force: bool) -> Output:
 
 def _config(args) -> CompressConfig:
     return CompressConfig(window_bits=args.window_bits, token_bits=args.token_bits, precision=args.precision,
-                          m1_batch=args.batch, segment_bytes=args.segment_bytes).validate()
+                          m1_batch=args.batch, segment_bytes=args.segment_bytes,
+                          context_overlap=getattr(args, "context_overlap", _DEFAULT.context_overlap)).validate()
 
 
 def _cmd_compress(args) -> None:
@@ -101,7 +102,8 @@ def _cmd_compress(args) -> None:
                     f"+ {len(blob) - payload} bytes of header and framing")
     else:
         summary += (f"{header['n_segments']} segments of <= {header['segment_bytes']} bytes, arithmetic-coded under M1 "
-                    f"(context {m1.context - 1} bytes) + {len(blob) - payload} bytes of header and framing")
+                    f"(context {m1.context - 1} bytes, re-primed with {header['m1_overlap']}) + "
+                    f"{len(blob) - payload} bytes of header and framing")
     print(summary)
     if not args.no_compare:
         sys.stdout.flush()
@@ -165,6 +167,9 @@ def _add_settings(p, *, max_window_bytes: bool) -> None:
         p.add_argument("--max-window-bytes", type=int, default=0,
                        help="longest window (M1's KV cache = this + 1; recorded); 0 = min(2b, M1 context - 1); "
                             "--mode best: M1's context restarts every this many bytes (0 = its trained context - 1)")
+        p.add_argument("--context-overlap", type=float, default=_DEFAULT.context_overlap,
+                       help="--mode best: at each restart M1's context is re-primed with this fraction of it, the "
+                            f"last bytes coded (default {_DEFAULT.context_overlap}; 0 = from BOS alone; recorded)")
 
 
 def add_commands(sub) -> None:

@@ -14,11 +14,13 @@ one M1 step per byte, so its speed is set by how many rows each step fills: `bes
 input into enough segments to fill a step (`parallel_segments`: a 2 KB file decodes as 8 chains of
 250 bytes, not one of 2,048; 40 KB as 48 of 834) and sizes the M1 batch to them (at most
 `m1_batch`), since a step costs about as much per row, busy or idle. The header records both; decoding reads them.
-Within a segment M1 sees its full trained context: its context restarts from BOS every
-`m1_context - 1` bytes, `m1_context` = the positions M1 was trained on (min(data.seq_len,
-model.max_seq_len)). Restarting (rather than sliding the context by one byte
-every step) keeps one KV-cache step per byte, the same step the windows use, and is exact by
-construction; its cost is the few bytes after each restart, coded with little context.
+Within a segment M1 sees its trained context: M1's KV cache holds `m1_context` positions (the
+positions M1 was trained on, min(data.seq_len, model.max_seq_len)), so a segment is coded in
+context blocks (`plain_ac.context_blocks`); when a block is full, M1's context restarts from BOS
+re-primed with the last `m1_overlap` bytes (`context_overlap` of a block, recorded), so every byte
+after the first block is coded with at least that much context. Restarting (rather than sliding
+the context by one byte every step) keeps one KV-cache step per byte, the same step the windows
+use, and is exact by construction; the re-prime costs m1_overlap steps per block.
 """
 
 from __future__ import annotations
@@ -98,15 +100,18 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
         batch = rows_for(-(-len(data) // cfg.segment_bytes), cfg)
         enc = encode_windows(m1.with_batch(batch), [data], cfg.window_bits, segment_bytes=cfg.segment_bytes,
                              progress=progress)
-        return fileformat.pack({**cfg.to_dict(), **common, "m1_batch": batch}, enc.codes)
+        settings = {k: v for k, v in cfg.to_dict().items() if k != "context_overlap"}  # "best" only
+        return fileformat.pack({**settings, **common, "m1_batch": batch}, enc.codes)
     segment_bytes, batch = best_layout(len(data), cfg, m1.max_window_bytes)
+    overlap = overlap_bytes(cfg, m1.max_window_bytes)
     m1 = m1.with_batch(batch)
     streams = []
-    for seg in _chunks(segments(data, segment_bytes), _segments_per_call(m1, segment_bytes)):
-        streams += plain_ac.encode_docs(m1, seg)
+    for seg in _chunks(segments(data, segment_bytes), _segments_per_call(m1, segment_bytes, overlap)):
+        streams += plain_ac.encode_docs(m1, seg, overlap)
         if progress is not None:
             progress(sum(len(s) for s in seg))
-    header = {"precision": cfg.precision, "m1_batch": batch, "segment_bytes": segment_bytes, **common}
+    header = {"precision": cfg.precision, "m1_batch": batch, "segment_bytes": segment_bytes, **common,
+              "m1_overlap": overlap}
     return fileformat.pack_streams(header, streams)
 
 
@@ -144,6 +149,12 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
     return segment_bytes, rows_for(n_segments, cfg)
 
 
+def overlap_bytes(cfg: CompressConfig, block_bytes: int) -> int:
+    """Bytes a "best" file re-primes M1's context with at each restart: cfg.context_overlap of a
+    context block of block_bytes, rounded down (so always < block_bytes)."""
+    return int(cfg.context_overlap * block_bytes)
+
+
 def rows_for(n_segments: int, cfg: CompressConfig) -> int:
     """The M1 batch of a file of n_segments segments (either mode: a segment is one sequential chain
     of M1 steps, so it needs one row): n_segments rounded up to BATCH_MULTIPLE, at most cfg.m1_batch.
@@ -156,9 +167,9 @@ def segments(data: bytes, segment_bytes: int) -> list[bytes]:
     return [data[i : i + segment_bytes] for i in range(0, len(data), segment_bytes)]
 
 
-def _segments_per_call(m1: M1, segment_bytes: int) -> int:
+def _segments_per_call(m1: M1, segment_bytes: int, overlap: int) -> int:
     """Segments per encoder call: enough context blocks to fill the M1 batch (progress is per call)."""
-    blocks = -(-(segment_bytes + 1) // m1.max_window_bytes)
+    blocks = len(plain_ac.context_blocks(segment_bytes + 1, m1.max_window_bytes, overlap))
     return max(1, m1.batch // blocks)
 
 
@@ -204,7 +215,8 @@ def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes
     if header["mode"] == WINDOWS:
         data, _ = decode_windows(m1, payload, header["window_bits"], progress=progress)
     else:
-        data = _decode_segments(m1, payload, header["segment_bytes"], header["original_length"], name, progress)
+        data = _decode_segments(m1, payload, header["segment_bytes"], header["original_length"],
+                                header.get("m1_overlap", 0), name, progress)
     if len(data) != header["original_length"] or zlib.crc32(data) != header["original_crc32"]:
         where = header.get("platform", "?")
         raise CompressedFormatError(
@@ -215,13 +227,14 @@ def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes
     return data
 
 
-def _decode_segments(m1: M1, streams, segment_bytes: int, length: int, name: str, progress=None) -> bytes:
+def _decode_segments(m1: M1, streams, segment_bytes: int, length: int, overlap: int, name: str,
+                     progress=None) -> bytes:
     """The "best" payload decoded: every segment but the last holds segment_bytes bytes."""
     out = []
     for g0 in range(0, len(streams), m1.batch):
         group = streams[g0 : g0 + m1.batch]
         try:
-            decoded = plain_ac.decode_docs(m1, group, max_bytes=segment_bytes)
+            decoded = plain_ac.decode_docs(m1, group, max_bytes=segment_bytes, overlap=overlap)
         except CompressedFormatError as e:
             raise CompressedFormatError(f"{name} is corrupted or was made by another M1 setup ({e})") from None
         for i, d in enumerate(decoded):

@@ -1,12 +1,14 @@
 """The `pcomp compress` file: magic, version, JSON header, payload, CRC32 trailer.
 
     magic     8 bytes  b"PCOMPEIW"
-    version   u16 big-endian (2; version 1 files, always windows, are read too)
+    version   u16 big-endian: 3 for a "best" file whose M1 context is re-primed (m1_overlap > 0),
+              else 2 (so the pcomp before re-priming reads it); version 1 files (windows) are read too
     hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: "mode" (absent in version 1 =
               "windows"), the coder settings, m1_fingerprint, m1_context, m1_name, platform,
               original_length, original_crc32, and per mode:
                 windows  window_bits, token_bits, precision, m1_batch, segment_bytes, window_rule, n_windows
-                best     precision, m1_batch, segment_bytes, n_segments, payload_bytes
+                best     precision, m1_batch, segment_bytes, n_segments, payload_bytes, m1_overlap
+                         (absent before version 3: 0)
     payload   windows: n_windows * window_bits / 8 bytes, each window's b bits, big-endian
               best:    n_segments u32 big-endian stream lengths in bits, then the segments' arithmetic-coded
                        bit streams one after another, packed big-endian, zero-padded to a byte
@@ -31,8 +33,8 @@ from pcomp.compress.packing import codes_to_tokens, tokens_to_codes
 from pcomp.errors import CompressedFormatError
 
 MAGIC = b"PCOMPEIW"
-VERSION = 2
-READS = (1, 2)  # format versions this pcomp reads
+VERSION = 3  # the newest version written (`_version`)
+READS = (1, 2, 3)  # format versions this pcomp reads
 WINDOWS, BEST = "windows", "best"
 MODES = (WINDOWS, BEST)  # "windows": Equal-Info windows (the M2 tokenization); "best": plain AC under M1
 _FIXED = len(MAGIC) + 2 + 4
@@ -43,8 +45,14 @@ REQUIRED = {WINDOWS: ("window_bits", "window_rule", "token_bits", "n_windows") +
 
 def _seal(header: dict, payload: bytes) -> bytes:
     head = json.dumps(header, sort_keys=True).encode()
-    blob = MAGIC + struct.pack(">HI", VERSION, len(head)) + head + payload
+    blob = MAGIC + struct.pack(">HI", _version(header), len(head)) + head + payload
     return blob + struct.pack(">I", zlib.crc32(blob))
+
+
+def _version(header: dict) -> int:
+    """3 where a reader must re-prime M1 (m1_overlap > 0): a pcomp that cannot refuses the file at its
+    version check instead of decoding other bytes; 2 otherwise."""
+    return VERSION if header.get("m1_overlap", 0) else 2
 
 
 def pack(header: dict, codes: np.ndarray) -> bytes:
@@ -153,6 +161,8 @@ def _check_header(header, name: str) -> None:
             "segment_bytes": seg_ok,
             "n_segments": is_int(header["n_segments"], 0, 1 << 40) and header["n_segments"] == n_expected,
             "payload_bytes": is_int(header["payload_bytes"], 0, 1 << 56),
+            "m1_overlap": is_int(header.get("m1_overlap", 0), 0, header["m1_context"] - 2)
+            if checks["m1_context"] else False,
         })
     bad = [k for k, ok in checks.items() if not ok]
     if bad:

@@ -1,10 +1,16 @@
 """Plain arithmetic coding with M1 (no windows): the baseline the Equal-Info paper finds unlearnable.
 
 One coder stream per document over bytes followed by an end-of-document symbol (M1's EOS), so a
-stream decodes without a stored length. M1 sees at most `M1.max_window_bytes` bytes of context:
-its context restarts from BOS every that many bytes (the coder stream does not). Encoding scores
-all context blocks of all documents in parallel (they are independent for M1); decoding is
-sequential within a document and parallel across documents.
+stream decodes without a stored length. M1's KV cache holds BOS + lb = `M1.max_window_bytes` bytes,
+so a document is coded in context blocks (the coder stream runs on across them):
+  block 0    BOS, then symbols 0 .. lb-1, each predicted from BOS and the symbols before it;
+  block k>0  BOS, then the `overlap` bytes just before the block (fed to M1, not coded: "re-primed"),
+             then the next lb - overlap symbols.
+With overlap 0 a block restarts from BOS alone (its first bytes are coded with almost no context);
+with overlap h every symbol after the first block sees at least h bytes, at h extra M1 steps per
+block. Encoding scores all blocks of all documents in parallel (each is independent for M1: its
+prime is known text); decoding is sequential within a document and parallel across documents,
+and re-primes a block from the bytes it has just decoded.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ EOF = 256  # coder symbol after the bytes
 LOW, HIGH, VALUE = 0, 1, 2  # the decoder's registers and 32-bit code value
 BIT_POS = 3  # next bit of the row's stream (relative to its start)
 ACTIVE = 4  # 1 while the row's stream has not reached EOF
-CONTEXT_POS = 5  # the next symbol's offset in M1's current context block (0: use first_cum)
-ROW_SLOTS = 6
+CONTEXT_POS = 5  # the next symbol's position in M1's current context block (0: use first_cum)
+PRIME = 6  # bytes of the re-prime still to feed before the block codes again
+ROW_SLOTS = 7
 
 
 def _check(m1: M1) -> None:
@@ -34,23 +41,37 @@ def _check(m1: M1) -> None:
         raise ConfigError("plain arithmetic coding needs M1 over bytes + EOS (symbols='bytes+eos')")
 
 
-def symbol_intervals(m1: M1, docs: Sequence[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per document, the coder intervals (c_lo, c_hi) [len + 1] of its bytes and the final EOF."""
+def context_blocks(n_symbols: int, lb: int, overlap: int) -> list[tuple[int, int]]:
+    """(first fed symbol, first coded symbol) of each M1 context block of a document of n_symbols
+    symbols (its bytes and EOF): block 0 feeds from symbol 0, block k>0 re-primes the `overlap`
+    symbols before the ones it codes. A block ends lb symbols after its first fed one."""
+    if not 0 <= overlap < lb:
+        raise ConfigError(f"context overlap {overlap}: expected 0 <= overlap < {lb} (M1's context block)")
+    blocks = [(0, 0)]
+    while blocks[-1][0] + lb < n_symbols:
+        coded = blocks[-1][0] + lb
+        blocks.append((coded - overlap, coded))
+    return blocks
+
+
+def symbol_intervals(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per document, the coder intervals (c_lo, c_hi) [len + 1] of its bytes and the final EOF, each
+    symbol under M1's table in its context block (`context_blocks`)."""
     _check(m1)
     lb = m1.max_window_bytes
-    # rows: (document, block) pairs; a block is <= lb symbols, the last one of a document ends in EOF
-    blocks = []  # (doc index, first symbol index, symbols array)
+    # rows: one per (document, block): the symbols it feeds M1 (prime included) and its first coded one
+    blocks = []  # (doc index, first fed symbol index, symbols fed, index of the first coded one in them)
     for i, d in enumerate(docs):
         sym = np.append(np.frombuffer(d, np.uint8).astype(np.int64), EOF)
-        for start in range(0, len(sym), lb):
-            blocks.append((i, start, sym[start : start + lb]))
+        for fed, coded in context_blocks(len(sym), lb, overlap):
+            blocks.append((i, fed, sym[fed : fed + lb], coded - fed))
     out = [(np.zeros(len(d) + 1, np.int64), np.zeros(len(d) + 1, np.int64)) for d in docs]
     m1.start()
     for b0 in range(0, len(blocks), m1.batch):
         group = blocks[b0 : b0 + m1.batch]
-        longest = max(len(sym) for _, _, sym in group)
+        longest = max(len(sym) for _, _, sym, _ in group)
         sym_rs = np.zeros((m1.batch, longest), np.int64)  # EOF (always last) is never fed to M1
-        for r, (_, _, sym) in enumerate(group):
+        for r, (_, _, sym, _) in enumerate(group):
             sym_rs[r, : len(sym)] = np.where(sym == EOF, 0, sym)
         cache = m1.start()
         for off in range(longest):
@@ -58,35 +79,37 @@ def symbol_intervals(m1: M1, docs: Sequence[bytes]) -> list[tuple[np.ndarray, np
                 cum = np.broadcast_to(m1.first_cum, (m1.batch, m1.n_symbols + 1))
             else:  # feed the previous symbol at its position: M1's table for the symbol at `off`
                 cum, cache = m1.step(cache, sym_rs[:, off - 1], np.full(m1.batch, off, np.int64))
-            for r, (i, start, sym) in enumerate(group):
-                if off < len(sym):
+            for r, (i, start, sym, first) in enumerate(group):
+                if first <= off < len(sym):
                     out[i][0][start + off] = cum[r, sym[off]]
                     out[i][1][start + off] = cum[r, sym[off] + 1]
     return out
 
 
-def encode_docs(m1: M1, docs: Sequence[bytes]) -> list[np.ndarray]:
+def encode_docs(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> list[np.ndarray]:
     """Terminated bit streams (uint8 0/1) of each document."""
-    return [arith.encode_intervals(lo, hi, m1.precision) for lo, hi in symbol_intervals(m1, docs)]
+    return [arith.encode_intervals(lo, hi, m1.precision) for lo, hi in symbol_intervals(m1, docs, overlap)]
 
 
-def ideal_bits(m1: M1, docs: Sequence[bytes]) -> float:
-    """Sum over documents of -log2 q(symbol) under M1's quantized model (bytes and EOF)."""
+def ideal_bits(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> float:
+    """Sum over documents of -log2 q(symbol) under M1's quantized model (bytes and EOF), in the
+    context blocks of `overlap`."""
     total = 0.0
-    for lo, hi in symbol_intervals(m1, docs):
+    for lo, hi in symbol_intervals(m1, docs, overlap):
         total += float(np.sum(m1.precision - np.log2((hi - lo).astype(np.float64))))
     return total
 
 
 @numba.njit(cache=True)
-def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos, precision, lb):
-    """One symbol per active row (row state: the slots above). Returns the number of rows needing an
-    M1 step, or -1 - row for a row whose stream runs past out's capacity without EOF."""
+def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos, precision, lb, overlap):
+    """One symbol (or one re-prime byte) per active row (row state: the slots above). Returns the
+    number of rows needing an M1 step, or -1 - row for a row whose stream runs past out's capacity
+    without EOF."""
     active = 0
     for r in range(st.shape[0]):
         if st[r, ACTIVE] == 0:
             continue
-        while True:
+        while st[r, PRIME] == 0:
             table = cum_bn[r] if st[r, CONTEXT_POS] > 0 else first_cum
             stream = bits[bit_start[r] : bit_end[r]]
             target = arith.decode_target(st[r, LOW], st[r, HIGH], st[r, VALUE], precision)
@@ -102,13 +125,20 @@ def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, to
             out[r, out_n[r]] = s
             out_n[r] += 1
             st[r, CONTEXT_POS] += 1
-            if st[r, CONTEXT_POS] == lb:  # M1's context restarts: the next symbol uses first_cum
+            if st[r, CONTEXT_POS] == lb:  # the block is full: a new one starts from BOS ...
                 st[r, CONTEXT_POS] = 0
+                st[r, PRIME] = overlap  # ... re-primed with the last `overlap` bytes (0: none)
                 continue
             tok[r] = s
             pos[r] = st[r, CONTEXT_POS]
             active += 1
             break
+        if st[r, ACTIVE] == 1 and st[r, PRIME] > 0:  # feed the next re-prime byte at its position
+            tok[r] = out[r, out_n[r] - st[r, PRIME]]
+            pos[r] = overlap - st[r, PRIME] + 1
+            st[r, PRIME] -= 1
+            st[r, CONTEXT_POS] = pos[r]  # after the last one: the step's table is the next symbol's
+            active += 1
     return active
 
 
@@ -119,9 +149,11 @@ def max_symbols(n_bits: int, m1: M1) -> int:
     return int(n_bits / min_cost) + 2
 
 
-def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int) -> list[bytes]:
-    """Inverse of `encode_docs`; a stream that does not reach EOF within max_bytes is corrupt."""
+def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int, overlap: int = 0) -> list[bytes]:
+    """Inverse of `encode_docs` (same `overlap`); a stream that does not reach EOF within max_bytes is
+    corrupt."""
     _check(m1)
+    context_blocks(0, m1.max_window_bytes, overlap)  # checks the overlap
     out_docs: list[bytes] = []
     for g0 in range(0, len(streams), m1.batch):
         group = [np.asarray(s, np.uint8) for s in streams[g0 : g0 + m1.batch]]
@@ -142,7 +174,7 @@ def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int) -> list[b
         while True:
             t0 = time.perf_counter()
             active = _decode_rows(cum, m1.first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos,
-                                  m1.precision, m1.max_window_bytes)
+                                  m1.precision, m1.max_window_bytes, overlap)
             if m1.timer is not None:
                 m1.timer.record_kernel(time.perf_counter() - t0, active)
             if active < 0:
