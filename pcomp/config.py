@@ -280,7 +280,7 @@ class CompressConfig:
     window_rule: str = WINDOW_RULES[0]
     # "best" mode: the fraction of M1's context block re-primed when its context restarts (0 = from BOS
     # alone); the file records the resulting bytes (m1_overlap)
-    context_overlap: float = 0.5
+    context_overlap: float = 0.25
 
     def validate(self) -> CompressConfig:
         """Each value in range, naming the setting and what was expected (ConfigError otherwise)."""

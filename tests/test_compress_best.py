@@ -73,7 +73,7 @@ def test_best_round_trips_any_bytes(m1, data):
     got_header, got = fileformat.unpack(blob)
     assert got_header == header and [s.tolist() for s in got] == [s.tolist() for s in streams]
     overlap = header["m1_overlap"]
-    assert overlap == int(CFG.context_overlap * m1.max_window_bytes) == 7  # half of a 15-byte block
+    assert overlap == int(CFG.context_overlap * m1.max_window_bytes) == 3  # a quarter of a 15-byte block
     m1b = m1.with_batch(batch)
     for seg, stream in zip(segs, streams):  # each segment's stream decodes alone, to that segment
         assert plain_ac.decode_docs(m1b, [stream], max_bytes=seg_bytes, overlap=overlap) == [seg]
