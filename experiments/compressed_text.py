@@ -34,8 +34,8 @@ from pcomp.train.evaluation import account_prepared
 from pcomp.config import CompressConfig, Config
 from pcomp.data.prepared import PreparedDataset
 from pcomp.patching import relative_cost
-from experiments.harness import (add_data_arg, markdown_table, pyplot, save_png, train_m1, train_to_end, write_json,
-                                 write_section)
+from experiments.harness import (add_data_arg, markdown_table, pyplot, save_png, spread_labels, train_m1,
+                                 train_to_end, write_json, write_section)
 from pcomp.train.load import load_trained
 from pcomp.train.metrics import flops_per_position
 
@@ -158,17 +158,34 @@ COLUMNS = [
 
 
 def plot(results: list[dict], path: Path, title: str) -> Path:
+    """bits/byte against inference FLOPs/byte: one colour and line per tokenization across M2 sizes (the
+    paper's Figure 3), labels in a column right of the axes with leader lines (points overlap)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    by_method: dict[str, list[dict]] = {}
     for r in results:
-        ax.scatter(r["flops_per_byte"], r["bits_per_byte"], s=20)
-        ax.annotate(r["method"], (r["flops_per_byte"], r["bits_per_byte"]), textcoords="offset points",
-                    xytext=(3, 3), fontsize=7)
+        by_method.setdefault(r["method"], []).append(r)
+    for i, (name, rows) in enumerate(by_method.items()):
+        rows = sorted(rows, key=lambda r: r["flops_per_byte"])
+        ax.plot([r["flops_per_byte"] for r in rows], [r["bits_per_byte"] for r in rows], "o-", ms=4, lw=1,
+                color=plt.cm.tab20(i % 20))
     ax.set_xscale("log")
+    ax.autoscale_view()
+    to_axes = ax.transData + ax.transAxes.inverted()
+    ends = {name: max(rows, key=lambda r: r["flops_per_byte"]) for name, rows in by_method.items()}
+    names = list(ends)
+    heights = spread_labels([to_axes.transform((ends[n]["flops_per_byte"], ends[n]["bits_per_byte"]))[1] for n in names],
+                     0.045)
+    for name, y in zip(names, heights):
+        r = ends[name]
+        label = name + (f" ({r['model']})" if len(by_method[name]) > 1 else "")
+        ax.annotate(label, (r["flops_per_byte"], r["bits_per_byte"]), xytext=(1.03, y), textcoords="axes fraction",
+                    va="center", fontsize=7, arrowprops=dict(arrowstyle="-", lw=0.4, color="0.6"))
     ax.set_xlabel("inference FLOPs / byte (2N(M2)/(bytes/token) + 2N(M1))")
     ax.set_ylabel("held-out bits / byte")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
+    fig.subplots_adjust(right=0.7)
     return save_png(fig, path)
 
 

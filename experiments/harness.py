@@ -124,6 +124,28 @@ def pyplot():
     return plt
 
 
+def spread_labels(ys: Sequence[float], gap: float) -> list[float]:
+    """Label heights no closer than `gap`, in the order of `ys`, each moved as little as that allows
+    (the run of labels that would overlap is centred on its points)."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    groups: list[list[int]] = []  # runs of labels stacked `gap` apart: [indices], placed from a start
+    starts: list[float] = []
+    for i in order:
+        groups.append([i])
+        starts.append(ys[i])
+        while len(groups) > 1 and starts[-2] + gap * len(groups[-2]) > starts[-1]:  # overlaps the run below
+            top = groups.pop()
+            starts.pop()
+            groups[-1] += top
+            members = groups[-1]
+            starts[-1] = sum(ys[j] for j in members) / len(members) - gap * (len(members) - 1) / 2
+    out = [0.0] * len(ys)
+    for members, start in zip(groups, starts):
+        for k, j in enumerate(members):
+            out[j] = start + k * gap
+    return out
+
+
 def save_png(fig, path: str | Path, dpi: int = 130) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

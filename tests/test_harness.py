@@ -1,9 +1,10 @@
 """experiments/harness.py: what the experiment scripts rely on."""
 
 import pytest
+from hypothesis import given, strategies as st
 
 import pcomp.train.trainer as trainer
-from experiments.harness import interleaved_times, measure, train_m1, train_to_end, write_section
+from experiments.harness import interleaved_times, measure, spread_labels, train_m1, train_to_end, write_section
 from pcomp.train.trainer import TrainResult
 
 
@@ -68,3 +69,16 @@ def test_interleaved_times_warm_up_then_rotate_the_order_every_round():
     assert synced == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]  # after each warm-up and round
     assert set(times) == {"a", "b", "c"} and all(len(t) == 3 and min(t) >= 0 for t in times.values())
     assert set(measure(runs, steps=1, repeats=3)) == {"a", "b", "c"}
+
+
+@given(st.lists(st.floats(0, 1), max_size=20), st.floats(0.01, 0.2))
+def test_spread_labels_keeps_order_and_gap_and_moves_only_crowded_labels(ys, gap):
+    out = spread_labels(ys, gap)
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed = [out[i] for i in order]
+    assert all(b - a >= gap * (1 - 1e-9) for a, b in zip(placed, placed[1:]))  # stacked in the points' order
+    for i, y in enumerate(ys):  # a label with no neighbour within its run's reach stays on its point
+        if all(abs(y - z) >= gap * len(ys) for j, z in enumerate(ys) if j != i):
+            assert out[i] == y
+    # a crowded run is centred on its points: the mean label height is the mean point height
+    assert abs(sum(out) - sum(ys)) <= 1e-6 * max(1, len(ys))
