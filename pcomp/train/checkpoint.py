@@ -155,8 +155,8 @@ class Checkpointer:
         return _current(out["state"]), out["meta"]
 
     def restore_meta(self, step: int) -> dict:
-        """The run position saved with checkpoint `step`; a CheckpointError if its format is not this
-        pcomp's (`CHECKPOINT_FORMAT`)."""
+        """The run position saved with checkpoint `step`; a CheckpointError if its format is not one this
+        pcomp restores (`_READS`)."""
         meta = self._restore(step, meta=ocp.args.JsonRestore())["meta"]
         found = meta.get("format", 1) if isinstance(meta, dict) else None
         if found not in _READS:
