@@ -33,14 +33,39 @@ def m1(random_m1_model):
     return codec.m1_for(random_m1_model, CFG, "best")
 
 
+def _leb128(values) -> bytes:
+    """Unsigned LEB128, written from its definition: 7-bit groups, low first, continuation bit 0x80."""
+    out = b""
+    for v in values:
+        groups = [(v >> (7 * k)) & 0x7F for k in range(max(1, -(-v.bit_length() // 7)))]
+        out += bytes(g | (0x80 if k < len(groups) - 1 else 0) for k, g in enumerate(groups))
+    return out
+
+
+def _read_leb128(payload: bytes, n: int) -> tuple[list[int], int]:
+    values, at = [], 0
+    for _ in range(n):
+        groups = []
+        while True:
+            groups.append(payload[at])
+            at += 1
+            if groups[-1] < 0x80:
+                break
+        values.append(sum((g & 0x7F) << (7 * k) for k, g in enumerate(groups)))
+    return values, at
+
+
 def _parse(blob: bytes):
     """A naive reader of a "best" file, written from the format's description (not fileformat)."""
-    hlen = struct.unpack(">I", blob[10:14])[0]
+    version, hlen = struct.unpack(">HI", blob[8:14])
     header = json.loads(blob[14 : 14 + hlen])
     payload = blob[14 + hlen : -4]
     n = header["n_segments"]
-    lengths = [struct.unpack(">I", payload[4 * i : 4 * i + 4])[0] for i in range(n)]
-    bits = "".join(f"{b:08b}" for b in payload[4 * n :])
+    if version == 3:
+        lengths, head = _read_leb128(payload, n)
+    else:
+        lengths, head = [struct.unpack(">I", payload[4 * i : 4 * i + 4])[0] for i in range(n)], 4 * n
+    bits = "".join(f"{b:08b}" for b in payload[head:])
     streams, at = [], 0
     for k in lengths:
         streams.append(np.asarray([int(c) for c in bits[at : at + k]], np.uint8))
@@ -164,7 +189,12 @@ def test_wrong_mode_or_m1_setup_is_refused(m1, random_m1_model):
         codec.decompress(windows_m1, blob)  # another fingerprint (symbols are part of it)
 
 
-def _reseal(header: dict, payload: bytes, version: int = 2) -> bytes:
+def _lengths_plus_8(header: dict, payload: bytes) -> bytes:
+    lengths, head = _read_leb128(payload, header["n_segments"])
+    return _leb128([lengths[0] + 8] + lengths[1:]) + payload[head:]
+
+
+def _reseal(header: dict, payload: bytes, version: int = 3) -> bytes:
     head = json.dumps(header).encode()
     blob = b"PCOMPEIW" + struct.pack(">HI", version, len(head)) + head + payload
     return blob + struct.pack(">I", zlib.crc32(blob))
@@ -181,11 +211,12 @@ def _split(blob: bytes):
     (lambda h, p: ({**h, "n_segments": h["n_segments"] + 1}, p), ["n_segments="]),
     (lambda h, p: ({**h, "segment_bytes": 0}, p), ["segment_bytes=0"]),
     (lambda h, p: ({**h, "payload_bytes": h["payload_bytes"] + 1}, p + b"\x00"), ["stream lengths add up"]),
-    (lambda h, p: (h, struct.pack(">I", struct.unpack(">I", p[:4])[0] + 8) + p[4:]), ["stream lengths add up"]),
+    (lambda h, p: (h, _lengths_plus_8(h, p)), ["stream lengths add up"]),
+    (lambda h, p: ({**h, "payload_bytes": 1}, p[:1]), ["stream lengths do not fit"]),
     (lambda h, p: ({**h, "m1_overlap": h["m1_context"] - 1}, p), ["m1_overlap=15"]),
     (lambda h, p: ({**h, "m1_overlap": "7"}, p), ["m1_overlap='7'"]),
-], ids=["unknown-mode", "no-mode", "segments", "segment-bytes", "payload-longer", "stream-length", "overlap",
-        "overlap-type"])
+], ids=["unknown-mode", "no-mode", "segments", "segment-bytes", "payload-longer", "stream-length",
+        "lengths-cut", "overlap", "overlap-type"])
 def test_crafted_best_files_fail_in_one_error(m1, change, needles):
     blob = codec.compress(m1, b"hello best mode " * 10, CFG, mode="best")
     bad = _reseal(*change(*_split(blob)))
@@ -206,19 +237,32 @@ def test_version_1_files_are_windows_files(random_m1_model):
         fileformat.unpack(_reseal(header, payload, version=4))
 
 
-def test_only_reprimed_best_files_need_version_3(m1):
-    """A reader must know re-priming to decode a file with m1_overlap > 0: such a file is version 3 (the
-    pcomp before re-priming refuses it at its version check); windows files and best files without
-    overlap stay version 2, which that pcomp reads as before."""
+def test_best_files_are_version_3_and_version_2_ones_still_read(m1, random_m1_model):
+    """Best files are version 3 (m1_overlap, varint lengths: the pcomp before refuses them at its version
+    check instead of decoding other bytes); windows files stay version 2. A version 2 best file (u32
+    lengths, no m1_overlap: M1 restarts from BOS alone) decodes as it did."""
     version = lambda blob: struct.unpack(">H", blob[8:10])[0]  # noqa: E731
     data = b"re-primed context blocks " * 4
     assert version(codec.compress(m1, data, CFG, mode="best")) == 3
+    windows_m1 = codec.m1_for(random_m1_model, CFG, "windows")
+    assert version(codec.compress(windows_m1, data, CFG)) == 2
     plain = codec.compress(m1, data, dataclasses.replace(CFG, context_overlap=0.0), mode="best")
-    assert version(plain) == 2 and _split(plain)[0]["m1_overlap"] == 0
-    assert codec.decompress(m1, plain) == data
-    header, payload = _split(plain)  # as the pcomp before re-priming wrote it: no m1_overlap
+    header, payload = _split(plain)
+    assert header["m1_overlap"] == 0
+    lengths, head = _read_leb128(payload, header["n_segments"])
+    old_payload = b"".join(struct.pack(">I", k) for k in lengths) + payload[head:]
     del header["m1_overlap"]
-    assert codec.decompress(m1, _reseal(header, payload)) == data
+    header["payload_bytes"] = len(old_payload)
+    assert codec.decompress(m1, _reseal(header, old_payload, version=2)) == data
+
+
+@given(st.lists(st.integers(0, (1 << 40) - 1), max_size=20))
+def test_varints_round_trip_and_match_leb128(values):
+    assert fileformat.varints(values) == _leb128(values)
+    blob = fileformat.varints(values)
+    assert fileformat.read_varints(blob + b"\x07", len(values)) == (values, len(blob))
+    if values:
+        assert fileformat.read_varints(blob[:-1], len(values)) is None  # cut inside the last one
 
 
 def _naive_block_start(j: int, lb: int, h: int) -> int:

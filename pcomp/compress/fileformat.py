@@ -1,17 +1,20 @@
 """The `pcomp compress` file: magic, version, JSON header, payload, CRC32 trailer.
 
     magic     8 bytes  b"PCOMPEIW"
-    version   u16 big-endian: 3 for a "best" file whose M1 context is re-primed (m1_overlap > 0),
-              else 2 (so the pcomp before re-priming reads it); version 1 files (windows) are read too
+    version   u16 big-endian: 3 for "best" files (m1_overlap, varint stream lengths), 2 for windows
+              files (unchanged since version 2, so older pcomp reads them); version 1 files (windows)
+              and version 2 "best" files are read too
     hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: "mode" (absent in version 1 =
               "windows"), the coder settings, m1_fingerprint, m1_context, m1_name, platform,
               original_length, original_crc32, and per mode:
                 windows  window_bits, token_bits, precision, m1_batch, segment_bytes, window_rule, n_windows
                 best     precision, m1_batch, segment_bytes, n_segments, payload_bytes, m1_overlap
-                         (absent before version 3: 0)
+                         (version 2: absent, = 0)
     payload   windows: n_windows * window_bits / 8 bytes, each window's b bits, big-endian
-              best:    n_segments u32 big-endian stream lengths in bits, then the segments' arithmetic-coded
-                       bit streams one after another, packed big-endian, zero-padded to a byte
+              best:    n_segments stream lengths in bits (version 3: unsigned LEB128 varints, 2 bytes for
+                       a stream under 16,384 bits; version 2: u32 big-endian), then the segments'
+                       arithmetic-coded bit streams one after another, packed big-endian, zero-padded
+                       to a byte
     trailer   u32 big-endian CRC32 of everything before it
 
 Reading checks, in order: magic (not our file), version, header (fields, types, ranges, mode),
@@ -50,9 +53,40 @@ def _seal(header: dict, payload: bytes) -> bytes:
 
 
 def _version(header: dict) -> int:
-    """3 where a reader must re-prime M1 (m1_overlap > 0): a pcomp that cannot refuses the file at its
-    version check instead of decoding other bytes; 2 otherwise."""
-    return VERSION if header.get("m1_overlap", 0) else 2
+    """3 for "best" files (a pcomp that cannot re-prime M1 or read varint lengths refuses them at its
+    version check instead of decoding other bytes), 2 for windows files."""
+    return VERSION if header.get("mode") == BEST else 2
+
+
+def varints(values) -> bytes:
+    """Unsigned LEB128: 7 bits a byte, least significant first, the high bit set on all but the last."""
+    out = bytearray()
+    for v in values:
+        v = int(v)
+        while v >= 0x80:
+            out.append(v & 0x7F | 0x80)
+            v >>= 7
+        out.append(v)
+    return bytes(out)
+
+
+def read_varints(data: bytes, n: int) -> tuple[list[int], int] | None:
+    """The first n LEB128 varints of data and the bytes they took, or None if data ends inside them
+    (or a varint runs past 8 bytes: no stream is that long)."""
+    values, at = [], 0
+    for _ in range(n):
+        v = shift = 0
+        while True:
+            if at >= len(data) or shift > 49:
+                return None
+            b = data[at]
+            at += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+        values.append(v)
+    return values, at
 
 
 def pack(header: dict, codes: np.ndarray) -> bytes:
@@ -64,9 +98,8 @@ def pack(header: dict, codes: np.ndarray) -> bytes:
 
 def pack_streams(header: dict, streams: list[np.ndarray]) -> bytes:
     """Serialize arithmetic-coded bit streams (uint8 0/1 each, one per segment) with `header` (mode "best")."""
-    lengths = np.asarray([len(s) for s in streams], ">u4")
     bits = np.concatenate([np.asarray(s, np.uint8) for s in streams]) if streams else np.zeros(0, np.uint8)
-    payload = lengths.tobytes() + np.packbits(bits).tobytes()
+    payload = varints(len(s) for s in streams) + np.packbits(bits).tobytes()
     return _seal({**header, "mode": BEST, "n_segments": len(streams), "payload_bytes": len(payload)}, payload)
 
 
@@ -101,19 +134,24 @@ def unpack(blob: bytes, name: str = "input") -> tuple[dict, np.ndarray | list[np
     payload = np.frombuffer(blob[_FIXED + hlen : -4], np.uint8)
     if header["mode"] == WINDOWS:
         return header, tokens_to_codes(payload, header["window_bits"], 8)
-    return header, _split_streams(payload, header["n_segments"], name)
+    return header, _split_streams(payload, header["n_segments"], name, version)
 
 
-def _split_streams(payload: np.ndarray, n: int, name: str) -> list[np.ndarray]:
-    """The bit streams of a "best" payload: n u32 lengths, then the concatenated bits, padded to a byte."""
-    if len(payload) < 4 * n:
+def _split_streams(payload: np.ndarray, n: int, name: str, version: int) -> list[np.ndarray]:
+    """The bit streams of a "best" payload: n lengths (varints; version 2: u32), then the concatenated
+    bits, padded to a byte."""
+    if version >= 3:
+        got = read_varints(payload[: 10 * n].tobytes(), n)
+    else:
+        got = (np.frombuffer(payload[: 4 * n].tobytes(), ">u4").tolist(), 4 * n) if len(payload) >= 4 * n else None
+    if got is None:
         raise CompressedFormatError(f"{name} is corrupted ({n} stream lengths do not fit in {len(payload)} bytes)")
-    lengths = np.frombuffer(payload[: 4 * n].tobytes(), ">u4").astype(np.int64)
+    lengths, head = np.asarray(got[0], np.int64), got[1]
     total = int(lengths.sum())
-    if -(-total // 8) != len(payload) - 4 * n:
+    if -(-total // 8) != len(payload) - head:
         raise CompressedFormatError(f"{name} is corrupted (stream lengths add up to {total} bits; the payload "
-                                    f"holds {8 * (len(payload) - 4 * n)})")
-    bits = np.unpackbits(payload[4 * n :])
+                                    f"holds {8 * (len(payload) - head)})")
+    bits = np.unpackbits(payload[head:])
     ends = np.cumsum(lengths)
     return [bits[e - k : e] for e, k in zip(ends, lengths)]
 
