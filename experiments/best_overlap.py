@@ -6,13 +6,13 @@ is made of, on the same bytes and the same M1:
            re-primed with h = f * block bytes), its float32 softmax over the coder's symbols (bytes
            and EOS: the rest of the vocabulary is never coded), summed in float64: the code length
            an ideal coder of this M1 would reach;
-  ideal    the same under the coder's quantized tables of bytes + EOS (`plain_ac.ideal_bits`, EOS
-           included): nll plus quantization plus one EOS per segment;
+  ideal    the same under the coder's quantized tables (`plain_ac.ideal_bits` of the bytes alone:
+           best files code no end symbol): nll plus quantization;
   file     the whole .pcomp file (header, stream lengths, coder termination included);
   overhead (file - nll) / nll: what the format and coder cost beyond M1's cross-entropy; split into
            (ideal - nll), which quantization can make negative (its floor of 2**-precision per
            symbol caps what a byte M1 found very unlikely costs), and (file - ideal) / nll: the
-           header, 4-byte stream lengths and each stream's termination.
+           header, the varint stream lengths and each stream's termination.
 f = 0 is the restart-from-BOS rule of format version 2; the nll column across f is what the
 re-prime buys. Also compress and decompress speed (one process, configurations run in order; stop
 other work while it runs) and a round-trip check of every file.
@@ -36,7 +36,7 @@ from pcomp.compress.m1 import M1
 from pcomp.config import CompressConfig
 
 COLUMNS = [("overlap", "context_overlap", ".2f"), ("h", "re-primed bytes h", "d"),
-           ("nll_bpb", "M1 nll bits/byte", ".4f"), ("ideal_bpb", "quantized + EOS bits/byte", ".4f"),
+           ("nll_bpb", "M1 nll bits/byte", ".4f"), ("ideal_bpb", "quantized bits/byte", ".4f"),
            ("file_bpb", "file bits/byte", ".4f"), ("overhead_pct", "file - nll", lambda v: f"{v:+.2f}%"),
            ("framing_pct", "file - quantized", lambda v: f"{v:+.2f}%"),
            ("compress_kbs", "compress KB/s", ".2f"), ("decompress_kbs", "decompress KB/s", ".2f")]
@@ -44,14 +44,11 @@ COLUMNS = [("overlap", "context_overlap", ".2f"), ("h", "re-primed bytes h", "d"
 
 def context_windows(segments: list[bytes], bos: int, block: int, overlap: int) -> tuple[np.ndarray, np.ndarray]:
     """(tokens, mask) [windows, block + 1]: one window per context block of every segment: BOS, the
-    block's fed bytes; mask 1 on the bytes it codes (the re-primed ones are context). EOS is not
-    scored (the coder's `ideal` adds it)."""
+    block's fed bytes; mask 1 on the bytes it codes (the re-primed ones are context)."""
     rows, masks = [], []
     for seg in segments:
-        for fed, coded in plain_ac.context_blocks(len(seg) + 1, block, overlap):
+        for fed, coded in plain_ac.context_blocks(len(seg), block, overlap):
             piece = list(seg[fed : fed + block])
-            if coded >= len(seg):  # a block of EOF alone
-                continue
             tokens = np.zeros(block + 1, np.int32)
             mask = np.zeros(block + 1, np.int32)
             tokens[0], tokens[1 : 1 + len(piece)] = bos, piece
@@ -99,7 +96,7 @@ def measure(m1_path: str, data: bytes, overlap: float, batch: int) -> dict:
     segs = codec.segments(data, seg_bytes)
     nll, count = symbol_nll_bits(m1, *context_windows(segs, m1.bos_id, m1.max_window_bytes, h))
     assert count == len(data), (count, len(data))
-    ideal = plain_ac.ideal_bits(m1.with_batch(rows), segs, h)
+    ideal = plain_ac.ideal_bits(m1.with_batch(rows), segs, h, eos=False)
     n = len(data)
     return {"overlap": overlap, "h": h, "segment_bytes": seg_bytes, "m1_batch": rows, "bytes": n,
             "file_bytes": len(blob), "nll_bpb": nll / n, "ideal_bpb": ideal / n, "file_bpb": 8 * len(blob) / n,

@@ -90,6 +90,7 @@ def test_best_round_trips_any_bytes(m1, data):
     assert codec.decompress(m1, blob) == data
     header, streams = _parse(blob)
     assert header["mode"] == "best" and header["original_length"] == len(data)
+    assert header["stream_end"] == "length"  # streams hold the bytes alone: the lengths end them
     assert header["original_crc32"] == zlib.crc32(data)
     seg_bytes, batch = codec.best_layout(len(data), CFG, m1.max_window_bytes)
     assert (header["segment_bytes"], header["m1_batch"]) == (seg_bytes, batch) and seg_bytes <= SEGMENT
@@ -101,9 +102,10 @@ def test_best_round_trips_any_bytes(m1, data):
     assert overlap == int(CFG.context_overlap * m1.max_window_bytes) == 3  # a quarter of a 15-byte block
     m1b = m1.with_batch(batch)
     for seg, stream in zip(segs, streams):  # each segment's stream decodes alone, to that segment
-        assert plain_ac.decode_docs(m1b, [stream], max_bytes=seg_bytes, overlap=overlap) == [seg]
-    # arithmetic coding is within 2 bits of the ideal code length per stream (and never below it - 1)
-    ideal = [plain_ac.ideal_bits(m1b, [s], overlap) for s in segs]
+        assert plain_ac.decode_docs(m1b, [stream], max_bytes=seg_bytes, overlap=overlap, lengths=[len(seg)]) == [seg]
+    # arithmetic coding is within 2 bits of the ideal code length of the bytes alone (no end symbol) per
+    # stream, and never below it - 1
+    ideal = [plain_ac.ideal_bits(m1b, [s], overlap, eos=False) for s in segs]
     for stream, bits in zip(streams, ideal):
         assert bits - 1 <= len(stream) <= bits + 2 + 1e-3 * bits
 
@@ -215,8 +217,9 @@ def _split(blob: bytes):
     (lambda h, p: ({**h, "payload_bytes": 1}, p[:1]), ["stream lengths do not fit"]),
     (lambda h, p: ({**h, "m1_overlap": h["m1_context"] - 1}, p), ["m1_overlap=15"]),
     (lambda h, p: ({**h, "m1_overlap": "7"}, p), ["m1_overlap='7'"]),
+    (lambda h, p: ({**h, "stream_end": "none"}, p), ["stream_end='none'"]),
 ], ids=["unknown-mode", "no-mode", "segments", "segment-bytes", "payload-longer", "stream-length",
-        "lengths-cut", "overlap", "overlap-type"])
+        "lengths-cut", "overlap", "overlap-type", "stream-end"])
 def test_crafted_best_files_fail_in_one_error(m1, change, needles):
     blob = codec.compress(m1, b"hello best mode " * 10, CFG, mode="best")
     bad = _reseal(*change(*_split(blob)))
@@ -238,9 +241,10 @@ def test_version_1_files_are_windows_files(random_m1_model):
 
 
 def test_best_files_are_version_3_and_version_2_ones_still_read(m1, random_m1_model):
-    """Best files are version 3 (m1_overlap, varint lengths: the pcomp before refuses them at its version
-    check instead of decoding other bytes); windows files stay version 2. A version 2 best file (u32
-    lengths, no m1_overlap: M1 restarts from BOS alone) decodes as it did."""
+    """Best files are version 3 (m1_overlap, streams without an end symbol, varint lengths: the pcomp
+    before refuses them at its version check instead of decoding other bytes); windows files stay
+    version 2. A version 2 best file (u32 lengths, no m1_overlap: M1 restarts from BOS alone; each stream
+    ends in M1's EOS) decodes as it did."""
     version = lambda blob: struct.unpack(">H", blob[8:10])[0]  # noqa: E731
     data = b"re-primed context blocks " * 4
     assert version(codec.compress(m1, data, CFG, mode="best")) == 3
@@ -248,10 +252,15 @@ def test_best_files_are_version_3_and_version_2_ones_still_read(m1, random_m1_mo
     assert version(codec.compress(windows_m1, data, CFG)) == 2
     plain = codec.compress(m1, data, dataclasses.replace(CFG, context_overlap=0.0), mode="best")
     header, payload = _split(plain)
-    assert header["m1_overlap"] == 0
-    lengths, head = _read_leb128(payload, header["n_segments"])
-    old_payload = b"".join(struct.pack(">I", k) for k in lengths) + payload[head:]
-    del header["m1_overlap"]
+    assert header["m1_overlap"] == 0 and header["stream_end"] == "length"
+    m1b = m1.with_batch(header["m1_batch"])
+    seg = header["segment_bytes"]
+    eos_streams = plain_ac.encode_docs(m1b, [data[i : i + seg] for i in range(0, len(data), seg)], 0, eos=True)
+    assert len(eos_streams) == header["n_segments"] > 1
+    bits = np.concatenate(eos_streams)
+    old_payload = (b"".join(struct.pack(">I", len(s)) for s in eos_streams)
+                   + np.packbits(np.pad(bits, (0, -len(bits) % 8))).tobytes())
+    del header["m1_overlap"], header["stream_end"]
     header["payload_bytes"] = len(old_payload)
     assert codec.decompress(m1, _reseal(header, old_payload, version=2)) == data
 
@@ -277,6 +286,8 @@ def test_each_symbol_is_coded_in_its_rule_context(m1, n, overlap):
     symbols from its block's start to j (fed one step at a time from a fresh cache)."""
     doc = bytes(np.random.default_rng(n + overlap).integers(0, 256, n, dtype=np.uint8))
     lo, hi = plain_ac.symbol_intervals(m1, [doc], overlap)[0]
+    lo_bytes, hi_bytes = plain_ac.symbol_intervals(m1, [doc], overlap, eos=False)[0]
+    assert lo_bytes.tolist() == lo[:n].tolist() and hi_bytes.tolist() == hi[:n].tolist()  # the same, less EOF
     sym = list(doc) + [plain_ac.EOF]
     lb = m1.max_window_bytes
     for j, s in enumerate(sym):
@@ -294,6 +305,9 @@ def test_reprimed_context_blocks_decode(m1):
     for overlap in range(m1.max_window_bytes):
         streams = plain_ac.encode_docs(m1, docs, overlap)
         assert plain_ac.decode_docs(m1, streams, max_bytes=80, overlap=overlap) == docs, overlap
+        streams = plain_ac.encode_docs(m1, docs, overlap, eos=False)
+        lengths = [len(d) for d in docs]
+        assert plain_ac.decode_docs(m1, streams, max_bytes=80, overlap=overlap, lengths=lengths) == docs, overlap
     with pytest.raises(ConfigError, match="context overlap 15: expected 0 <= overlap < 15"):
         plain_ac.encode_docs(m1, docs, 15)
 

@@ -565,20 +565,23 @@ def m1_eos(trained):
 
 
 def _plain_round_trip(m1_eos, docs):
-    streams = plain_ac.encode_docs(m1_eos, docs)
-    assert len(streams) == len(docs)
-    for s in streams:
-        assert s.dtype == np.uint8 and set(np.unique(s).tolist()) <= {0, 1}
-    out = plain_ac.decode_docs(m1_eos, streams, max_bytes=max(plain_ac.max_symbols(len(s), m1_eos)
-                                                                for s in streams))
-    assert out == list(docs)
-    for doc, s in zip(docs, streams):  # minimal termination: < 2 bits over the ideal code length
-        ideal = plain_ac.ideal_bits(m1_eos, [doc])
-        slack = 1e-3 * (len(doc) + 1)  # finite-precision coder rounding
-        assert ideal - slack <= len(s) < ideal + 2 + slack
-    total_ideal = plain_ac.ideal_bits(m1_eos, docs)
-    assert sum(len(s) for s in streams) - total_ideal < 2 * len(docs) + 1e-3 * sum(len(d) + 1 for d in docs)
-    return streams
+    """Both stream ends: M1's EOS (the stream alone gives the length) and none (the caller knows it)."""
+    lengths = [len(d) for d in docs]
+    for eos in (True, False):
+        streams = plain_ac.encode_docs(m1_eos, docs, eos=eos)
+        assert len(streams) == len(docs)
+        for s in streams:
+            assert s.dtype == np.uint8 and set(np.unique(s).tolist()) <= {0, 1}
+        out = plain_ac.decode_docs(m1_eos, streams, max_bytes=max(plain_ac.max_symbols(len(s), m1_eos)
+                                                                    for s in streams),
+                                   lengths=None if eos else lengths)
+        assert out == list(docs)
+        for doc, s in zip(docs, streams):  # minimal termination: < 2 bits over the ideal code length
+            ideal = plain_ac.ideal_bits(m1_eos, [doc], eos=eos)
+            slack = 1e-3 * (len(doc) + 1)  # finite-precision coder rounding
+            assert ideal - slack <= len(s) < ideal + 2 + slack
+        total_ideal = plain_ac.ideal_bits(m1_eos, docs, eos=eos)
+        assert sum(len(s) for s in streams) - total_ideal < 2 * len(docs) + 1e-3 * sum(len(d) + 1 for d in docs)
 
 
 def test_plain_ac_round_trip_fixed(m1_eos, text):

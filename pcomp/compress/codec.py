@@ -7,9 +7,10 @@ the segments (`rows_for`, at most `m1_batch`) and recorded.
 
 "best": plain arithmetic coding under M1 (`pcomp.compress.plain_ac`, the one coder of
 `pcomp.compress.arith`), the best code M1 gives. The input is cut into segments of at most
-`segment_bytes` (`best_layout`); each segment is one coder stream over its bytes and a final
-end-of-document symbol (M1's EOS), so segments decode in parallel (one row of the M1 batch each)
-and the file stores only each stream's length in bits. Decoding is sequential within a segment,
+`segment_bytes` (`best_layout`); each segment is one coder stream over its bytes alone (every
+segment but the last holds segment_bytes, so none needs an end symbol; version 2 files end each in
+M1's EOS, which M1's tables still hold so that they decode), so segments decode in parallel (one row
+of the M1 batch each) and the file stores only each stream's length in bits. Decoding is sequential within a segment,
 one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts an
 input into enough segments to fill a step (`parallel_segments`: a 2 KB file decodes as 8 chains of
 250 bytes, not one of 2,048; 40 KB as 48 of 834) and sizes the M1 batch to them (at most
@@ -107,17 +108,17 @@ def compress(m1: M1, data: bytes, cfg: CompressConfig = CompressConfig(), progre
     m1 = m1.with_batch(batch)
     streams = []
     for seg in _chunks(segments(data, segment_bytes), _segments_per_call(m1, segment_bytes, overlap)):
-        streams += plain_ac.encode_docs(m1, seg, overlap)
+        streams += plain_ac.encode_docs(m1, seg, overlap, eos=False)
         if progress is not None:
             progress(sum(len(s) for s in seg))
     header = {"precision": cfg.precision, "m1_batch": batch, "segment_bytes": segment_bytes, **common,
-              "m1_overlap": overlap}
+              "m1_overlap": overlap, "stream_end": "length"}
     return fileformat.pack_streams(header, streams)
 
 
 PARALLEL_SEGMENTS = 8  # "best": an input longer than 8 M1 context blocks is cut into at least 8 segments
 FULL_STEP_SEGMENTS = 48  # "best": ... and into at least 48 while each keeps LONG_SEGMENT_BYTES
-LONG_SEGMENT_BYTES = 768  # each segment costs ~7 bytes (its 4-byte length, EOS, the coder's end)
+LONG_SEGMENT_BYTES = 768  # each segment costs a few bytes (its varint length, the coder's end, a cold context)
 BATCH_MULTIPLE = 8  # "best": the M1 batch is the segments rounded up to this (fewer compiled shapes)
 
 
@@ -136,8 +137,8 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
     """(segment_bytes, M1 batch) of a "best" file of n_bytes; block_bytes = M1's context block.
 
     Segments: cfg.segment_bytes each, unless that gives fewer than `parallel_segments`; then that
-    many equal ones (never shorter than a context block: M1's context restarts every block_bytes
-    anyway, so a shorter segment only adds a stream end and a 4-byte length). Batch: `rows_for` the
+    many equal ones (never shorter than a context block: a segment starts M1 from BOS alone, so a
+    shorter one would code more bytes with little context, besides its stream end and length). Batch: `rows_for` the
     segments. Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
     """
     n_segments = -(-n_bytes // cfg.segment_bytes)
@@ -216,7 +217,8 @@ def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes
         data, _ = decode_windows(m1, payload, header["window_bits"], progress=progress)
     else:
         data = _decode_segments(m1, payload, header["segment_bytes"], header["original_length"],
-                                header.get("m1_overlap", 0), name, progress)
+                                header.get("m1_overlap", 0), header.get("stream_end", "eos") == "eos", name,
+                                progress)
     if len(data) != header["original_length"] or zlib.crc32(data) != header["original_crc32"]:
         where = header.get("platform", "?")
         raise CompressedFormatError(
@@ -227,18 +229,21 @@ def decompress(m1: M1, blob: bytes, name: str = "input", progress=None) -> bytes
     return data
 
 
-def _decode_segments(m1: M1, streams, segment_bytes: int, length: int, overlap: int, name: str,
+def _decode_segments(m1: M1, streams, segment_bytes: int, length: int, overlap: int, eos: bool, name: str,
                      progress=None) -> bytes:
-    """The "best" payload decoded: every segment but the last holds segment_bytes bytes."""
+    """The "best" payload decoded: every segment but the last holds segment_bytes bytes (streams end in
+    EOS, or with `eos` False at those lengths)."""
     out = []
+    sizes = [min(segment_bytes, length - i * segment_bytes) for i in range(len(streams))]
     for g0 in range(0, len(streams), m1.batch):
         group = streams[g0 : g0 + m1.batch]
         try:
-            decoded = plain_ac.decode_docs(m1, group, max_bytes=segment_bytes, overlap=overlap)
+            decoded = plain_ac.decode_docs(m1, group, max_bytes=segment_bytes, overlap=overlap,
+                                           lengths=None if eos else sizes[g0 : g0 + m1.batch])
         except CompressedFormatError as e:
             raise CompressedFormatError(f"{name} is corrupted or was made by another M1 setup ({e})") from None
         for i, d in enumerate(decoded):
-            want = min(segment_bytes, length - (g0 + i) * segment_bytes)
+            want = sizes[g0 + i]
             if len(d) != want:
                 raise CompressedFormatError(f"{name}: segment {g0 + i} decodes to {len(d)} bytes, expected {want}; "
                                             "the file is corrupted or M1's logits differ on this device")

@@ -1,15 +1,16 @@
 """The `pcomp compress` file: magic, version, JSON header, payload, CRC32 trailer.
 
     magic     8 bytes  b"PCOMPEIW"
-    version   u16 big-endian: 3 for "best" files (m1_overlap, varint stream lengths), 2 for windows
+    version   u16 big-endian: 3 for "best" files (m1_overlap, no EOS, varint stream lengths), 2 for windows
               files (unchanged since version 2, so older pcomp reads them); version 1 files (windows)
               and version 2 "best" files are read too
     hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: "mode" (absent in version 1 =
               "windows"), the coder settings, m1_fingerprint, m1_context, m1_name, platform,
               original_length, original_crc32, and per mode:
                 windows  window_bits, token_bits, precision, m1_batch, segment_bytes, window_rule, n_windows
-                best     precision, m1_batch, segment_bytes, n_segments, payload_bytes, m1_overlap
-                         (version 2: absent, = 0)
+                best     precision, m1_batch, segment_bytes, n_segments, payload_bytes, m1_overlap and
+                         stream_end ("length": streams hold bytes only; version 2: absent, = 0 and
+                         "eos": each stream ends in M1's end-of-document symbol)
     payload   windows: n_windows * window_bits / 8 bytes, each window's b bits, big-endian
               best:    n_segments stream lengths in bits (version 3: unsigned LEB128 varints, 2 bytes for
                        a stream under 16,384 bits; version 2: u32 big-endian), then the segments'
@@ -201,6 +202,7 @@ def _check_header(header, name: str) -> None:
             "payload_bytes": is_int(header["payload_bytes"], 0, 1 << 56),
             "m1_overlap": is_int(header.get("m1_overlap", 0), 0, header["m1_context"] - 2)
             if checks["m1_context"] else False,
+            "stream_end": header.get("stream_end", "eos") in ("eos", "length"),
         })
     bad = [k for k, ok in checks.items() if not ok]
     if bad:

@@ -1,8 +1,9 @@
 """Plain arithmetic coding with M1 (no windows): the baseline the Equal-Info paper finds unlearnable.
 
 One coder stream per document over bytes followed by an end-of-document symbol (M1's EOS), so a
-stream decodes without a stored length. M1's KV cache holds BOS + lb = `M1.max_window_bytes` bytes,
-so a document is coded in context blocks (the coder stream runs on across them):
+stream decodes without a stored length (`eos=False`: bytes only, for callers that know each
+document's length, as `pcomp compress --mode best` does). M1's KV cache holds BOS + lb =
+`M1.max_window_bytes` bytes, so a document is coded in context blocks (the coder stream runs on across them):
   block 0    BOS, then symbols 0 .. lb-1, each predicted from BOS and the symbols before it;
   block k>0  BOS, then the `overlap` bytes just before the block (fed to M1, not coded: "re-primed"),
              then the next lb - overlap symbols.
@@ -54,18 +55,20 @@ def context_blocks(n_symbols: int, lb: int, overlap: int) -> list[tuple[int, int
     return blocks
 
 
-def symbol_intervals(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per document, the coder intervals (c_lo, c_hi) [len + 1] of its bytes and the final EOF, each
-    symbol under M1's table in its context block (`context_blocks`)."""
+def symbol_intervals(m1: M1, docs: Sequence[bytes], overlap: int = 0,
+                     eos: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per document, the coder intervals (c_lo, c_hi) [len + 1] of its bytes and the final EOF ([len]:
+    its bytes, without `eos`), each symbol under M1's table in its context block (`context_blocks`)."""
     _check(m1)
     lb = m1.max_window_bytes
     # rows: one per (document, block): the symbols it feeds M1 (prime included) and its first coded one
     blocks = []  # (doc index, first fed symbol index, symbols fed, index of the first coded one in them)
     for i, d in enumerate(docs):
-        sym = np.append(np.frombuffer(d, np.uint8).astype(np.int64), EOF)
+        sym = np.frombuffer(d, np.uint8).astype(np.int64)
+        sym = np.append(sym, EOF) if eos else sym
         for fed, coded in context_blocks(len(sym), lb, overlap):
             blocks.append((i, fed, sym[fed : fed + lb], coded - fed))
-    out = [(np.zeros(len(d) + 1, np.int64), np.zeros(len(d) + 1, np.int64)) for d in docs]
+    out = [(np.zeros(len(d) + eos, np.int64), np.zeros(len(d) + eos, np.int64)) for d in docs]
     m1.start()
     for b0 in range(0, len(blocks), m1.batch):
         group = blocks[b0 : b0 + m1.batch]
@@ -86,25 +89,26 @@ def symbol_intervals(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> list[tu
     return out
 
 
-def encode_docs(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> list[np.ndarray]:
+def encode_docs(m1: M1, docs: Sequence[bytes], overlap: int = 0, eos: bool = True) -> list[np.ndarray]:
     """Terminated bit streams (uint8 0/1) of each document."""
-    return [arith.encode_intervals(lo, hi, m1.precision) for lo, hi in symbol_intervals(m1, docs, overlap)]
+    return [arith.encode_intervals(lo, hi, m1.precision) for lo, hi in symbol_intervals(m1, docs, overlap, eos)]
 
 
-def ideal_bits(m1: M1, docs: Sequence[bytes], overlap: int = 0) -> float:
-    """Sum over documents of -log2 q(symbol) under M1's quantized model (bytes and EOF), in the
-    context blocks of `overlap`."""
+def ideal_bits(m1: M1, docs: Sequence[bytes], overlap: int = 0, eos: bool = True) -> float:
+    """Sum over documents of -log2 q(symbol) under M1's quantized model (bytes, and EOF with `eos`),
+    in the context blocks of `overlap`."""
     total = 0.0
-    for lo, hi in symbol_intervals(m1, docs, overlap):
+    for lo, hi in symbol_intervals(m1, docs, overlap, eos):
         total += float(np.sum(m1.precision - np.log2((hi - lo).astype(np.float64))))
     return total
 
 
 @numba.njit(cache=True)
-def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos, precision, lb, overlap):
-    """One symbol (or one re-prime byte) per active row (row state: the slots above). Returns the
-    number of rows needing an M1 step, or -1 - row for a row whose stream runs past out's capacity
-    without EOF."""
+def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos, precision, lb, overlap,
+                 stop):
+    """One symbol (or one re-prime byte) per active row (row state: the slots above); a row ends at EOF,
+    or after stop[r] bytes where stop[r] >= 0. Returns the number of rows needing an M1 step, or
+    -1 - row for a row whose stream runs past out's capacity without EOF."""
     active = 0
     for r in range(st.shape[0]):
         if st[r, ACTIVE] == 0:
@@ -124,6 +128,9 @@ def _decode_rows(cum_bn, first_cum, bits, bit_start, bit_end, st, out, out_n, to
                 return -1 - r
             out[r, out_n[r]] = s
             out_n[r] += 1
+            if out_n[r] == stop[r]:  # a known length: no EOF follows
+                st[r, ACTIVE] = 0
+                break
             st[r, CONTEXT_POS] += 1
             if st[r, CONTEXT_POS] == lb:  # the block is full: a new one starts from BOS ...
                 st[r, CONTEXT_POS] = 0
@@ -149,9 +156,11 @@ def max_symbols(n_bits: int, m1: M1) -> int:
     return int(n_bits / min_cost) + 2
 
 
-def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int, overlap: int = 0) -> list[bytes]:
-    """Inverse of `encode_docs` (same `overlap`); a stream that does not reach EOF within max_bytes is
-    corrupt."""
+def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int, overlap: int = 0,
+                lengths: Sequence[int] | None = None) -> list[bytes]:
+    """Inverse of `encode_docs` (same `overlap`): EOF-terminated streams, or with `lengths` the streams
+    of `encode_docs(..., eos=False)`, each decoded to its length (a stream that decodes EOF first
+    ends there: shorter than its length). A stream that runs past max_bytes without EOF is corrupt."""
     _check(m1)
     context_blocks(0, m1.max_window_bytes, overlap)  # checks the overlap
     out_docs: list[bytes] = []
@@ -163,9 +172,12 @@ def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int, overlap: 
         bit_start = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
         bit_end = bit_start + lens
         st = np.zeros((B, ROW_SLOTS), np.int64)
+        stop = np.full(B, -1, np.int64)  # -1: until EOF
         for r, s in enumerate(group):
             st[r, LOW], st[r, HIGH], st[r, VALUE], st[r, BIT_POS] = arith.decoder_init(s)
-            st[r, ACTIVE] = 1
+            if lengths is not None:
+                stop[r] = lengths[g0 + r]
+            st[r, ACTIVE] = int(stop[r] != 0)
         out = np.zeros((len(group), max_bytes), np.uint8)
         out_n = np.zeros(B, np.int64)
         tok, pos = np.zeros(B, np.int64), np.ones(B, np.int64)
@@ -174,7 +186,7 @@ def decode_docs(m1: M1, streams: Sequence[np.ndarray], max_bytes: int, overlap: 
         while True:
             t0 = time.perf_counter()
             active = _decode_rows(cum, m1.first_cum, bits, bit_start, bit_end, st, out, out_n, tok, pos,
-                                  m1.precision, m1.max_window_bytes, overlap)
+                                  m1.precision, m1.max_window_bytes, overlap, stop)
             if m1.timer is not None:
                 m1.timer.record_kernel(time.perf_counter() - t0, active)
             if active < 0:
