@@ -153,7 +153,8 @@ def test_lr_candidates_come_first_and_the_best_one_is_used():
 
 def test_per_model_points_series_and_lr_candidates():
     """ps-30k (issue #24): unique data only, D/N up to 1000, five lr candidates; the side study stays on
-    ps-100k; ps-500k adds D/N 60; `chosen_lrs` and the report follow the grown lr grid."""
+    ps-100k; every size has D/N 60 (about the largest ps-500k reaches on unique data), so the gap is
+    compared across sizes there; `chosen_lrs` and the report follow the grown lr grid."""
     preset = ps.PRESETS["cpu"]
     assert preset["models"][0] == "ps-30k" and ps.n_params("ps-30k")[0] == 32_376
     lrs = ps.model_lrs(preset, "ps-30k")
@@ -165,14 +166,15 @@ def test_per_model_points_series_and_lr_candidates():
     rest = ps.pending_runs(preset, done, TOKENS)
     small = [r for r in rest if r.model == "ps-30k" and r.purpose == "main"]
     assert {r.series for r in small} == {"unique"} and {r.lr for r in small} == {3e-2}
-    assert list(dict.fromkeys(r.dn for r in small)) == [10, 30, 100, 300, 1000]  # 1000 fits: 32.4M <= 33M
+    assert list(dict.fromkeys(r.dn for r in small)) == [10, 30, 60, 100, 300, 1000]  # 1000 fits: 32.4M <= 33M
     big_lr = [ps.arm_run(m, "unique", 10, "a", lr) for m in ("ps-100k", "ps-500k") for lr in preset["lrs"]]
     done = {**done, **_done(big_lr, lambda r: 3.0 - r.lr)}
     points = [ps.arm_run("ps-100k", "unique", dn, arm, 1e-2) for dn in (10, 30) for arm in "abc"]
     done.update(_done(points, lambda r: 2.0 + 0.1 * (r.arm == "b") * (r.dn == 10)))
     rest = ps.pending_runs(preset, done, TOKENS)
     assert {r.model for r in rest if r.purpose == "side"} == {"ps-100k"}
-    assert ("unique", 60) in {(r.series, r.dn) for r in rest if r.model == "ps-500k"}
+    for model in ("ps-100k", "ps-500k"):
+        assert ("unique", 60) in {(r.series, r.dn) for r in rest if r.model == model}
     # a point left at an lr that a grown grid no longer picks is not reported beside the chosen one
     # (arm (a) of a point is its lr candidate run: the same run, so the same name)
     old_point = [ps.arm_run("ps-30k", "unique", 10, arm, 1e-2) for arm in "bc"]
