@@ -141,9 +141,10 @@ PRESETS = {
                 lrs=(1e-3, 3e-3, 1e-2), lr_dn=10, dns=(10, 30, 100, 300), late_dns=(1000,),
                 series=("unique", "epochs"), epochs_source="embedded", eval_max_bytes=200_000, evals=6,
                 # Per-model D/N and series where they differ from `dns` / `series` (issue #24): ps-30k is
-                # the only size whose D/N = 1000 fits the unique corpus; ps-500k adds the largest D/N it
-                # reaches there (~64), for the gap against model size at fixed D/N.
-                model_dns={"ps-30k": (10, 30, 100, 300, 1000), "ps-500k": (10, 30, 60, 100, 300)},
+                # the only size whose D/N = 1000 fits the unique corpus; D/N 60, about the largest
+                # ps-500k reaches there (~64), is run at every size for the gap against model size.
+                model_dns={"ps-30k": (10, 30, 60, 100, 300, 1000), "ps-100k": (10, 30, 60, 100, 300),
+                           "ps-500k": (10, 30, 60, 100, 300)},
                 model_series={"ps-30k": ("unique",)},
                 # ps-30k's held-out bits/byte still fell from lr 3e-3 to 1e-2 (6.14, 4.71, 3.77 at 1e-3, 3e-3,
                 # 1e-2): its grid goes on until the best lr is inside it.
