@@ -1,10 +1,12 @@
-"""`pcomp compress --mode best` against xz -9e (and gzip -9, bzip2 -9) on whole files, for one M1.
+"""`pcomp compress --mode best` against xz -9e, PPMd and the other standard compressors on whole files, for one M1.
 
 For each file: the size of the pcomp file in the best mode (plain arithmetic coding under M1, one
 stream per `--segment-bytes` segment, M1's trained context restarting from BOS every context - 1
 bytes, re-primed with `--context-overlap` of it: `pcomp.compress.codec`), header and framing included, as bits/byte; the same for the
-standard compressors (`codec.baseline_sizes`), and the ratio best / xz -9e (< 1: pcomp wins). Each
-file is decompressed again and compared with the original unless `--no-verify`. A file that is M1's
+standard compressors (`codec.baseline_sizes`: gzip -9, bzip2 -9, xz -9e; `harness.strong_compressors`:
+zstd -19 --long, brotli -11, PPMd var. I order 6 and 8, each round-tripped), and the ratios best / xz -9e
+and best / PPMd o8 (< 1: pcomp wins); pcomp's compress and decompress KB/s. Each pcomp file is
+decompressed again and compared with the original unless `--no-verify`. A file that is M1's
 own training source (its config's data.source) is marked "seen by M1": only the others are held out.
 
 Default files: every regular file of ../shared/data except README.md (the Canterbury-corpus
@@ -22,12 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.harness import markdown_table, write_json
+from experiments.harness import markdown_table, strong_compressors, write_json
 
 from pcomp.compress import codec, fileformat
 from pcomp.config import CompressConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BASELINES = ("gzip -9", "bzip2 -9", "xz -9e", "zstd -19 --long", "brotli -11", "PPMd o6", "PPMd o8")
 
 
 def default_files() -> list[Path]:
@@ -59,6 +62,7 @@ def main(argv=None) -> None:
     cfg = CompressConfig(m1_batch=args.batch, segment_bytes=args.segment_bytes, precision=args.precision,
                          context_overlap=args.context_overlap).validate()
     m1 = codec.m1_for(args.m1, cfg, "best")
+    strong = strong_compressors()
     source = m1_source(args.m1)
     print(f"M1 {args.m1} (trained on {source}), context {m1.context - 1} bytes, segments of {cfg.segment_bytes} "
           f"bytes, batch {cfg.m1_batch}", flush=True)
@@ -70,16 +74,26 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         blob = codec.compress(m1, data, cfg, mode="best")
         seconds = time.perf_counter() - t0
-        verified = None
+        verified, decompress_s = None, None
         if not args.no_verify:
+            t0 = time.perf_counter()
             verified = codec.decompress(m1, blob, str(f)) == data
+            decompress_s = time.perf_counter() - t0
         base = codec.baseline_sizes(data)
+        for name, enc, dec in strong:
+            packed = enc(data)
+            if dec(packed, len(data)) != data:
+                raise AssertionError(f"{f}: {name} did not round-trip")
+            base[name] = len(packed)
         header, _ = fileformat.unpack(blob)
         seen = source is not None and Path(source).resolve() == f.resolve()
         row = {"file": f.name + (" (seen by M1)" if seen else ""), "bytes": len(data),
                "best": 8 * len(blob) / len(data), "best_payload": 8 * fileformat.payload_size(header) / len(data),
                **{k: 8 * v / len(data) for k, v in base.items()},
-               "ratio_xz": len(blob) / base["xz -9e"], "seconds": seconds, "verified": verified, "held_out": not seen}
+               "ratio_xz": len(blob) / base["xz -9e"], "ratio_ppmd": len(blob) / base["PPMd o8"], "seconds": seconds,
+               "compress_kbs": len(data) / 1e3 / seconds,
+               "decompress_kbs": len(data) / 1e3 / decompress_s if decompress_s else None,
+               "verified": verified, "held_out": not seen}
         rows.append(row)
         print(f"{row['file']}: best {row['best']:.3f} bits/byte, xz -9e {row['xz -9e']:.3f}, ratio "
               f"{row['ratio_xz']:.3f} ({seconds:.0f} s{', round trip ok' if verified else ''})", flush=True)
@@ -89,14 +103,17 @@ def main(argv=None) -> None:
     if held:
         n = sum(r["bytes"] for r in held)
         total = {"file": "all held-out files", "bytes": n}
-        for k in ("best", "best_payload", "gzip -9", "bzip2 -9", "xz -9e"):
+        for k in ("best", "best_payload", *BASELINES):
             total[k] = sum(r[k] * r["bytes"] for r in held) / n
         total["ratio_xz"] = total["best"] / total["xz -9e"]
+        total["ratio_ppmd"] = total["best"] / total["PPMd o8"]
         rows.append(total)
+    kbs = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     cols = [("file", "file", "s"), ("bytes", "bytes", ","), ("best", "pcomp best bits/byte", ".3f"),
-            ("best_payload", "(payload only)", ".3f"), ("gzip -9", "gzip -9", ".3f"), ("bzip2 -9", "bzip2 -9", ".3f"),
-            ("xz -9e", "xz -9e", ".3f"), ("ratio_xz", "best / xz -9e", ".3f"), ("seconds", "compress s", ".0f"),
-            ("verified", "round trip", lambda v: "ok" if v else "FAILED")]
+            ("best_payload", "(payload only)", ".3f"), *((k, k, ".3f") for k in BASELINES),
+            ("ratio_xz", "best / xz -9e", ".3f"), ("ratio_ppmd", "best / PPMd o8", ".3f"),
+            ("compress_kbs", "compress KB/s", kbs), ("decompress_kbs", "decompress KB/s", kbs),
+            ("verified", "round trip", lambda v: "ok" if v else ("-" if v is None else "FAILED"))]
     table = markdown_table(rows, cols)
     print("\n" + table)
     out = Path(args.out)

@@ -13,7 +13,7 @@ of a window takes the shortest block whose padded value no shorter prefix has, s
 stops at the right byte with no lengths stored): the same text is also packed with the library's
 ambiguous greedy packing (`encode_windows(..., unique=False)`: plain shortest codewords, NOT
 decodable), and the cost is 1 - (bytes/window unique) / (bytes/window ambiguous). Also: whole-
-stream gzip -9, bzip2 -9, xz -9e, zstd -19, brotli -11; the ideal code length under M1 without
+stream gzip -9, bzip2 -9, xz -9e, zstd -19 --long, brotli -11, PPMd o6 and o8; the ideal code length under M1 without
 windows (`plain_ac.ideal_bits`) and M1's held-out cross-entropy (`pcomp.train.evaluation.score_text`).
 `pcomp compress --mode best` (the whole file format over the held-out text) gets a row with its
 ratio to xz -9e; `experiments/best_vs_xz.py` does that for whole files (../shared/data).
@@ -29,13 +29,14 @@ import bz2
 import json
 import lzma
 import math
+import re
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from experiments.harness import add_data_arg, markdown_table, pyplot, save_png, write_json
+from experiments.harness import add_data_arg, markdown_table, pyplot, save_png, strong_compressors, write_json
 
 from pcomp.compress import arith, codec, plain_ac
 from pcomp.compress.packing import bits_to_tokens, codes_to_tokens
@@ -122,7 +123,7 @@ def row(name, key, vocab, n_bytes, n_tokens, bits_per_token, **extra) -> dict:
 
 
 def stream_row(name, n_bytes, compressed: bytes, seconds: float) -> dict:
-    return {"tokenizer": name, "key": name.split()[0], "vocab": None, "bytes": n_bytes, "tokens": None,
+    return {"tokenizer": name, "key": re.sub(r"\W+", "_", name).strip("_"), "vocab": None, "bytes": n_bytes, "tokens": None,
             "bytes_per_token": None, "bits_per_byte": 8 * len(compressed) / n_bytes, "tokens_per_window": None,
             "compressed_bytes": len(compressed), "seconds": seconds}
 
@@ -243,15 +244,11 @@ def main(argv=None) -> None:
 
     # --- whole-stream compressors and M1's own rates
     text = b"".join(docs)
-    import brotli
-    import zstandard
-
     for name, fn in [
         ("gzip -9", lambda t: zlib.compress(t, 9)),  # DEFLATE + 6 bytes zlib framing (gzip's is 18)
         ("bzip2 -9", lambda t: bz2.compress(t, 9)),
         ("xz -9e", lambda t: lzma.compress(t, preset=9 | lzma.PRESET_EXTREME)),
-        ("zstd -19", lambda t: zstandard.ZstdCompressor(level=19).compress(t)),
-        ("brotli -11", lambda t: brotli.compress(t, quality=11)),
+        *((name, enc) for name, enc, _ in strong_compressors()),
     ]:
         c, s = timed(fn, text)
         rows.append(stream_row(name, n, c, s))
@@ -260,7 +257,7 @@ def main(argv=None) -> None:
     blob, timings["best_compress"] = timed(codec.compress, codec.m1_for(m1_path, best_cfg, "best"), text, best_cfg,
                                            mode="best")
     rows.append(stream_row("pcomp compress --mode best", n, blob, timings["best_compress"]))
-    rows[-1]["ratio_to_xz"] = len(blob) / next(r["compressed_bytes"] for r in rows if r["key"] == "xz")
+    rows[-1]["ratio_to_xz"] = len(blob) / next(r["compressed_bytes"] for r in rows if r["key"] == "xz_9e")
     rows.append({"tokenizer": "M1 ideal code length (no windows, quantized, + EOS)", "key": "m1_ideal", "bytes": n,
                  "bits_per_byte": ideal / n, "paper_bits_per_byte": PAPER_M1_BITS_PER_BYTE})
     if m1_info.get("m1_heldout_bits_per_byte") is not None:

@@ -47,6 +47,38 @@ def train_m1(workdir: str | Path, *overrides: str) -> Path:
     return workdir
 
 
+def strong_compressors() -> list[tuple[str, Callable[[bytes], bytes], Callable[[bytes, int], bytes]]]:
+    """(name, compress, decompress(blob, original length)) of the strong general-purpose compressors
+    the experiments compare with, beyond the stdlib three of `pcomp.compress.codec.baseline_sizes`
+    (gzip -9, bzip2 -9, xz -9e): zstd -19 --long (long-distance matching, 128 MiB window), brotli -11,
+    and PPMd var. I (rev. 1, the classic strong text compressor; `pyppmd`) at orders 6 and 8 with
+    256 MiB of model memory, restarting the model when it is full. Needs the `bench` extra."""
+    import brotli
+    import pyppmd
+    import zstandard
+
+    long_window = 27  # zstd --long: a 2**27-byte window
+    zstd_params = zstandard.ZstdCompressionParameters.from_level(19, enable_ldm=True, window_log=long_window)
+
+    def ppmd(order: int):
+        def enc(data: bytes) -> bytes:
+            e = pyppmd.Ppmd8Encoder(order, 256 << 20, pyppmd.PPMD8_RESTORE_METHOD_RESTART)
+            return e.encode(data) + e.flush(endmark=True)
+
+        def dec(blob: bytes, n: int) -> bytes:
+            return pyppmd.Ppmd8Decoder(order, 256 << 20, pyppmd.PPMD8_RESTORE_METHOD_RESTART).decode(blob, n)
+
+        return enc, dec
+
+    return [
+        ("zstd -19 --long", lambda d: zstandard.ZstdCompressor(compression_params=zstd_params).compress(d),
+         lambda b, n: zstandard.ZstdDecompressor(max_window_size=1 << long_window).decompress(b)),
+        ("brotli -11", lambda d: brotli.compress(d, quality=11), lambda b, n: brotli.decompress(b)),
+        ("PPMd o6", *ppmd(6)),
+        ("PPMd o8", *ppmd(8)),
+    ]
+
+
 def add_data_arg(parser: argparse.ArgumentParser, default: str = "embedded") -> None:
     parser.add_argument("--data", default=default,
                         help="training text: 'embedded', a text file / directory / .jsonl, or tfds:NAME "
