@@ -250,3 +250,19 @@ def test_unknown_purposes_are_refused_before_any_work(purposes, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert f"--purposes {purposes!r}" in err and "lr, main, seed, side" in err
+
+
+def test_a_run_with_the_same_training_as_a_finished_one_reuses_its_result():
+    """(c) at D/N 60 is token level on 30 N tokens: the same training as (a) at D/N 30 (same overrides),
+    so its result is copied with its own name and D; (b) at D/N 60 is a different training."""
+    preset = ps.PRESETS["cpu"]
+    over = lambda r: ps.run_overrides(r, preset, "corpus.jsonl", 0.05, Path("w") / r.name)  # noqa: E731
+    a30 = ps.arm_run("ps-100k", "unique", 30, "a", 3e-3)
+    done = {a30.name: {"name": a30.name, "overrides": [o for o in over(a30) if not o.startswith("training.workdir")],
+                       "D": 30 * 92_400, "bpb": 2.425, "tokens": 2_772_992}}
+    c60, b60 = (ps.arm_run("ps-100k", "unique", 60, arm, 3e-3) for arm in "cb")
+    got = ps.same_training(c60, over(c60), done, 92_400)
+    assert got["name"] == c60.name and got["run"]["arm"] == "c" and got["run"]["dn"] == 60
+    assert (got["D"], got["bpb"], got["tokens"], got["same_run_as"]) == (60 * 92_400, 2.425, 2_772_992, a30.name)
+    assert ps.same_training(b60, over(b60), done, 92_400) is None
+    assert ps.same_training(a30, over(a30), done, 92_400) is None  # a run is not its own twin
