@@ -4,7 +4,8 @@ For each file: the size of the pcomp file in the best mode (plain arithmetic cod
 stream per `--segment-bytes` segment, M1's trained context restarting from BOS every context - 1
 bytes, re-primed with `--context-overlap` of it: `pcomp.compress.codec`), header and framing included, as bits/byte; the same for the
 standard compressors (`codec.baseline_sizes`: gzip -9, bzip2 -9, xz -9e; `harness.strong_compressors`:
-zstd -19 --long, brotli -11, PPMd var. I order 6 and 8, each round-tripped), and the ratios best / xz -9e
+zstd -19 --long, brotli -11, PPMd var. I order 6 and 8, each round-tripped through its own decoder;
+pyppmd's decoder fails on some inputs, which the table names), and the ratios best / xz -9e
 and best / PPMd o8 (< 1: pcomp wins); pcomp's compress and decompress KB/s. Each pcomp file is
 decompressed again and compared with the original unless `--no-verify`. A file that is M1's
 own training source (its config's data.source) is marked "seen by M1": only the others are held out.
@@ -80,11 +81,18 @@ def main(argv=None) -> None:
             verified = codec.decompress(m1, blob, str(f)) == data
             decompress_s = time.perf_counter() - t0
         base = codec.baseline_sizes(data)
+        unverified = []  # baselines whose own decoder did not give the data back (pyppmd 1.3.1 does that)
         for name, enc, dec in strong:
             packed = enc(data)
-            if dec(packed, len(data)) != data:
-                raise AssertionError(f"{f}: {name} did not round-trip")
             base[name] = len(packed)
+            try:
+                ok = dec(packed, len(data)) == data
+            except ValueError:
+                ok = False
+            if not ok:
+                unverified.append(name)
+                print(f"{f}: {name}'s decoder did not restore the data; its size is the encoder's output",
+                      flush=True)
         header, _ = fileformat.unpack(blob)
         seen = source is not None and Path(source).resolve() == f.resolve()
         row = {"file": f.name + (" (seen by M1)" if seen else ""), "bytes": len(data),
@@ -93,7 +101,7 @@ def main(argv=None) -> None:
                "ratio_xz": len(blob) / base["xz -9e"], "ratio_ppmd": len(blob) / base["PPMd o8"], "seconds": seconds,
                "compress_kbs": len(data) / 1e3 / seconds,
                "decompress_kbs": len(data) / 1e3 / decompress_s if decompress_s else None,
-               "verified": verified, "held_out": not seen}
+               "verified": verified, "baselines_unverified": ", ".join(unverified) or "-", "held_out": not seen}
         rows.append(row)
         print(f"{row['file']}: best {row['best']:.3f} bits/byte, xz -9e {row['xz -9e']:.3f}, ratio "
               f"{row['ratio_xz']:.3f} ({seconds:.0f} s{', round trip ok' if verified else ''})", flush=True)
@@ -107,13 +115,16 @@ def main(argv=None) -> None:
             total[k] = sum(r[k] * r["bytes"] for r in held) / n
         total["ratio_xz"] = total["best"] / total["xz -9e"]
         total["ratio_ppmd"] = total["best"] / total["PPMd o8"]
+        total["baselines_unverified"] = ", ".join(sorted({n for r in held for n in r["baselines_unverified"].split(", ")
+                                                         if n != "-"})) or "-"
         rows.append(total)
     kbs = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
     cols = [("file", "file", "s"), ("bytes", "bytes", ","), ("best", "pcomp best bits/byte", ".3f"),
             ("best_payload", "(payload only)", ".3f"), *((k, k, ".3f") for k in BASELINES),
             ("ratio_xz", "best / xz -9e", ".3f"), ("ratio_ppmd", "best / PPMd o8", ".3f"),
             ("compress_kbs", "compress KB/s", kbs), ("decompress_kbs", "decompress KB/s", kbs),
-            ("verified", "round trip", lambda v: "ok" if v else ("-" if v is None else "FAILED"))]
+            ("verified", "round trip", lambda v: "ok" if v else ("-" if v is None else "FAILED")),
+            ("baselines_unverified", "baselines not round-tripping", "s")]
     table = markdown_table(rows, cols)
     print("\n" + table)
     out = Path(args.out)

@@ -52,7 +52,9 @@ def strong_compressors() -> list[tuple[str, Callable[[bytes], bytes], Callable[[
     the experiments compare with, beyond the stdlib three of `pcomp.compress.codec.baseline_sizes`
     (gzip -9, bzip2 -9, xz -9e): zstd -19 --long (long-distance matching, 128 MiB window), brotli -11,
     and PPMd var. I (rev. 1, the classic strong text compressor; `pyppmd`) at orders 6 and 8 with
-    256 MiB of model memory, restarting the model when it is full. Needs the `bench` extra."""
+    256 MiB of model memory, restarting the model when it is full. Needs the `bench` extra. Check
+    each round trip: pyppmd 1.3.1's decoder fails on some inputs (order 8 on the first 150 KB of
+    tinyshakespeare.txt raises "Corrupted input data"; its var. H fails elsewhere)."""
     import brotli
     import pyppmd
     import zstandard
