@@ -123,8 +123,9 @@ def row(name, key, vocab, n_bytes, n_tokens, bits_per_token, **extra) -> dict:
 
 
 def stream_row(name, n_bytes, compressed: bytes, seconds: float) -> dict:
-    return {"tokenizer": name, "key": re.sub(r"\W+", "_", name).strip("_"), "vocab": None, "bytes": n_bytes, "tokens": None,
-            "bytes_per_token": None, "bits_per_byte": 8 * len(compressed) / n_bytes, "tokens_per_window": None,
+    return {"tokenizer": name, "key": re.sub(r"\W+", "_", name).strip("_"), "vocab": None, "bytes": n_bytes,
+            "tokens": None, "bytes_per_token": None, "bits_per_byte": 8 * len(compressed) / n_bytes,
+            "tokens_per_window": None,
             "compressed_bytes": len(compressed), "seconds": seconds}
 
 

@@ -46,7 +46,8 @@ def overrides(name: str, corpus: dict, steps: int, evals: int = 4) -> list[str]:
     """The `key=value` overrides of preset m1-3m that make candidate `name` (`harness.train_m1`
     adds bytes, BOS first and the work directory)."""
     model, lr = CANDIDATES[name]
-    return [f"model.name={name}", *model, f"model.max_seq_len={CONTEXT}", f"data.seq_len={CONTEXT}", f"data.source={corpus['path']}",
+    return [f"model.name={name}", *model, f"model.max_seq_len={CONTEXT}", f"data.seq_len={CONTEXT}",
+            f"data.source={corpus['path']}",
             f"data.eval_fraction={corpus['eval_fraction']!r}", f"data.eval_max_bytes={EVAL_BYTES}",
             f"training.batch_size={BATCH}", f"training.steps={steps}", f"training.lr={lr}",
             f"training.warmup_steps={max(1, steps // 20)}", f"training.eval_every={max(1, steps // evals)}",

@@ -10,8 +10,8 @@ the segments (`rows_for`, at most `m1_batch`) and recorded.
 `segment_bytes` (`best_layout`); each segment is one coder stream over its bytes alone (every
 segment but the last holds segment_bytes, so none needs an end symbol; version 2 files end each in
 M1's EOS, which M1's tables still hold so that they decode), so segments decode in parallel (one row
-of the M1 batch each) and the file stores only each stream's length in bits. Decoding is sequential within a segment,
-one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts an
+of the M1 batch each) and the file stores only each stream's length in bits. Decoding is
+sequential within a segment, one M1 step per byte, so its speed is set by how many rows each step fills: `best_layout` cuts an
 input into enough segments to fill a step (`parallel_segments`: a 2 KB file decodes as 8 chains of
 250 bytes, not one of 2,048; 40 KB as 48 of 834) and sizes the M1 batch to them (at most
 `m1_batch`), since a step costs about as much per row, busy or idle. The header records both; decoding reads them.
@@ -138,8 +138,8 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
 
     Segments: cfg.segment_bytes each, unless that gives fewer than `parallel_segments`; then that
     many equal ones (never shorter than a context block: a segment starts M1 from BOS alone, so a
-    shorter one would code more bytes with little context, besides its stream end and length). Batch: `rows_for` the
-    segments. Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
+    shorter one would code more bytes with little context, besides its stream end and length).
+    Batch: `rows_for` the segments. Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
     """
     n_segments = -(-n_bytes // cfg.segment_bytes)
     segment_bytes = cfg.segment_bytes

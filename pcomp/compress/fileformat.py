@@ -1,9 +1,9 @@
 """The `pcomp compress` file: magic, version, JSON header, payload, CRC32 trailer.
 
     magic     8 bytes  b"PCOMPEIW"
-    version   u16 big-endian: 3 for "best" files (m1_overlap, no EOS, varint stream lengths), 2 for windows
-              files (unchanged since version 2, so older pcomp reads them); version 1 files (windows)
-              and version 2 "best" files are read too
+    version   u16 big-endian: 3 for "best" files (m1_overlap, no EOS, varint stream lengths), 2 for
+              windows files (unchanged since version 2, so older pcomp reads them); version 1 files
+              (windows) and version 2 "best" files are read too
     hlen      u32 big-endian, then hlen bytes of UTF-8 JSON header: "mode" (absent in version 1 =
               "windows"), the coder settings, m1_fingerprint, m1_context, m1_name, platform,
               original_length, original_crc32, and per mode:

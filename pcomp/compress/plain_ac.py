@@ -3,7 +3,8 @@
 One coder stream per document over bytes followed by an end-of-document symbol (M1's EOS), so a
 stream decodes without a stored length (`eos=False`: bytes only, for callers that know each
 document's length, as `pcomp compress --mode best` does). M1's KV cache holds BOS + lb =
-`M1.max_window_bytes` bytes, so a document is coded in context blocks (the coder stream runs on across them):
+`M1.max_window_bytes` bytes, so a document is coded in context blocks (the coder stream runs on
+across them):
   block 0    BOS, then symbols 0 .. lb-1, each predicted from BOS and the symbols before it;
   block k>0  BOS, then the `overlap` bytes just before the block (fed to M1, not coded: "re-primed"),
              then the next lb - overlap symbols.
