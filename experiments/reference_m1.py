@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from experiments.harness import markdown_table, train_m1, write_json, write_section
-from experiments.patch_scaling import ensure_corpus
+from experiments.patch_scaling import ensure_corpus, eval_curve
 from pcomp.config import Config
 from pcomp.models.transformer import count_params
 
@@ -64,12 +64,6 @@ def seconds_per_step(name: str, corpus: dict) -> float:
     return statistics.median(times)
 
 
-def curve(workdir: Path) -> list[tuple[int, float]]:
-    """[(step, held-out bits/byte)] from the run's metrics.jsonl."""
-    rows = [json.loads(r) for r in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["step"], r["eval/bits_per_byte"]) for r in rows if "eval/bits_per_byte" in r]
-
-
 def n_params(workdir: Path) -> int:
     """Parameters of the run's model, embeddings included."""
     return count_params(Config.load(str(workdir / "config.json")).model)
@@ -81,7 +75,7 @@ def compare(minutes: float, names: list[str], corpus: dict, workdirs: Path, out:
     for name in names:
         steps = max(PROBE_STEPS, int(minutes * 60 / speeds[name]))
         workdir = train_m1(workdirs / f"{name}-{minutes:g}min", *overrides(name, corpus, steps))
-        points = curve(workdir)
+        points = eval_curve(workdir)
         rows.append({"name": name, "params": n_params(workdir), "s_per_step": speeds[name], "steps": steps,
                      "bytes": steps * BATCH * CONTEXT, "curve": points, "final": points[-1][1],
                      **{f"q{i + 1}": bpb for i, (_, bpb) in enumerate(points[-4:])}})
@@ -126,7 +120,7 @@ def main(argv=None) -> None:
     if args.train:
         steps = -(-args.tokens // (BATCH * CONTEXT))
         workdir = train_m1(workdirs / args.train, *overrides(args.train, corpus, steps, evals=20))
-        print(f"reference M1 {workdir}: held-out {curve(workdir)[-1][1]:.4f} bits/byte")
+        print(f"reference M1 {workdir}: held-out {eval_curve(workdir)[-1][1]:.4f} bits/byte")
 
 
 if __name__ == "__main__":
