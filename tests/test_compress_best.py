@@ -121,11 +121,16 @@ def test_best_layout_cuts_small_inputs_into_parallel_segments(n, segment, block,
     assert 1 <= seg <= segment and 1 <= b <= batch and (b == batch or b % codec.BATCH_MULTIPLE == 0)
     short = min(codec.PARALLEL_SEGMENTS, n // block)  # >= a context block each
     long = min(codec.FULL_STEP_SEGMENTS, n // max(block, codec.LONG_SEGMENT_BYTES))  # >= 1 KB and a block each
+    wanted = max(short, long)
     if seg != segment:  # shortened only to give that many rows, never below a context block
-        assert n_seg == max(short, long) and seg >= block
-        assert seg >= codec.LONG_SEGMENT_BYTES or n_seg == short
+        assert seg >= block and n_seg >= wanted
+        if n >= wanted * (wanted - 1):  # ceil(n / wanted) bytes each gives exactly that many
+            assert seg == -(-n // wanted) and n_seg == wanted
+            assert seg >= codec.LONG_SEGMENT_BYTES or n_seg == short
+        else:  # shorter inputs: the longest segments that still give that many
+            assert -(-n // (seg + 1)) < wanted
     else:
-        assert n_seg >= max(short, long)
+        assert n_seg >= wanted
     assert b >= min(batch, n_seg)  # every segment has a row (while the batch allows)
 
 

@@ -137,8 +137,10 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
     """(segment_bytes, M1 batch) of a "best" file of n_bytes; block_bytes = M1's context block.
 
     Segments: cfg.segment_bytes each, unless that gives fewer than `parallel_segments`; then that
-    many equal ones (never shorter than a context block: a segment starts M1 from BOS alone, so a
-    shorter one would code more bytes with little context, besides its stream end and length).
+    many equal ones (a few more where an input under wanted * (wanted - 1) bytes has no length that
+    gives exactly that many), never shorter than a context block: a segment starts M1 from BOS
+    alone, so a shorter one would code more bytes with little context, besides its stream end and
+    length.
     Batch: `rows_for` the segments. Decoding steps M1 ceil(segments / batch) * segment_bytes times; encoding, about as many.
     """
     n_segments = -(-n_bytes // cfg.segment_bytes)
@@ -146,6 +148,8 @@ def best_layout(n_bytes: int, cfg: CompressConfig, block_bytes: int) -> tuple[in
     wanted = parallel_segments(n_bytes, block_bytes)
     if n_segments < wanted:
         segment_bytes = -(-n_bytes // wanted)
+        while -(-n_bytes // segment_bytes) < wanted:  # rounding up leaves fewer under wanted * (wanted - 1) bytes
+            segment_bytes -= 1  # stops by block_bytes: wanted <= n_bytes // block_bytes
         n_segments = -(-n_bytes // segment_bytes)
     return segment_bytes, rows_for(n_segments, cfg)
 
