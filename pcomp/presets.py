@@ -38,9 +38,10 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m and up) evaluate on
 
 RUN_PRESETS: dict[str, Config] = {
+    # Unit-test size; evaluates on the first 8 KB of held-out text (16 batches, not the whole split).
     "test-tiny": Config(
         model=MODEL_PRESETS["test-tiny"],
-        data=DataConfig(seq_len=64),
+        data=DataConfig(seq_len=64, eval_max_bytes=8192),
         training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
     ),
     # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).

@@ -286,10 +286,15 @@ def test_imported_run_continues_training(tmp_path, sp_tokenizer):
     assert all(moved)  # it trained from the imported weights
 
 
-def test_pcomp_imports_without_torch():
+def test_pcomp_imports_without_torch(tmp_path):
+    """Neither the CLI nor a training run's TensorBoard writer imports torch (tensorboardX would, 4 s
+    per run, where torch is installed, as it is here)."""
     import subprocess
     import sys
 
-    code = ("import sys, pcomp, pcomp.cli, pcomp.hf; pcomp.cli.build_parser(); "
+    code = ("import sys, pcomp, pcomp.cli, pcomp.hf; pcomp.cli.build_parser()\n"
+            "from pcomp.train.metrics import MetricsWriter\n"
+            f"w = MetricsWriter({str(tmp_path)!r}); w.write(1, {{'train/loss': 2.5}}); w.close()\n"
             "bad = [m for m in ('torch', 'transformers', 'safetensors') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    assert any((tmp_path / "tensorboard").iterdir())  # the events file was written

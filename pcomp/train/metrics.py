@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +77,22 @@ def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
     return measured_matmul_flops(dtype), f"{kind} measured {dtype} matmul"
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without PyTorch. tensorboardX imports torch whenever it
+    is installed (4 s on a CPU machine, paid by every `pcomp train`) only to accept torch tensors;
+    pcomp writes floats. Where torch is already imported, nothing changes."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError while tensorboardX loads
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Writes scalars to workdir/metrics.jsonl and TensorBoard (process 0 only).
 
@@ -95,9 +112,7 @@ class MetricsWriter:
                         if line.strip() and _logged_step(line) <= resume_step]
                 path.write_text("".join(keep))
             self._jsonl = open(path, "a")
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
+            self._tb = _summary_writer()(str(workdir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None)
             self._tb_dir = workdir / "tensorboard"
             _watch_tensorboard_thread()
 
