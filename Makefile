@@ -1,6 +1,7 @@
 # Quickstart:  make demo   (set up + train a small byte LM on the embedded corpus)
 #              make test   (set up + run the test suite on 8 simulated CPU devices; TPU compiles need no TPU)
 #              make test-fast  (the same without the tests marked slow: those that train or compile a model)
+# The tests keep compiled XLA programs in .pytest_cache/xla between runs (tests/conftest.py).
 # `make demo` installs pcomp alone; the tests also need the dev, bench, hf and tpu extras (PyTorch for
 # the Hugging Face golden tests, compressors for the baselines, libtpu for the TPU compiles).
 PYTHON ?= python3

@@ -1,9 +1,7 @@
 """Run the suite on 8 simulated CPU devices so sharding is really exercised."""
 
-import atexit
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -11,17 +9,44 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # at every start (slow, and noisy where there is none). TPU compiles need no TPU (`pcomp compile`).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-# One persistent XLA compilation cache per test session, shared by the xdist workers and the
-# subprocesses the tests start (they inherit the environment): most tests compile the same few
-# test-tiny programs, and a cache hit loads the executable XLA compiled the first time (the same
-# program, so no result changes). Set before jax is imported; a fresh directory per session, so a
-# run never depends on an earlier one. An explicit JAX_COMPILATION_CACHE_DIR is kept.
+# A persistent XLA compilation cache for the suite, shared by the xdist workers and the subprocesses
+# the tests start (they inherit the environment), kept between runs in .pytest_cache (`make clean`
+# removes it): most tests compile a few test-tiny programs, and a hit loads the executable XLA
+# compiled before. No result depends on it: jax keys an entry by the program, jaxlib, XLA flags and
+# compile options, and the directory is per CPU model and jax version (executables are compiled for
+# this host's CPU). A clean clone (CI) starts empty. Set before jax is imported; an explicit
+# JAX_COMPILATION_CACHE_DIR is kept (`JAX_COMPILATION_CACHE_DIR=$(mktemp -d) make test` runs cold).
+def _xla_cache_dir() -> Path:
+    import hashlib
+    import importlib.metadata
+    import platform
+
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        cpu = "\n".join(sorted({ln for ln in cpu.splitlines() if ln.startswith(("model name", "flags"))}))
+    except OSError:
+        cpu = platform.processor()
+    key = f"{platform.machine()}|{cpu}|{importlib.metadata.version('jaxlib')}"
+    return Path(__file__).resolve().parents[1] / ".pytest_cache" / "xla" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _prune(directory: Path, limit: int) -> None:
+    """Delete the oldest files of `directory` until it holds at most `limit` bytes."""
+    entries = sorted((p.stat().st_mtime, p.stat().st_size, p) for p in directory.glob("*") if p.is_file())
+    excess = sum(size for _, size, _ in entries) - limit
+    for _, size, path in entries:
+        if excess <= 0:
+            break
+        path.unlink(missing_ok=True)
+        excess -= size
+
+
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="pcomp-tests-xla-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_xla_cache_dir())
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)  # the process that made it
+    if not os.environ.get("PYTEST_XDIST_WORKER"):  # once per session, before any worker starts
+        _prune(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]), 2 << 30)
 
 
 import contextlib  # noqa: E402

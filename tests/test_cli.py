@@ -30,7 +30,8 @@ FAST = ["training.progress=false", "data.seq_len=32", "training.steps=3", "train
         (["train", "--config", "test-tiny", "model=no-such-model"], "unknown model preset 'no-such-model'"),
         (["train", "--config", "missing.json"], "missing.json"),
         (["train", "--config", "test-tiny", "data.source=/no/such/corpus.txt"], "/no/such/corpus.txt"),
-        (["train", "--config", "test-tiny", "data.source=tfds:no_such_dataset_xyz"], "no_such_dataset_xyz"),
+        pytest.param(["train", "--config", "test-tiny", "data.source=tfds:no_such_dataset_xyz"], "no_such_dataset_xyz",
+                     marks=pytest.mark.slow),  # imports tensorflow_datasets (seconds)
         (["train", "--config", "test-tiny", "mesh.fsdp=16"], "does not divide the 8 available devices"),
         (["train", "--config", "test-tiny", "mesh.fsdp=3"], "mesh.fsdp=3 does not divide model.d_model=64"),
         (["train", "--config", "test-tiny", "mesh.data=3"], "does not match the 8 available devices"),
@@ -257,6 +258,7 @@ def _greedy_reference(graphdef, params, prompt, n_new, max_len, bos):
     return seq[len(prompt):]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bos", [None, 22])
 def test_generate_past_the_context_slides_the_window(small_model, bos):
     from pcomp.models.generate import generate

@@ -74,6 +74,7 @@ def _parse(blob: bytes):
     return header, streams
 
 
+@pytest.mark.slow
 def test_best_mode_m1_uses_its_trained_context(m1, random_m1_model):
     assert m1.context == 16 and m1.max_window_bytes == 15  # min(data.seq_len 16, max_seq_len 40)
     assert m1.symbols == "bytes+eos" and m1.batch == 8
@@ -148,6 +149,7 @@ def test_best_layout_examples():
     assert codec.best_layout(0, cfg, 127) == (2048, 8)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n, segment", [(300, 2048), (3000, 50)])
 def test_best_files_record_the_batch_they_need(random_m1_model, n, segment):
     """Default batch 256: the file is coded (and decoded) with the rows its segments need."""
@@ -235,6 +237,7 @@ def test_crafted_best_files_fail_in_one_error(m1, change, needles):
         assert needle in str(e.value)
 
 
+@pytest.mark.slow
 def test_version_1_files_are_windows_files(random_m1_model):
     m1w = codec.m1_for(random_m1_model, CFG, "windows")
     data = b"an older pcomp wrote this"
@@ -304,6 +307,7 @@ def test_each_symbol_is_coded_in_its_rule_context(m1, n, overlap):
         assert (lo[j], hi[j]) == (cum[0, s], cum[0, s + 1]), j
 
 
+@pytest.mark.slow
 def test_reprimed_context_blocks_decode(m1):
     """Every overlap from none to a block less one round-trips through the decoder's re-priming."""
     docs = [bytes(np.random.default_rng(k).integers(0, 256, 20 + 9 * k, dtype=np.uint8)) for k in range(6)]
@@ -327,6 +331,7 @@ def _stderr_rows(err: str) -> dict:
     return rows
 
 
+@pytest.mark.slow
 def test_cli_best_round_trip_and_comparison_table(m1_run, tmp_path, capsys):
     data = b"".join(embedded_documents()[5:7])[:1500] + INVALID_UTF8
     src, comp, back = tmp_path / "in.txt", tmp_path / "in.pcz", tmp_path / "back.txt"

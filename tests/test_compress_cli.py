@@ -234,6 +234,7 @@ def test_decompress_crafted_header(m1_run, compressed, tmp_path, capsys, changes
     no_output(out)
 
 
+@pytest.mark.slow
 def test_decompress_with_another_cache_length_never_gives_garbage(m1_run, compressed, tmp_path, capsys):
     """A header naming another M1 context (KV-cache length) either fails loudly or, when the logits
     happen to agree, still reproduces the original exactly (the checksum is verified)."""
@@ -284,6 +285,7 @@ def _mtimes(d: Path) -> dict:
     return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_prepare_writes_dataset(prepared, corpus, m1_run):
     n_train = -(-len(load_documents(str(corpus), "train")) // 2)
     n_eval = -(-len(load_documents(str(corpus), "eval")) // 2)
@@ -352,6 +354,7 @@ def test_prepare_bad_arguments(m1_run, corpus, tmp_path, capsys, extra, needles)
     assert not out.exists() or not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_m2_trains_on_prepared_tokens(prepared, tmp_path, capsys):
     from pcomp.train.trainer import train
 

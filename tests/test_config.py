@@ -399,6 +399,7 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys, args, content, need
     assert not work.exists()  # refused before set-up: no work directory, nothing compiled
 
 
+@pytest.mark.slow
 def test_the_entry_point_exits_2_with_one_line_and_no_traceback(tmp_path):
     """`python -m pcomp` with a bad value: exit status 2, one `pcomp: error:` line, nothing set up."""
     work = tmp_path / "work"

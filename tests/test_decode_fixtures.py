@@ -62,6 +62,7 @@ def models():
     return {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kind,mode,cfg,original", CASES, ids=[c[0] for c in CASES])
 def test_old_files_decode_to_the_same_bytes(models, name, kind, mode, cfg, original):
     if kind not in models:

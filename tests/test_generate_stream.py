@@ -160,6 +160,7 @@ def test_gzip_sampled_tokens_decode_or_stop_once_never_raise(tokens, token_bits)
 
 
 # ----------------------------------------------------------------------------- generation with a random M2
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, n", [("gzip", 8), ("gzip", 16), ("static_ac", 8), ("static_ac", 16)])
 def test_random_m2_streams_decode_or_stop_through_the_documented_path(kind, n, static_tok):
     tok = _tokenizer(kind, n, static_tok)

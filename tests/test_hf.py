@@ -70,6 +70,7 @@ def pure(params) -> dict:
     return jax.tree.map(np.asarray, nnx.to_pure_dict(params))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie,kv_heads,shard", [(True, 2, False), (False, 0, True), (False, 1, False)])
 def test_exported_model_gives_pcomp_logits(tmp_path, tie, kv_heads, shard):
     run = random_run(tmp_path, tie=tie, kv_heads=kv_heads)
@@ -87,6 +88,7 @@ def test_exported_model_gives_pcomp_logits(tmp_path, tie, kv_heads, shard):
     np.testing.assert_allclose(theirs, ours, atol=TOL, rtol=0)
 
 
+@pytest.mark.slow
 def test_greedy_generation_matches_transformers(tmp_path):
     run = random_run(tmp_path, tie=False, kv_heads=2, std=0.5)
     out = tmp_path / "hf"
@@ -101,6 +103,7 @@ def test_greedy_generation_matches_transformers(tmp_path):
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_import_of_export_is_bit_identical(tmp_path, tie):
     run = random_run(tmp_path, tie=tie, kv_heads=2)
@@ -124,6 +127,7 @@ def dataclasses_equal_except(a, b, fields) -> bool:
     return dataclasses.replace(a, **{f: None for f in fields}) == dataclasses.replace(b, **{f: None for f in fields})
 
 
+@pytest.mark.slow
 def test_bfloat16_export_keeps_dtype_and_bits(tmp_path):
     run = random_run(tmp_path, tie=False, kv_heads=2)
     import dataclasses
@@ -166,6 +170,7 @@ def random_hf_llama(folder: Path, tokenizer, *, tie: bool) -> "transformers.Llam
     return model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tie", [True, False])
 def test_export_of_import_gives_the_hf_logits(tmp_path, capsys, sp_tokenizer, tie):
     src = tmp_path / "src"
@@ -225,6 +230,7 @@ def test_byte_tokenizer_ids_round_trip_through_autotokenizer(tmp_path):
     check()
 
 
+@pytest.mark.slow
 def test_compressed_text_and_patch_level_runs_export_with_a_note(tmp_path):
     from pcomp.compress.tokenizers import GZipTokenizer
 

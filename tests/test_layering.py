@@ -28,6 +28,7 @@ def _imported_after(*modules: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modules", [
     ("pcomp.data",), ("pcomp.data.tokenizers",), ("pcomp.data.prepared",), ("pcomp.config", "pcomp.presets", "pcomp.errors"),
     ("pcomp.train.load",), ("pcomp.output",),
@@ -36,10 +37,12 @@ def test_lower_layers_do_not_import_compress_or_numba(modules):
     assert _imported_after(*modules) == []
 
 
+@pytest.mark.slow
 def test_trainer_does_not_import_compress_or_numba():
     assert _imported_after("pcomp.train.trainer") == []
 
 
+@pytest.mark.slow
 def test_loading_a_saved_compressed_tokenizer_registers_its_kind(tmp_path):
     """The data layer finds a compressed-text kind without naming pcomp.compress (entry point, else the
     module recorded in tokenizer.json), in a process that never imported it."""

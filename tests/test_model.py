@@ -161,6 +161,7 @@ def test_rope_matches_naive_loop(seed, h, theta):
 
 
 # --- whole-model properties ---------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["blocked", "fused"])
 def test_causality(tiny, attention):
     model = _with_attention(tiny, attention)
@@ -184,6 +185,7 @@ def test_causality(tiny, attention):
             assert np.abs(logits[i, t + 1 :] - logits[0, t + 1 :]).max(axis=-1).min() > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sharp", [False, True])
 def test_blocked_and_fused_models_agree(tiny, sharp):
     model = _random_model(dataclasses.replace(TINY, n_kv_heads=2), 0.2, 7) if sharp else tiny
@@ -222,11 +224,13 @@ def _check_decode_matches_forward(model: Transformer, lags, t_len: int):
     assert seen.all()
 
 
+@pytest.mark.slow
 def test_decode_step_matches_forward(tiny):
     # lags 0, 3, 7: rows sit at different positions in the same decode_step call
     _check_decode_matches_forward(tiny, lags=[0, 3, 7], t_len=20)
 
 
+@pytest.mark.slow
 def test_decode_step_matches_forward_gqa_sharp_attention():
     cfg = dataclasses.replace(TINY, n_kv_heads=2, attention="blocked")
     model = _random_model(cfg, std=0.2, seed=4)
@@ -235,6 +239,7 @@ def test_decode_step_matches_forward_gqa_sharp_attention():
     _check_decode_matches_forward(model, lags=[5, 0, 2], t_len=20)
 
 
+@pytest.mark.slow
 def test_decode_step_with_blocks_sliced_once_equals_slicing_in_the_step():
     """M1 passes `unstacked_blocks()` made once, outside jit; generation lets decode_step slice the
     stacked parameters inside the step. Same logits and caches, bit for bit, over a few steps."""
@@ -336,6 +341,7 @@ def test_every_parameter_sharded_by_its_logical_axes(sharded_state, mesh):
     assert sharded_over == {"fsdp", "tensor"}  # the test really exercised both axes
 
 
+@pytest.mark.slow
 def test_stacked_init_draws_one_key_per_matrix_in_creation_order():
     """Layer i's matrices are std * normal(key) with the keys of nnx.Rngs(params=seed) in creation order
     (embed; per layer wq, wk, wv, wo, w_gate, w_up, w_down; lm_head), stacked along the layers axis:

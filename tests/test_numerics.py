@@ -106,6 +106,7 @@ def argmax_loop(model, prompt: list[int], n: int, stop_id: int | None = None) ->
     return ids[len(prompt):], margin
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed, prompt", [(2, [256, 72, 101]), (1, [7])])  # seeds without near-ties
 def test_greedy_generation_equals_argmax_loop_over_full_forward(seed, prompt):
     graphdef, params = _random_model(seed)
@@ -184,6 +185,7 @@ def test_scan_unroll_step_equals_looped_step(mesh1):
 
 
 # --- what the CPU train step gets on top: rotary tables as inputs, XLA:CPU options -------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("patch_size", [1, 4])
 def test_rope_tables_give_the_same_objective_and_gradient(patch_size):
     """The train step's rotary cos/sin tables (computed once, outside the program) are the values the

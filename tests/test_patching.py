@@ -121,6 +121,7 @@ def test_fully_masked_loss_is_zero_not_nan():
     assert float(next_patch_loss(logits_bnv, tokens_bt, 2, jnp.zeros((2, 6), jnp.int32))) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("b,t", [(1, 2), (3, 17), (4, 64)])
 def test_k1_is_token_cross_entropy(b, t):
     rng = np.random.default_rng(t)
@@ -132,6 +133,7 @@ def test_k1_is_token_cross_entropy(b, t):
     assert patchify(x_btd, 1) is x_btd
 
 
+@pytest.mark.slow
 def test_objective_k1_equals_token_loss_and_gradients():
     """Through the model: the patch path at K = 1 is plain next-token training (loss and gradients)."""
     graphdef, params = _tiny_model()
@@ -152,6 +154,7 @@ def test_objective_k1_equals_token_loss_and_gradients():
     _assert_trees_equal(grads_patch, grads_tok, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_objective_k4_is_model_on_mean_embeddings():
     """The K = 4 objective is the naive loss of the model run on hand-made mean embeddings at
     positions 0 .. T-1 (patch i = mean of the model's own embeddings of tokens 4i .. 4i+3)."""
@@ -171,6 +174,7 @@ def test_objective_k4_is_model_on_mean_embeddings():
     np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_patch_gradients_finite_and_nonzero_for_every_parameter():
     graphdef, params = _tiny_model()
     tokens_bt = _tokens(4, 64, seed=5)
@@ -378,6 +382,7 @@ def test_stage_warmup_is_a_fraction_of_a_later_stage_and_the_old_rule_otherwise(
             np.testing.assert_allclose(float(schedule(t)), want, rtol=1e-5, atol=1e-9)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(steps=st.integers(1, 50_000), warmup=st.integers(0, 3000), lr=st.floats(1e-5, 1.0),
        min_ratio=st.sampled_from([0.0, 0.1, 0.5, 1.0]), first=st.booleans())
@@ -405,6 +410,7 @@ def test_traced_schedule_agrees_with_optax_warmup_cosine(steps, warmup, lr, min_
     np.testing.assert_allclose(want, exact, rtol=0, atol=tol)
 
 
+@pytest.mark.slow
 def test_steps_of_any_length_compile_to_one_program():
     """The schedule is an argument of the train step, not constants in it: stages of other lengths, warm-up
     and learning rate lower to the same program text (so JAX's compilation cache serves them all)."""

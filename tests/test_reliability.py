@@ -88,6 +88,7 @@ def test_resume_with_another_tokenizer_is_refused(tmp_path):
         train(TINY.override("data.tokenizer=sentencepiece", f"training.workdir={workdir}"))
 
 
+@pytest.mark.slow
 def test_resume_with_another_config_names_both_values(tmp_path):
     cfg = TINY.override("training.steps=2", f"training.workdir={tmp_path / 'w'}")
     train(cfg)
@@ -95,6 +96,7 @@ def test_resume_with_another_config_names_both_values(tmp_path):
         train(cfg.override("model.d_ff=256"))
 
 
+@pytest.mark.slow
 def test_resume_with_another_schedule_is_refused_but_logging_may_change(tmp_path):
     cfg = TINY.override("training.steps=2", "training.checkpoint_every=1", f"training.workdir={tmp_path / 'w'}")
     train(cfg)
@@ -234,6 +236,7 @@ def test_damaged_checkpoint_is_one_line_naming_the_step_and_cause(m1_run, tmp_pa
         assert load_trained(run).step == 10
 
 
+@pytest.mark.slow
 def test_damaged_checkpoint_in_a_subprocess_prints_no_traceback(m1_run, tmp_path):
     """The whole stderr of `pcomp generate` is the one line (orbax's background echoes included)."""
     run = tmp_path / "run"

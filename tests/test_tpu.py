@@ -169,6 +169,7 @@ def test_compile_for_h100s_without_a_gpu(capsys):
         assert "needs the cuDNN library here" in _one_line(capsys)
 
 
+@pytest.mark.slow
 def test_compile_prints_no_libtpu_noise():
     """A fresh process resolving a TPU topology prints none of libtpu's no-TPU warnings."""
     if importlib.util.find_spec("libtpu") is None:

@@ -70,6 +70,7 @@ def test_sharded_step_equals_single_device(patch_size):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_weight_decay_skips_norm_scales_stacked_or_not():
     """With zero gradients an AdamW update is -lr * weight_decay * p for matrices (embedding, LM head,
     the stacked block matrices) and exactly zero for norm scales, including the stacked [layers, d] ones."""
@@ -118,6 +119,7 @@ def test_loss_decreases_on_tiny_corpus(tmp_path):
     assert summary.eval["eval/bits_per_byte"] < 3.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("specials", [False, True])
 def test_bits_per_byte_of_uniform_model(specials):
     """A model whose logits are all equal costs log2(V) bits per target token."""

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import time
+import warnings
 
 import jax
 
@@ -342,7 +343,11 @@ def compile_for_topology(cfg: Config, target: Target, *, on_stage=None, on_hlo=N
         start = time.perf_counter()
         seconds, use, coll, error = 0.0, None, {}, None
         try:
-            step = compile_stage(planned, mesh, stages, i).step
+            with warnings.catch_warnings():
+                if target.platform != "cpu":  # jax cannot load a compile-only executable from its persistent
+                    # cache (JAX_COMPILATION_CACHE_DIR): it warns, then compiles again, as without a cache
+                    warnings.filterwarnings("ignore", "Error reading persistent compilation cache entry", UserWarning)
+                step = compile_stage(planned, mesh, stages, i).step
             hlo = step.executable.as_text()
             seconds, use, coll = step.seconds, step.memory, collectives(hlo)
             if on_hlo is not None:
