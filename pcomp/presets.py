@@ -37,6 +37,24 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
 
 EVAL_MAX_BYTES_LARGE = 10_000_000  # held-out bytes the large presets (125m and up) evaluate on
 
+
+def _large(name: str, **training: Any) -> Config:
+    """A pod-scale run of MODEL_PRESETS[name]: bfloat16 compute, full remat, a 32k SentencePiece vocabulary,
+    sequences of the model's max_seq_len, at most EVAL_MAX_BYTES_LARGE held-out bytes."""
+    model = dataclasses.replace(MODEL_PRESETS[name], dtype="bfloat16", remat="full")
+    return Config(model=model,
+                  data=DataConfig(seq_len=model.max_seq_len, tokenizer="sentencepiece", vocab_size=32000,
+                                  eval_max_bytes=EVAL_MAX_BYTES_LARGE),
+                  training=TrainingConfig(workdir=f"runs/{name}", **training))
+
+
+def _patch_scaling(name: str) -> Config:
+    """A run of the patch-scaling study (experiments/patch_scaling.py, which sets the token budget):
+    byte-level, 32 x 128 tokens per step."""
+    return Config(model=MODEL_PRESETS[name], data=DataConfig(seq_len=128),
+                  training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir=f"runs/{name}"))
+
+
 RUN_PRESETS: dict[str, Config] = {
     # Unit-test size; evaluates on the first 8 KB of held-out text (16 batches, not the whole split).
     "test-tiny": Config(
@@ -44,22 +62,9 @@ RUN_PRESETS: dict[str, Config] = {
         data=DataConfig(seq_len=64, eval_max_bytes=8192),
         training=TrainingConfig(batch_size=8, steps=20, warmup_steps=2, log_every=5, checkpoint_every=10),
     ),
-    # Patch-scaling study: byte-level, 32 x 128 tokens per step (the study sets the token budget).
-    "ps-30k": Config(
-        model=MODEL_PRESETS["ps-30k"],
-        data=DataConfig(seq_len=128),
-        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-30k"),
-    ),
-    "ps-100k": Config(
-        model=MODEL_PRESETS["ps-100k"],
-        data=DataConfig(seq_len=128),
-        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-100k"),
-    ),
-    "ps-500k": Config(
-        model=MODEL_PRESETS["ps-500k"],
-        data=DataConfig(seq_len=128),
-        training=TrainingConfig(batch_size=32, steps=1000, lr=3e-3, workdir="runs/ps-500k"),
-    ),
+    "ps-30k": _patch_scaling("ps-30k"),
+    "ps-100k": _patch_scaling("ps-100k"),
+    "ps-500k": _patch_scaling("ps-500k"),
     "demo": Config(
         model=MODEL_PRESETS["demo"],
         data=DataConfig(seq_len=256),
@@ -76,33 +81,13 @@ RUN_PRESETS: dict[str, Config] = {
         data=DataConfig(seq_len=512),
         training=TrainingConfig(batch_size=32, steps=5000, lr=1e-3, workdir="runs/25m"),
     ),
-    # Large presets evaluate on at most EVAL_MAX_BYTES_LARGE of held-out text: the held-out set is
-    # held in host memory on every process (0 = all of a corpus's validation split).
+    # Large presets (`_large`) evaluate on at most EVAL_MAX_BYTES_LARGE of held-out text: the held-out set
+    # is held in host memory on every process (0 = all of a corpus's validation split).
     # 125m and up recompute each block in the backward pass: at the paper's global batches the kept
     # activations would not fit a single-host slice (RESULTS.md, "Compile time and memory").
-    "125m": Config(
-        model=dataclasses.replace(MODEL_PRESETS["125m"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=1024, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000, workdir="runs/125m"),
-    ),
-    "370m": Config(
-        model=dataclasses.replace(MODEL_PRESETS["370m"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000, workdir="runs/370m"),
-    ),
-    "1b": Config(
-        model=dataclasses.replace(MODEL_PRESETS["1b"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=2048, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/1b"),
-    ),
+    "125m": _large("125m", batch_size=256, steps=20000, lr=6e-4, warmup_steps=1000),
+    "370m": _large("370m", batch_size=512, steps=30000, lr=3e-4, warmup_steps=2000),
+    "1b": _large("1b", batch_size=512, steps=50000, lr=3e-4, warmup_steps=2000),
     # Llama 2's 4M-token global batch (1024 x 4096); a pod slice only (v5p-64, v5e-256: RESULTS.md "TPU fit")
-    "7b": Config(
-        model=dataclasses.replace(MODEL_PRESETS["7b"], dtype="bfloat16", remat="full"),
-        data=DataConfig(seq_len=4096, tokenizer="sentencepiece", vocab_size=32000,
-                        eval_max_bytes=EVAL_MAX_BYTES_LARGE),
-        training=TrainingConfig(batch_size=1024, steps=50000, lr=3e-4, warmup_steps=2000, workdir="runs/7b"),
-    ),
+    "7b": _large("7b", batch_size=1024, steps=50000, lr=3e-4, warmup_steps=2000),
 }
