@@ -41,10 +41,12 @@ def _prune(directory: Path, limit: int) -> None:
         excess -= size
 
 
+# Every program is kept, however small or quick to compile: the suite's processes compile the same
+# small programs (eager ops, a decode step) again and again.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = str(_xla_cache_dir())
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
     if not os.environ.get("PYTEST_XDIST_WORKER"):  # once per session, before any worker starts
         _prune(Path(os.environ["JAX_COMPILATION_CACHE_DIR"]), 2 << 30)
 
