@@ -24,7 +24,7 @@ from pcomp.models.generate import generate
 from pcomp.train.evaluation import score_text
 from pcomp.train.load import load_trained
 
-TINY_DEMO = ["model=test-tiny", "data.seq_len=32", "training.steps=4", "training.log_every=1",
+TINY_DEMO = ["model=test-tiny", "data.seq_len=32", "training.batch_size=8", "training.steps=4", "training.log_every=1",
              "training.progress=false", "data.eval_max_bytes=3000"]
 
 

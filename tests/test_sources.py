@@ -322,9 +322,9 @@ def test_streaming_training_from_tfds_resumes_across_the_stage_boundary(tfds_dir
 
     data_dir, _ = tfds_dir
     base = Config.preset("test-tiny").override(
-        "data.source=tfds:pcomp_tiny_text", f"data.data_dir={data_dir}", "data.seq_len=16", "training.batch_size=4",
-        "training.patch_size=2", "training.steps=8", "training.progress=false", "training.checkpoint_every=100",
-        "mesh.data=4", "mesh.tensor=2")
+        "data.source=tfds:pcomp_tiny_text", f"data.data_dir={data_dir}", "data.seq_len=32", "training.patch_size=4",
+        "training.steps=24", "training.progress=false", "training.checkpoint_every=100")
+    # (the model, batch, patch size and mesh of test_patching's stage-boundary test: the same programs)
     a = train(base.override(f"training.workdir={tmp_path / 'a'}"))
     patch_steps = a.stages[0]["steps"]
     assert [s["name"] for s in a.stages] == ["patch", "token"]
