@@ -172,6 +172,14 @@ def _add_settings(p, *, max_window_bytes: bool) -> None:
                             f"last bytes coded (default {_DEFAULT.context_overlap}; 0 = from BOS alone; recorded)")
 
 
+def _add_files(parser, fn) -> None:
+    """INPUT OUTPUT [--force] of compress and decompress, which run `fn`."""
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.set_defaults(fn=fn)
+
+
 def add_commands(sub) -> None:
     c = sub.add_parser("compress", help="compress a file with M1 (Equal-Info windows, or --mode best)")
     c.add_argument("--m1", required=True, help="M1 run directory (a byte-level model, e.g. --config m1-3m)")
@@ -182,17 +190,11 @@ def add_commands(sub) -> None:
     _add_settings(c, max_window_bytes=True)
     c.add_argument("--no-compare", action="store_true",
                    help="skip the gzip -9 / bzip2 -9 / xz -9e comparison printed on stderr")
-    c.add_argument("--force", action="store_true", help="overwrite an existing output")
-    c.add_argument("input")
-    c.add_argument("output")
-    c.set_defaults(fn=_cmd_compress)
+    _add_files(c, _cmd_compress)
 
     d = sub.add_parser("decompress", help="decompress a file made by pcomp compress (same M1)")
     d.add_argument("--m1", required=True, help="the M1 run directory the file was made with")
-    d.add_argument("--force", action="store_true", help="overwrite an existing output")
-    d.add_argument("input")
-    d.add_argument("output")
-    d.set_defaults(fn=_cmd_decompress)
+    _add_files(d, _cmd_decompress)
 
     p = sub.add_parser("prepare", help="tokenize (compress) a corpus into an ArrayRecord dataset of M2 token sequences")
     p.add_argument("--m1", default=None, help="M1 run directory (needed by --tokenizer equal_info and ac)")
