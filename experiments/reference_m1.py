@@ -26,7 +26,8 @@ import tempfile
 from pathlib import Path
 
 from experiments.harness import markdown_table, train_m1, write_json, write_section
-from experiments.patch_scaling import ensure_corpus, eval_curve
+from experiments.patch_scaling import eval_curve
+from experiments.unique_corpus import ensure_corpus
 from pcomp.config import Config
 from pcomp.models.transformer import count_params
 

@@ -1,5 +1,5 @@
-"""Pure helpers of experiments/patch_scaling.py: the corpus split, the overfitting flag and the
-resumable plan (which runs a rerun trains). No training."""
+"""Pure helpers of experiments/patch_scaling.py and its corpus (experiments/unique_corpus.py): the
+corpus split, the overfitting flag and the resumable plan (which runs a rerun trains). No training."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 
 from experiments import patch_scaling as ps
+from experiments import unique_corpus
 from experiments.harness import write_json
 from pcomp.data.sources import load_documents
 from pcomp.errors import DataError
@@ -31,23 +32,23 @@ def _naive_held_out(name: str, permille: int) -> bool:
 @given(st.dictionaries(NAMES, TEXTS, min_size=1, max_size=30), st.integers(0, 1000))
 def test_corpus_split_is_a_deterministic_partition_of_whole_documents(docs, permille):
     items = sorted(docs.items())
-    train, held = ps.corpus_split(items, permille)
+    train, held = unique_corpus.corpus_split(items, permille)
     assert train == [d for d in items if not _naive_held_out(d[0], permille)]
     assert held == sorted((d for d in items if _naive_held_out(d[0], permille)),
                           key=lambda d: hashlib.sha256(d[0].encode()).digest()[:8])
-    assert ps.corpus_split(list(reversed(items)), permille) == (list(reversed(train)), held)
+    assert unique_corpus.corpus_split(list(reversed(items)), permille) == (list(reversed(train)), held)
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.dictionaries(NAMES, TEXTS.map(lambda t: t if t.endswith("\n") else t + "\n"), min_size=2, max_size=25))
 def test_written_corpus_splits_exactly_at_the_document_boundary(docs):
     items = sorted(docs.items())
-    train, held = ps.corpus_split(items, 300)
+    train, held = unique_corpus.corpus_split(items, 300)
     if not train or not held:
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "docs.jsonl"
-        meta = ps.write_corpus(items, path, permille=300)
+        meta = unique_corpus.write_corpus(items, path, permille=300)
         got_train = load_documents(str(path), "train", eval_fraction=meta["eval_fraction"])
         got_held = load_documents(str(path), "eval", eval_fraction=meta["eval_fraction"])
         assert list(got_train) == [t.encode() for _, t in train]
@@ -59,7 +60,7 @@ def test_written_corpus_splits_exactly_at_the_document_boundary(docs):
 
 def test_read_doc_tree_names_the_install_command_when_packages_are_missing(tmp_path):
     with pytest.raises(DataError, match="apt-get install -y linux-doc-6.1 python3.11-doc"):
-        ps.read_doc_tree((("linux-doc-6.1", str(tmp_path / "absent")),))
+        unique_corpus.read_doc_tree((("linux-doc-6.1", str(tmp_path / "absent")),))
 
 
 def test_read_doc_tree_reads_txt_files_sorted_and_newline_terminated(tmp_path):
@@ -68,7 +69,7 @@ def test_read_doc_tree_reads_txt_files_sorted_and_newline_terminated(tmp_path):
     (tmp_path / "a.txt").write_text("first\n")
     (tmp_path / "skip.html").write_text("not text source")
     (tmp_path / "blank.txt").write_text("  \n")
-    docs = ps.read_doc_tree((("pkg", str(tmp_path)),))
+    docs = unique_corpus.read_doc_tree((("pkg", str(tmp_path)),))
     assert docs == [("pkg/a.txt", "first\n"), ("pkg/b/x.rst.txt", "second\n")]
 
 
